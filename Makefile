@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make serve` (bertmesh serve on the bundled model, CPU) and `make test`.
+# Each installs what it needs: the pinned venv (hack/venv.sh) and, for the e2e tier, the Kubernetes toolchain
+# (hack/k8s-toolchain.sh); both are cached under ~/.cache/bertmesh and reused.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv serve test test-fast test-e2e lint protos toolchain bench clean
+
+venv:
+	@hack/venv.sh
+
+serve: venv
+	.venv/bin/bertmesh serve $(ARGS)
+
+## lint + every test tier (the command CI runs)
+test: venv toolchain lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+test-e2e: venv toolchain
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy model_server operator/bertmesh_operator tests bench
+	$(PY) -c 'import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports())'
+
+protos: venv
+	$(PY) hack/gen_protos.py
+
+toolchain:
+	@hack/k8s-toolchain.sh
+
+bench: venv
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf .venv build *.egg-info .mypy_cache .ruff_cache .pytest_cache

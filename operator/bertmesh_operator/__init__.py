@@ -1,0 +1,1 @@
+"""bertmesh operator: reconciles ModelDeployments into Deployments, Services, HPAs and Istio objects."""
