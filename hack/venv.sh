@@ -36,6 +36,7 @@ if [ ! -f "$venv/.stamp-$stamp" ]; then
   dsite=$("$deps/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   # addsitedir (not a bare path) so .pth files inside the cached site-packages are honoured too.
   echo "import site; site.addsitedir('$dsite')" >"$site/_bertmesh_deps.pth"
-  "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" >&2
+  "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" >"$venv/install.log" 2>&1 \
+    || { cat "$venv/install.log" >&2; exit 1; }
   touch "$venv/.stamp-$stamp"
 fi

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-_OPERATOR_COMMANDS = ("render", "operator", "rollout")
 _USAGE = """usage: bertmesh <command> [options]
 
 commands:
@@ -16,10 +15,6 @@ commands:
   embed       embed texts with a running server
   classify    classify texts with a running server
   info        show what a running server serves
-  render      print the objects the operator would apply for a ModelDeployment (offline)
-  operator    run the operator against the current kubeconfig
-  rollout     status|promote|abort a canary rollout
-  bench       measure a model (capacity report)
 
 Run `bertmesh <command> --help` for the options of one command.
 """
@@ -32,10 +27,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_USAGE, end="")
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command in _OPERATOR_COMMANDS:
-        from bertmesh_operator.cli import main as operator_main
-
-        return operator_main([command, *rest])
     if command == "serve":
         from model_server.server import main as serve_main
 
@@ -44,10 +35,6 @@ def main(argv: list[str] | None = None) -> int:
         from model_server.client_cli import main as client_main
 
         return client_main([command, *rest])
-    if command == "bench":
-        from model_server.capacity import main as bench_main
-
-        return bench_main(rest)
     print(f"bertmesh: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr, end="")
     return 2
 

@@ -1,0 +1,271 @@
+"""Token-budget batching on token counts only (no torch): the queue between requests and the model.
+
+Inputs of many requests wait in one queue. Whenever the model is free, the next batch is the oldest waiting
+input plus the inputs nearest to it in length, while the padded size (inputs x longest) fits the token budget,
+the input count fits the cap, and padding stays a small share of the work. While the model is idle and less than
+a batch is waiting, formation waits at most `max_delay_s` for company. Admission is bounded by queued tokens:
+over the bound a request is refused whole with Overloaded (RESOURCE_EXHAUSTED) before anything is queued.
+Inputs whose deadline passed are failed with DeadlineExceeded and never computed; cancelled inputs are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from model_server.errors import BackendFailure, DeadlineExceeded, NotReady, Overloaded
+
+P = TypeVar("P")
+R = TypeVar("R")
+log = logging.getLogger(__name__)
+
+# Padding is tolerated while it stays under this share of a batch's real tokens...
+PAD_TOLERANCE = 0.25
+# ...or while the whole batch is this small: tiny batches cost their fixed overhead, not their padding.
+SMALL_BATCH_TOKENS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """Bounds of batch formation and admission."""
+
+    max_batch_tokens: int
+    max_batch_requests: int
+    max_delay_s: float
+    max_queued_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """What one executed batch held, for metrics."""
+
+    inputs: int
+    tokens: int
+    padded_tokens: int
+    seconds: float
+
+
+def select_batch(costs: Sequence[int], max_tokens: int, max_items: int) -> list[int]:
+    """Indices into `costs` (arrival order, index 0 the oldest) of the next batch, sorted by length.
+
+    Starts from the oldest input and grows greedily by the neighbour in length order that adds the least
+    padding, while the batch fits `max_tokens` padded tokens and `max_items` inputs and its padding stays
+    within PAD_TOLERANCE of its real tokens (or the batch is under SMALL_BATCH_TOKENS).
+    """
+    if not costs:
+        return []
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], i))
+    pos = order.index(0)
+    lo = hi = pos
+    real, longest = costs[0], costs[0]
+    while hi - lo + 1 < max_items:
+        options = []
+        if lo > 0:
+            c = costs[order[lo - 1]]
+            options.append((longest - c, -1, c))
+        if hi + 1 < len(order):
+            c = costs[order[hi + 1]]
+            options.append(((c - longest) * (hi - lo + 1), 1, c))
+        if not options:
+            break
+        _, side, c = min(options)
+        new_longest = max(longest, c)
+        padded = new_longest * (hi - lo + 2)
+        new_real = real + c
+        if padded > max_tokens or (padded > SMALL_BATCH_TOKENS and padded > new_real * (1 + PAD_TOLERANCE)):
+            break
+        if side < 0:
+            lo -= 1
+        else:
+            hi += 1
+        real, longest = new_real, new_longest
+    return order[lo : hi + 1]
+
+
+@dataclass(eq=False, slots=True)
+class _Pending(Generic[P, R]):
+    cost: int
+    payload: P
+    deadline: float | None
+    future: asyncio.Future[R]
+    enqueued: float
+    queued: bool = field(default=True)
+
+
+class TokenBudgetBatcher(Generic[P, R]):
+    """Queues inputs (a token count and a payload each) and runs them in token-budget batches, one at a time."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[P]], Awaitable[list[R]]],
+        limits: BatchLimits,
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        on_expired: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._run_batch = run_batch
+        self.limits = limits
+        self._on_batch = on_batch
+        self._on_expired = on_expired
+        self._clock = clock
+        self._queue: list[_Pending[P, R]] = []
+        self._queued_tokens = 0
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued_tokens(self) -> int:
+        """Tokens of the inputs waiting (admitted, not yet in a batch)."""
+        return self._queued_tokens
+
+    @property
+    def queued_inputs(self) -> int:
+        """Inputs waiting (admitted, not yet in a batch)."""
+        return sum(1 for p in self._queue if p.queued)
+
+    def start(self) -> None:
+        """Starts the batch loop on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def close(self) -> None:
+        """Refuses new inputs, computes every admitted one, then stops the loop."""
+        self._closing = True
+        self._arrived.set()
+        if self._task is not None:
+            await self._task
+
+    def submit(self, items: Sequence[tuple[int, P]], deadline: float | None) -> list[asyncio.Future[R]]:
+        """Admits a request's inputs (cost, payload) all or none; returns one future per input.
+
+        Raises Overloaded when the queue would exceed max_queued_tokens, NotReady while closing.
+        """
+        if self._closing:
+            raise NotReady("server is shutting down; retry on another replica")
+        total = sum(cost for cost, _ in items)
+        if self._queued_tokens + total > self.limits.max_queued_tokens:
+            raise Overloaded(
+                f"server overloaded: {self._queued_tokens} tokens queued + {total} requested exceed "
+                f"max_queued_tokens={self.limits.max_queued_tokens}; retry with backoff"
+            )
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        futures: list[asyncio.Future[R]] = []
+        for cost, payload in items:
+            pending: _Pending[P, R] = _Pending(cost, payload, deadline, loop.create_future(), now)
+            pending.future.add_done_callback(functools.partial(self._on_future_done, pending))
+            self._queue.append(pending)
+            futures.append(pending.future)
+        self._queued_tokens += total
+        self._arrived.set()
+        return futures
+
+    async def submit_when_room(self, items: Sequence[tuple[int, P]], deadline: float | None) -> list[asyncio.Future[R]]:
+        """Like submit, but waits for queue room instead of refusing (back-pressure for streams)."""
+        while True:
+            try:
+                return self.submit(items, deadline)
+            except Overloaded:
+                self._room.clear()
+                timeout = None if deadline is None else deadline - self._clock()
+                if timeout is not None and timeout <= 0:
+                    raise DeadlineExceeded("deadline passed while waiting for queue room") from None
+                try:
+                    await asyncio.wait_for(self._room.wait(), timeout)
+                except TimeoutError:
+                    raise DeadlineExceeded("deadline passed while waiting for queue room") from None
+
+    def _on_future_done(self, pending: _Pending[P, R], _future: asyncio.Future[R]) -> None:
+        if pending.queued and pending.future.cancelled():
+            self._release(pending)
+
+    def _release(self, pending: _Pending[P, R]) -> None:
+        pending.queued = False
+        self._queued_tokens -= pending.cost
+        self._room.set()
+
+    def _expire(self, now: float) -> None:
+        expired = 0
+        for p in self._queue:
+            if p.queued and p.deadline is not None and p.deadline <= now:
+                self._release(p)
+                if not p.future.done():
+                    p.future.set_exception(DeadlineExceeded("deadline passed while queued; not computed"))
+                expired += 1
+        if expired and self._on_expired is not None:
+            self._on_expired(expired)
+
+    def _take(self) -> list[_Pending[P, R]]:
+        self._queue = [p for p in self._queue if p.queued]
+        if not self._queue:
+            return []
+        chosen = select_batch(
+            [p.cost for p in self._queue], self.limits.max_batch_tokens, self.limits.max_batch_requests
+        )
+        batch = [self._queue[i] for i in chosen]
+        for p in batch:
+            self._release(p)
+        return batch
+
+    async def _wait_for_company(self) -> bool:
+        """While idle with less than a batch queued, waits up to max_delay for more; True when it waited."""
+        if self._closing or self.limits.max_delay_s <= 0:
+            return False
+        if self._queued_tokens >= self.limits.max_batch_tokens:
+            return False
+        oldest = min(p.enqueued for p in self._queue if p.queued)
+        remaining = oldest + self.limits.max_delay_s - self._clock()
+        if remaining <= 0:
+            return False
+        self._arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), remaining)
+        return True
+
+    async def _loop(self) -> None:
+        while True:
+            if self._queued_tokens == 0 and not any(p.queued for p in self._queue):
+                self._queue.clear()
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            if await self._wait_for_company():
+                continue
+            self._expire(self._clock())
+            batch = self._take()
+            if batch:
+                await self._execute(batch)
+
+    async def _execute(self, batch: list[_Pending[P, R]]) -> None:
+        # Cancelled between selection and now: drop them, never compute for a caller who left.
+        batch = [p for p in batch if not p.future.done()]
+        if not batch:
+            return
+        started = self._clock()
+        try:
+            results = await self._run_batch([p.payload for p in batch])
+        except Exception as exc:  # a model fault fails this batch's callers, never the loop
+            log.exception("batch of %d inputs failed", len(batch))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(BackendFailure(f"model failed on a batch: {type(exc).__name__}"))
+            return
+        for p, result in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(result)
+        if self._on_batch is not None:
+            longest = max(p.cost for p in batch)
+            self._on_batch(
+                BatchStats(len(batch), sum(p.cost for p in batch), longest * len(batch), self._clock() - started)
+            )

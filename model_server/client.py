@@ -1,0 +1,198 @@
+"""Python client SDK of bertmesh.v1 for internal services: grpc + numpy only (no torch), deadlines on every call.
+
+from model_server.client import BertmeshClient
+with BertmeshClient("127.0.0.1:50051") as client:
+    vectors = client.embed(["hello world"])  # numpy array [1, 384]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from model_server.proto.bertmesh.v1 import inference_pb2 as pb
+from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
+from model_server.tasks import Entity, FloatArray, LabelScore, TokenScore
+
+DEFAULT_TIMEOUT = 30.0
+_POOLING = {"mean": pb.POOLING_MEAN, "cls": pb.POOLING_CLS}
+_AGGREGATION = {
+    "none": pb.AGGREGATION_NONE,
+    "simple": pb.AGGREGATION_SIMPLE,
+    "first": pb.AGGREGATION_FIRST,
+    "average": pb.AGGREGATION_AVERAGE,
+    "max": pb.AGGREGATION_MAX,
+}
+# UNAVAILABLE (loading, draining, connection refused) is retried with backoff; RESOURCE_EXHAUSTED is not:
+# an overloaded server must see less traffic, not more.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "bertmesh.v1.InferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def _vectors(response: pb.EmbedResponse) -> FloatArray:
+    if not response.embeddings:
+        return np.zeros((0, response.dimensions), dtype=np.float32)
+    return np.array([list(e.values) for e in response.embeddings], dtype=np.float32)
+
+
+def embed_request(
+    texts: Sequence[str], *, pooling: str | None, normalize: bool | None, truncate: bool, model: str, request_id: str
+) -> pb.EmbedRequest:
+    """Builds an EmbedRequest; pooling is 'mean', 'cls' or None (the model's own)."""
+    request = pb.EmbedRequest(inputs=list(texts), truncate=truncate, model=model, id=request_id)
+    if pooling is not None:
+        request.pooling = _POOLING[pooling]
+    if normalize is not None:
+        request.normalize = normalize
+    return request
+
+
+class BertmeshClient:
+    """A blocking, thread-safe client over one channel; raises grpc.RpcError with the server's status."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
+        model: str = "",
+    ) -> None:
+        options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.max_receive_message_length", -1)]
+        if credentials is not None:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = pb_grpc.InferenceServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.model = model
+
+    def __enter__(self) -> BertmeshClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> FloatArray:
+        """Vectors [len(texts), dimensions], float32."""
+        request = embed_request(
+            texts, pooling=pooling, normalize=normalize, truncate=truncate, model=self.model, request_id=""
+        )
+        return _vectors(self._call(self._stub.Embed, request, timeout))
+
+    def embed_stream(
+        self,
+        batches: Iterable[Sequence[str]],
+        *,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[FloatArray]:
+        """Embeds many batches over one stream, yielding each batch's vectors in order (bulk jobs)."""
+        requests = (
+            embed_request(
+                batch, pooling=pooling, normalize=normalize, truncate=truncate, model=self.model, request_id=str(n)
+            )
+            for n, batch in enumerate(batches)
+        )
+        for response in self._stub.EmbedStream(requests, timeout=timeout, metadata=self._metadata):
+            yield _vectors(response)
+
+    def classify(
+        self, texts: Sequence[str], *, top_k: int = 0, truncate: bool = False, timeout: float | None = None
+    ) -> list[list[LabelScore]]:
+        """Labels per input, best first (top_k 0: all)."""
+        request = pb.ClassifyRequest(inputs=list(texts), top_k=top_k, truncate=truncate, model=self.model)
+        response = self._call(self._stub.Classify, request, timeout)
+        return [[LabelScore(s.label, s.index, s.score) for s in r.labels] for r in response.results]
+
+    def classify_tokens(
+        self,
+        texts: Sequence[str],
+        *,
+        aggregation: str = "simple",
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> list[list[Entity]]:
+        """Entities per input (aggregation: none, simple, first, average or max)."""
+        request = pb.ClassifyTokensRequest(
+            inputs=list(texts), aggregation=_AGGREGATION[aggregation], truncate=truncate, model=self.model
+        )
+        response = self._call(self._stub.ClassifyTokens, request, timeout)
+        return [[Entity(e.label, e.score, e.start, e.end, e.text) for e in r.entities] for r in response.results]
+
+    def fill_mask(
+        self, texts: Sequence[str], *, top_k: int = 5, truncate: bool = False, timeout: float | None = None
+    ) -> list[list[list[TokenScore]]]:
+        """Per input, per mask, the candidate tokens best first."""
+        request = pb.FillMaskRequest(inputs=list(texts), top_k=top_k, truncate=truncate, model=self.model)
+        response = self._call(self._stub.FillMask, request, timeout)
+        return [
+            [[TokenScore(c.token_id, c.token, c.score) for c in m.candidates] for m in r.masks]
+            for r in response.results
+        ]
+
+    def tokenize(self, texts: Sequence[str], *, timeout: float | None = None) -> pb.TokenizeResponse:
+        """The tokens of each input."""
+        return self._call(self._stub.Tokenize, pb.TokenizeRequest(inputs=list(texts), model=self.model), timeout)  # type: ignore[no-any-return]
+
+    def model_info(self, *, timeout: float | None = None) -> pb.ModelInfoResponse:
+        """The served model and the server's limits."""
+        return self._call(self._stub.ModelInfo, pb.ModelInfoRequest(), timeout)  # type: ignore[no-any-return]
+
+    def serving(self, *, timeout: float = 2.0) -> bool:
+        """Whether grpc.health.v1 reports SERVING."""
+        try:
+            reply = self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def wait_until_serving(self, timeout: float = 120.0) -> None:
+        """Polls health until SERVING; raises TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.serving():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"server not SERVING after {timeout:.0f}s")

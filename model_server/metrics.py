@@ -1,0 +1,87 @@
+"""Prometheus metrics of the server, all prefixed `bertmesh_`, served over HTTP on their own port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from model_server.batcher import BatchStats
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+class Metrics:
+    """The server's collectors in a registry of their own (tests run several servers in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "bertmesh_requests", "RPCs answered, by method and status code", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "bertmesh_request_duration_seconds",
+            "RPC latency, by method",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge("bertmesh_inflight_requests", "RPCs being served (the autoscaling signal)", registry=r)
+        self.batch_inputs = Histogram(
+            "bertmesh_batch_size_requests", "inputs per executed batch", buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "bertmesh_batch_size_tokens", "real tokens per executed batch", buckets=_TOKEN_BUCKETS, registry=r
+        )
+        self.batch_padded = Counter("bertmesh_batch_padded_tokens", "tokens computed including padding", registry=r)
+        self.batch_real = Counter("bertmesh_batch_real_tokens", "tokens computed excluding padding", registry=r)
+        self.batch_seconds = Histogram(
+            "bertmesh_batch_duration_seconds", "model time per batch", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.queue_inputs = Gauge("bertmesh_queue_requests", "inputs waiting for a batch", registry=r)
+        self.queue_tokens = Gauge("bertmesh_queue_tokens", "tokens waiting for a batch", registry=r)
+        self.expired = Counter(
+            "bertmesh_expired_inputs", "inputs dropped uncomputed: deadline passed in queue", registry=r
+        )
+        self.cache_hits = Counter("bertmesh_cache_hits", "inputs answered from the result cache", registry=r)
+        self.cache_misses = Counter("bertmesh_cache_misses", "inputs not in the result cache", registry=r)
+        self.ready = Gauge("bertmesh_model_ready", "1 once the model is loaded and warm, 0 otherwise", registry=r)
+
+    def bind_queue(self, inputs: Callable[[], float], tokens: Callable[[], float]) -> None:
+        """Makes the queue gauges read the batcher's live depth at scrape time."""
+        self.queue_inputs.set_function(inputs)
+        self.queue_tokens.set_function(tokens)
+
+    def on_batch(self, stats: BatchStats) -> None:
+        """Records one executed batch."""
+        self.batch_inputs.observe(stats.inputs)
+        self.batch_tokens.observe(stats.tokens)
+        self.batch_real.inc(stats.tokens)
+        self.batch_padded.inc(stats.padded_tokens)
+        self.batch_seconds.observe(stats.seconds)
+
+    def on_expired(self, count: int) -> None:
+        """Records inputs dropped because their deadline passed."""
+        self.expired.inc(count)
+
+    def on_cache(self, hits: int, misses: int) -> None:
+        """Records one request's cache lookups."""
+        if hits:
+            self.cache_hits.inc(hits)
+        if misses:
+            self.cache_misses.inc(misses)
+
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Serves /metrics on host:port in a daemon thread; returns a function that stops it."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        self.port = server.server_port
+        return stop

@@ -1,0 +1,1 @@
+"""Generated protocol buffer and gRPC modules."""

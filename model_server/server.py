@@ -1,0 +1,285 @@
+"""`bertmesh serve`: load the model, serve gRPC (task API, OIP v2, health, reflection) and metrics; drain on SIGTERM.
+
+Start-up order: the gRPC port opens first with health NOT_SERVING (probes and clients see "loading", not
+"refused"), the model loads and warms in a thread, then health flips to SERVING. On SIGTERM health flips back
+to NOT_SERVING, the server stops accepting calls, every in-flight call finishes within the grace period, and the
+process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from model_server.backend import Backend
+from model_server.checkpoint import inspect_checkpoint
+from model_server.config import DEFAULT_MODEL_NAME, ServerConfig, bundled_model_path, parse_args, resolve_limits
+from model_server.dataplane import DataPlane, ModelDescription
+from model_server.errors import ConfigError, NotReady
+from model_server.metrics import Metrics
+from model_server.proto.bertmesh.v1 import inference_pb2
+from model_server.proto.inference import grpc_service_pb2
+from model_server.servicers.interceptors import AuthInterceptor, StatusInterceptor
+from model_server.servicers.oip import OpenInferenceServicer
+from model_server.servicers.registration import add_service
+from model_server.servicers.task import InferenceServicer
+from model_server.tasks import Task
+from model_server.tokenization import TextTokenizer
+
+log = logging.getLogger("bertmesh.serve")
+
+TASK_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
+OIP_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# Slack over max_message_bytes before grpc's own hard limit: in between, the caller gets our clear message.
+_HARD_LIMIT_FACTOR = 2
+
+
+def version() -> str:
+    """The installed bertmesh version."""
+    try:
+        return metadata.version("bertmesh")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def load_model(config: ServerConfig) -> tuple[ModelDescription, TextTokenizer, Backend]:
+    """Reads the checkpoint, loads and warms the model (blocking; torch is imported here)."""
+    path = config.model.path or bundled_model_path()
+    checkpoint = inspect_checkpoint(Path(path), config.model.task)
+    tokenizer = TextTokenizer.from_dir(checkpoint.path)
+    limits, batching = resolve_limits(config, checkpoint.default_max_tokens, checkpoint.max_positions)
+    tokenizer.configure_truncation(limits.max_tokens_per_input)
+    if checkpoint.task is Task.FILL_MASK and tokenizer.mask_id is None:
+        raise ConfigError(f"{checkpoint.path}: fill-mask needs a mask token, and the tokenizer has none")
+    if checkpoint.task is Task.SEQUENCE_CLASSIFICATION and not checkpoint.labels:
+        raise ConfigError(f"{checkpoint.path}: sequence classification needs id2label in config.json")
+    from model_server.backend.torch_backend import TorchBackend
+
+    backend = TorchBackend(
+        checkpoint,
+        device=config.model.device,
+        precision=config.model.precision,
+        threads=config.model.threads,
+        pad_id=tokenizer.pad_id,
+    )
+    backend.warmup(limits.max_tokens_per_input)
+    name = config.model.name or (DEFAULT_MODEL_NAME if config.model.path is None else checkpoint.path.name)
+    description = ModelDescription(
+        name=name,
+        revision=config.model.revision or checkpoint.digest,
+        task=checkpoint.task,
+        architecture=checkpoint.architecture,
+        device=backend.info.device,
+        precision=backend.info.precision,
+        dimensions=backend.info.hidden_size,
+        labels=checkpoint.labels,
+        multi_label=checkpoint.multi_label,
+        default_pooling=checkpoint.default_pooling,
+        default_normalize=checkpoint.default_normalize,
+        mask_token=tokenizer.mask_token,
+        limits=limits,
+        batching=batching,
+    )
+    return description, tokenizer, backend
+
+
+def read_tokens(path: Path) -> list[str]:
+    """Bearer tokens from a file: one per line, blank lines and '#' comments ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--auth-token-file {path}: {exc.strerror}") from exc
+    tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not tokens:
+        raise ConfigError(f"--auth-token-file {path} holds no token")
+    return tokens
+
+
+def is_loopback(host: str) -> bool:
+    """Whether host only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ServingState:
+    """The data plane once the model is loaded; None before and after (calls then get UNAVAILABLE)."""
+
+    def __init__(self) -> None:
+        self.plane: DataPlane | None = None
+        self.draining = False
+
+    def get(self) -> DataPlane:
+        """The data plane, or NotReady while loading or draining."""
+        if self.draining:
+            raise NotReady("server is shutting down; retry on another replica")
+        if self.plane is None:
+            raise NotReady("model is loading; retry shortly")
+        return self.plane
+
+
+@dataclass
+class RunningServer:
+    """Handles of a started server (for in-process use and tests)."""
+
+    port: int
+    metrics_port: int
+    state: ServingState
+    metrics: Metrics
+    ready: asyncio.Event
+    stop: asyncio.Event
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    on_started: Callable[[RunningServer], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Runs the server until `stop` is set, then drains; raises ConfigError for an unusable setup."""
+    stop = stop or asyncio.Event()
+    tokens = read_tokens(config.auth_token_file) if config.auth_token_file else None
+    if tokens is None and not is_loopback(config.host):
+        log.warning(
+            "serving on %s without --auth-token-file: anyone who can reach the port can call the model "
+            "(inside a mesh, Istio mTLS and AuthorizationPolicy guard it)",
+            config.host,
+        )
+    metrics = Metrics()
+    state = ServingState()
+    max_bytes = config.limits.max_message_bytes
+    interceptors: list[grpc.aio.ServerInterceptor] = [StatusInterceptor(metrics)]
+    if tokens:
+        interceptors.append(AuthInterceptor(tokens))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", max_bytes * _HARD_LIMIT_FACTOR),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_service(server, InferenceServicer(state.get), TASK_SERVICE, max_bytes)
+    add_service(server, OpenInferenceServicer(state.get, version()), OIP_SERVICE, max_bytes)
+    names = (TASK_SERVICE.full_name, OIP_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    for name in ("", TASK_SERVICE.full_name, OIP_SERVICE.full_name):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}")
+    await server.start()
+    stop_metrics = metrics.serve(config.host, config.metrics_port) if config.metrics_port else None
+    running = RunningServer(port, getattr(metrics, "port", 0), state, metrics, asyncio.Event(), stop)
+    log.info(
+        "listening on %s:%d (gRPC)%s; loading the model",
+        config.host,
+        port,
+        f", metrics on http://{config.host}:{running.metrics_port}/metrics" if stop_metrics else "",
+    )
+    if on_started is not None:
+        on_started(running)
+    try:
+        loaded = await _load_unless_stopped(config, stop)
+        if loaded is not None:
+            description, tokenizer, backend, seconds = loaded
+            plane = DataPlane(description, tokenizer, backend, cache_entries=config.cache_entries, metrics=metrics)
+            plane.start()
+            state.plane = plane
+            for name in ("", TASK_SERVICE.full_name, OIP_SERVICE.full_name):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            metrics.ready.set(1)
+            running.ready.set()
+            log.info(
+                "serving %s (%s, %s, %s on %s, revision %s) from %s, loaded in %.1fs; grpc://%s:%d",
+                description.name,
+                description.task.value,
+                description.architecture,
+                description.precision,
+                description.device,
+                description.revision,
+                config.model.path or "the bundled package",
+                seconds,
+                config.host,
+                port,
+            )
+            await stop.wait()
+        log.info("shutting down: health NOT_SERVING, finishing in-flight calls (grace %.0fs)", config.grace_seconds)
+        metrics.ready.set(0)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.grace_seconds)
+        state.draining = True
+        if state.plane is not None:
+            await state.plane.close()
+    finally:
+        await server.stop(None)
+        if stop_metrics is not None:
+            stop_metrics()
+    log.info("stopped")
+
+
+async def _load_unless_stopped(
+    config: ServerConfig, stop: asyncio.Event
+) -> tuple[ModelDescription, TextTokenizer, Backend, float] | None:
+    """Loads in a daemon thread (a SIGTERM during a long load must not wait for it); None if stopped first."""
+    future: Future[tuple[ModelDescription, TextTokenizer, Backend, float]] = Future()
+
+    def work() -> None:
+        started = time.perf_counter()
+        try:
+            description, tokenizer, backend = load_model(config)
+            future.set_result((description, tokenizer, backend, time.perf_counter() - started))
+        except BaseException as exc:  # handed to the event loop, which re-raises it
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="bertmesh-load", daemon=True).start()
+    loading = asyncio.wrap_future(future)
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading in done:
+        stopping.cancel()
+        return loading.result()
+    return None
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of `bertmesh serve`; returns the process exit status."""
+    config = parse_args(argv)
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop=stop)
+
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

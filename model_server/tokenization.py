@@ -1,0 +1,110 @@
+"""Text to token ids with the model's own fast tokenizer (Rust `tokenizers`; no torch, no transformers).
+
+Padding and truncation stored in tokenizer.json are switched off: the server counts tokens itself to enforce
+its limits, and the batcher pads. Calls release the GIL, so they run in a thread beside the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+from tokenizers.implementations.bert_wordpiece import BertWordPieceTokenizer
+
+from model_server.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One tokenised input: ids with special tokens, character offsets, word index per token (None: special)."""
+
+    ids: tuple[int, ...]
+    offsets: tuple[tuple[int, int], ...]
+    word_ids: tuple[int | None, ...]
+    special: tuple[bool, ...]
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class TextTokenizer:
+    """The model's tokenizer, returning every token (no limit applied) or cut to a length."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self._full = tokenizer
+        # A second instance truncates: Tokenizer's truncation setting is per instance, and both are in use
+        # from several threads at once.
+        self._cut = Tokenizer.from_str(tokenizer.to_str())
+        self._cut_length = 0
+        self.mask_token = _first_present(tokenizer, ("[MASK]", "<mask>"))
+        self.mask_id = tokenizer.token_to_id(self.mask_token) if self.mask_token else None
+        self.pad_id = _pad_id(tokenizer)
+
+    @classmethod
+    def from_dir(cls, path: Path) -> TextTokenizer:
+        """Loads tokenizer.json, or builds a WordPiece tokenizer from vocab.txt and tokenizer_config.json."""
+        try:
+            if (path / "tokenizer.json").exists():
+                return cls(Tokenizer.from_file(str(path / "tokenizer.json")))
+            lowercase = True
+            config = path / "tokenizer_config.json"
+            if config.exists():
+                lowercase = bool(json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True))
+            wordpiece = BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=lowercase)
+            return cls(wordpiece._tokenizer)
+        except (OSError, ValueError, Exception) as exc:  # tokenizers raises plain Exception on bad files
+            raise ConfigError(f"cannot load the tokenizer in {path}: {exc}") from exc
+
+    def configure_truncation(self, max_tokens: int) -> None:
+        """Sets the length inputs are cut to when a request asks for truncation (once, at start-up)."""
+        self._cut.enable_truncation(max_length=max_tokens)
+        self._cut_length = max_tokens
+
+    def encode(self, texts: Sequence[str], *, truncate: bool = False) -> list[Encoded]:
+        """Tokenises texts with special tokens; `truncate` cuts each to the configured length."""
+        tokenizer = self._cut if truncate else self._full
+        encodings = tokenizer.encode_batch(list(texts))
+        return [
+            Encoded(
+                ids=tuple(e.ids),
+                offsets=tuple(e.offsets),
+                word_ids=tuple(e.word_ids),
+                special=tuple(bool(s) for s in e.special_tokens_mask),
+                truncated=truncate and bool(e.overflowing),
+            )
+            for e in encodings
+        ]
+
+    def token_text(self, token_id: int) -> str:
+        """A token as text without word-piece markers (for fill-mask candidates)."""
+        return self._full.decode([token_id], skip_special_tokens=False).strip()
+
+    def token_string(self, token_id: int) -> str:
+        """The raw vocabulary entry of a token (e.g. '##ing')."""
+        return self._full.id_to_token(token_id) or ""
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of entries in the vocabulary."""
+        return int(self._full.get_vocab_size())
+
+
+def _first_present(tokenizer: Tokenizer, candidates: Sequence[str]) -> str:
+    for token in candidates:
+        if tokenizer.token_to_id(token) is not None:
+            return token
+    return ""
+
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    for token in ("[PAD]", "<pad>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return int(token_id)
+    return 0

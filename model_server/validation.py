@@ -1,0 +1,69 @@
+"""Request limits and the checks that enforce them before any compute (pure functions).
+
+Every message names the field, the value and the limit, and says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from model_server.errors import InvalidArgument
+from model_server.tokenization import Encoded
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on one request, resolved against the loaded model."""
+
+    max_inputs_per_request: int
+    max_chars_per_input: int
+    max_tokens_per_input: int
+    max_message_bytes: int
+
+
+def check_texts(texts: Sequence[str], limits: Limits, field: str = "inputs") -> None:
+    """Checks the number of inputs and each input's characters."""
+    if not texts:
+        raise InvalidArgument(f"{field}: at least one input is required")
+    if len(texts) > limits.max_inputs_per_request:
+        raise InvalidArgument(
+            f"{field}: {len(texts)} inputs exceed max_inputs_per_request={limits.max_inputs_per_request}; "
+            "split the request"
+        )
+    for i, text in enumerate(texts):
+        if not text or text.isspace():
+            raise InvalidArgument(f"{field}[{i}]: input is empty")
+        if len(text) > limits.max_chars_per_input:
+            raise InvalidArgument(
+                f"{field}[{i}]: {len(text)} characters exceed max_chars_per_input={limits.max_chars_per_input}; "
+                "shorten the input"
+            )
+
+
+def over_token_limit(encodings: Sequence[Encoded], limits: Limits) -> list[int]:
+    """Indices of encodings longer than max_tokens_per_input."""
+    return [i for i, e in enumerate(encodings) if len(e) > limits.max_tokens_per_input]
+
+
+def refuse_long(index: int, tokens: int, limits: Limits, field: str = "inputs") -> InvalidArgument:
+    """The error for an input over the token limit when the request did not ask for truncation."""
+    return InvalidArgument(
+        f"{field}[{index}]: {tokens} tokens exceed max_tokens_per_input={limits.max_tokens_per_input}; "
+        "shorten the input or set truncate=true"
+    )
+
+
+def check_top_k(top_k: int, maximum: int, field: str = "top_k") -> None:
+    """Checks a top_k option against its bound."""
+    if top_k < 0 or top_k > maximum:
+        raise InvalidArgument(f"{field}: {top_k} is outside 0..{maximum}")
+
+
+def check_message_size(size: int, limits: Limits) -> None:
+    """Checks a request's encoded size (called by the deserializer, before decoding)."""
+    if size > limits.max_message_bytes:
+        raise InvalidArgument(
+            f"request: {size} bytes exceed max_message_bytes={limits.max_message_bytes}; send fewer or shorter "
+            "inputs per request"
+        )
