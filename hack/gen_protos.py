@@ -28,6 +28,24 @@ def _plugin(directory: Path, name: str, entry: str) -> str:
     return str(path)
 
 
+# Protos whose descriptors go into a pool of their own: tritonclient registers the same `inference.*` names
+# in protobuf's default pool, and one process may hold both (a test suite, a service embedding the server).
+PRIVATE_POOL = ("inference/",)
+_PRIVATE_POOL_NOTE = (
+    "# A private descriptor pool: tritonclient registers the same inference.* names in the default pool.\n"
+)
+
+
+def _isolate(text: str) -> str:
+    """Makes a generated _pb2 module register its descriptors in a private pool."""
+    default = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+    if default not in text:
+        raise SystemExit("unexpected generated code: no default-pool registration to isolate")
+    return text.replace(
+        default, _PRIVATE_POOL_NOTE + "POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = POOL.AddSerializedFile("
+    )
+
+
 def _rewrite(text: str) -> str:
     """Points imports of sibling generated modules into the model_server.proto package."""
     for package in PROTO_PACKAGES:
@@ -64,7 +82,11 @@ def generate(out_dir: Path) -> list[Path]:
                 continue
             dest = out_dir / src.relative_to(tmp)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(_rewrite(src.read_text()))
+            text = _rewrite(src.read_text())
+            relative = str(src.relative_to(tmp))
+            if relative.endswith("_pb2.py") and relative.startswith(PRIVATE_POOL):
+                text = _isolate(text)
+            dest.write_text(text)
             written.append(dest)
         for folder in sorted({p.parent for p in written} | {out_dir}):
             while folder != out_dir.parent:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 
 from model_server.batcher import BatchStats
 
@@ -17,6 +24,7 @@ class Metrics:
     """The server's collectors in a registry of their own (tests run several servers in one process)."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only double the scrape
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(

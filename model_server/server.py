@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from model_server.backend import Backend
 from model_server.checkpoint import inspect_checkpoint
@@ -47,6 +48,21 @@ TASK_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
 OIP_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 # Slack over max_message_bytes before grpc's own hard limit: in between, the caller gets our clear message.
 _HARD_LIMIT_FACTOR = 2
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """One pool describing every served service: the OIP descriptors live in a private pool (see hack/gen_protos.py)."""
+    pool = descriptor_pool.DescriptorPool()
+    for file in (
+        health_pb2.DESCRIPTOR,
+        reflection_pb2.DESCRIPTOR,
+        inference_pb2.DESCRIPTOR,
+        grpc_service_pb2.DESCRIPTOR,
+    ):
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.Add(proto)
+    return pool
 
 
 def version() -> str:
@@ -77,7 +93,9 @@ def load_model(config: ServerConfig) -> tuple[ModelDescription, TextTokenizer, B
         threads=config.model.threads,
         pad_id=tokenizer.pad_id,
     )
-    backend.warmup(limits.max_tokens_per_input)
+    # The longest input a request may bring, from the model's own vocabulary.
+    sample = tokenizer.encode(["warm up " * limits.max_tokens_per_input], truncate=True)[0].ids
+    backend.warmup(sample)
     name = config.model.name or (DEFAULT_MODEL_NAME if config.model.path is None else checkpoint.path.name)
     description = ModelDescription(
         name=name,
@@ -182,7 +200,7 @@ async def serve(
     add_service(server, InferenceServicer(state.get), TASK_SERVICE, max_bytes)
     add_service(server, OpenInferenceServicer(state.get, version()), OIP_SERVICE, max_bytes)
     names = (TASK_SERVICE.full_name, OIP_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
+    reflection.enable_server_reflection(names, server, pool=_reflection_pool())
     for name in ("", TASK_SERVICE.full_name, OIP_SERVICE.full_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 

@@ -41,8 +41,9 @@ class Backend(Protocol):
 
     info: BackendInfo
 
-    def warmup(self, max_tokens: int) -> None:
-        """Runs representative batches so the first requests do not pay for lazy initialisation."""
+    def warmup(self, sample: Sequence[int]) -> None:
+        """Runs batches of the sample (valid ids, the longest input) and its prefixes, so the first requests do
+        not pay for lazy initialisation."""
 
     def run(self, inputs: Sequence[ModelInput]) -> list[FloatArray]:
         """Computes one batch."""

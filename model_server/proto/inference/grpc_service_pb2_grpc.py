@@ -148,9 +148,7 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
             response_serializer=inference_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
         ),
     }
-    generic_handler = grpc.method_handlers_generic_handler(
-        "inference.GRPCInferenceService", rpc_method_handlers
-    )
+    generic_handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
     server.add_registered_method_handlers("inference.GRPCInferenceService", rpc_method_handlers)
 

@@ -38,17 +38,13 @@ class GRPCInferenceServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GRPCInferenceServiceAsyncStub: ...
-    ServerLive: _grpc.UnaryUnaryMultiCallable[
-        _grpc_service_pb2.ServerLiveRequest, _grpc_service_pb2.ServerLiveResponse
-    ]
+    ServerLive: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerLiveRequest, _grpc_service_pb2.ServerLiveResponse]
     """ServerLive: the process answers."""
     ServerReady: _grpc.UnaryUnaryMultiCallable[
         _grpc_service_pb2.ServerReadyRequest, _grpc_service_pb2.ServerReadyResponse
     ]
     """ServerReady: the model is loaded and warm, and the server is not shutting down."""
-    ModelReady: _grpc.UnaryUnaryMultiCallable[
-        _grpc_service_pb2.ModelReadyRequest, _grpc_service_pb2.ModelReadyResponse
-    ]
+    ModelReady: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelReadyRequest, _grpc_service_pb2.ModelReadyResponse]
     """ModelReady: the named model is ready (NOT_FOUND for another name)."""
     ServerMetadata: _grpc.UnaryUnaryMultiCallable[
         _grpc_service_pb2.ServerMetadataRequest, _grpc_service_pb2.ServerMetadataResponse
@@ -58,9 +54,7 @@ class GRPCInferenceServiceStub:
         _grpc_service_pb2.ModelMetadataRequest, _grpc_service_pb2.ModelMetadataResponse
     ]
     """ModelMetadata: the model's input and output tensors."""
-    ModelInfer: _grpc.UnaryUnaryMultiCallable[
-        _grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse
-    ]
+    ModelInfer: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]
     """ModelInfer: tensors in, tensors out."""
 
 @_typing.type_check_only
@@ -68,17 +62,13 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     """GRPCInferenceService: liveness, readiness, metadata and tensor inference."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    ServerLive: _aio.UnaryUnaryMultiCallable[
-        _grpc_service_pb2.ServerLiveRequest, _grpc_service_pb2.ServerLiveResponse
-    ]  # type: ignore[assignment]
+    ServerLive: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerLiveRequest, _grpc_service_pb2.ServerLiveResponse]  # type: ignore[assignment]
     """ServerLive: the process answers."""
     ServerReady: _aio.UnaryUnaryMultiCallable[
         _grpc_service_pb2.ServerReadyRequest, _grpc_service_pb2.ServerReadyResponse
     ]  # type: ignore[assignment]
     """ServerReady: the model is loaded and warm, and the server is not shutting down."""
-    ModelReady: _aio.UnaryUnaryMultiCallable[
-        _grpc_service_pb2.ModelReadyRequest, _grpc_service_pb2.ModelReadyResponse
-    ]  # type: ignore[assignment]
+    ModelReady: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelReadyRequest, _grpc_service_pb2.ModelReadyResponse]  # type: ignore[assignment]
     """ModelReady: the named model is ready (NOT_FOUND for another name)."""
     ServerMetadata: _aio.UnaryUnaryMultiCallable[
         _grpc_service_pb2.ServerMetadataRequest, _grpc_service_pb2.ServerMetadataResponse
@@ -88,9 +78,7 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
         _grpc_service_pb2.ModelMetadataRequest, _grpc_service_pb2.ModelMetadataResponse
     ]  # type: ignore[assignment]
     """ModelMetadata: the model's input and output tensors."""
-    ModelInfer: _aio.UnaryUnaryMultiCallable[
-        _grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse
-    ]  # type: ignore[assignment]
+    ModelInfer: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]  # type: ignore[assignment]
     """ModelInfer: tensors in, tensors out."""
 
 class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,9 +89,7 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _grpc_service_pb2.ServerLiveRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _grpc_service_pb2.ServerLiveResponse, _abc.Awaitable[_grpc_service_pb2.ServerLiveResponse]
-    ]:
+    ) -> _typing.Union[_grpc_service_pb2.ServerLiveResponse, _abc.Awaitable[_grpc_service_pb2.ServerLiveResponse]]:
         """ServerLive: the process answers."""
 
     @_abc_1.abstractmethod
@@ -111,9 +97,7 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _grpc_service_pb2.ServerReadyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _grpc_service_pb2.ServerReadyResponse, _abc.Awaitable[_grpc_service_pb2.ServerReadyResponse]
-    ]:
+    ) -> _typing.Union[_grpc_service_pb2.ServerReadyResponse, _abc.Awaitable[_grpc_service_pb2.ServerReadyResponse]]:
         """ServerReady: the model is loaded and warm, and the server is not shutting down."""
 
     @_abc_1.abstractmethod
@@ -121,9 +105,7 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _grpc_service_pb2.ModelReadyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _grpc_service_pb2.ModelReadyResponse, _abc.Awaitable[_grpc_service_pb2.ModelReadyResponse]
-    ]:
+    ) -> _typing.Union[_grpc_service_pb2.ModelReadyResponse, _abc.Awaitable[_grpc_service_pb2.ModelReadyResponse]]:
         """ModelReady: the named model is ready (NOT_FOUND for another name)."""
 
     @_abc_1.abstractmethod
@@ -151,9 +133,7 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _grpc_service_pb2.ModelInferRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _grpc_service_pb2.ModelInferResponse, _abc.Awaitable[_grpc_service_pb2.ModelInferResponse]
-    ]:
+    ) -> _typing.Union[_grpc_service_pb2.ModelInferResponse, _abc.Awaitable[_grpc_service_pb2.ModelInferResponse]]:
         """ModelInfer: tensors in, tensors out."""
 
 def add_GRPCInferenceServiceServicer_to_server(

@@ -31,9 +31,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
     _globals["DESCRIPTOR"]._loaded_options = None
     _globals[
         "DESCRIPTOR"
-    ]._serialized_options = (
-        b"\n\016io.bertmesh.v1P\001Z:github.com/bertmesh/bertmesh/gen/go/bertmesh/v1;bertmeshv1"
-    )
+    ]._serialized_options = b"\n\016io.bertmesh.v1P\001Z:github.com/bertmesh/bertmesh/gen/go/bertmesh/v1;bertmeshv1"
     _globals["_TASK"]._serialized_start = 2462
     _globals["_TASK"]._serialized_end = 2595
     _globals["_POOLING"]._serialized_start = 2597

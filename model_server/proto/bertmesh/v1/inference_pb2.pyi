@@ -75,9 +75,7 @@ class _Aggregation:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
 
-class _AggregationEnumTypeWrapper(
-    _enum_type_wrapper._EnumTypeWrapper[_Aggregation.ValueType], _builtins.type
-):
+class _AggregationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Aggregation.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     AGGREGATION_UNSPECIFIED: _Aggregation.ValueType  # 0
     """SIMPLE."""
@@ -192,9 +190,7 @@ class EmbedRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__normalize: _TypeAlias = _typing.Literal["normalize"]  # noqa: Y015
     _WhichOneofArgType__normalize: _TypeAlias = _typing.Literal["_normalize", b"_normalize"]  # noqa: Y015
-    def WhichOneof(
-        self, oneof_group: _WhichOneofArgType__normalize
-    ) -> _WhichOneofReturnType__normalize | None: ...
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__normalize) -> _WhichOneofReturnType__normalize | None: ...
 
 Global___EmbedRequest: _TypeAlias = EmbedRequest  # noqa: Y015
 
@@ -255,16 +251,7 @@ class EmbedResponse(_message.Message):
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "dimensions",
-        b"dimensions",
-        "embeddings",
-        b"embeddings",
-        "id",
-        b"id",
-        "model",
-        b"model",
-        "usage",
-        b"usage",
+        "dimensions", b"dimensions", "embeddings", b"embeddings", "id", b"id", "model", b"model", "usage", b"usage"
     ]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
@@ -623,9 +610,7 @@ class TokenScore(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "score", b"score", "token", b"token", "token_id", b"token_id"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["score", b"score", "token", b"token", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

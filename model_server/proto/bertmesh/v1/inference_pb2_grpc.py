@@ -167,9 +167,7 @@ def add_InferenceServiceServicer_to_server(servicer, server):
             response_serializer=bertmesh_dot_v1_dot_inference__pb2.ModelInfoResponse.SerializeToString,
         ),
     }
-    generic_handler = grpc.method_handlers_generic_handler(
-        "bertmesh.v1.InferenceService", rpc_method_handlers
-    )
+    generic_handler = grpc.method_handlers_generic_handler("bertmesh.v1.InferenceService", rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
     server.add_registered_method_handlers("bertmesh.v1.InferenceService", rpc_method_handlers)
 

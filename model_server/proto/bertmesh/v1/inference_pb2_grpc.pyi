@@ -54,9 +54,7 @@ class InferenceServiceStub:
     """FillMask predicts the tokens behind each mask token of each input (masked-language models)."""
     Tokenize: _grpc.UnaryUnaryMultiCallable[_inference_pb2.TokenizeRequest, _inference_pb2.TokenizeResponse]
     """Tokenize returns the tokens the model would see, with character offsets; no model compute."""
-    ModelInfo: _grpc.UnaryUnaryMultiCallable[
-        _inference_pb2.ModelInfoRequest, _inference_pb2.ModelInfoResponse
-    ]
+    ModelInfo: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ModelInfoRequest, _inference_pb2.ModelInfoResponse]
     """ModelInfo describes the served model and the server's limits."""
 
 @_typing.type_check_only
@@ -99,9 +97,7 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_inference_pb2.EmbedRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _abc.Iterator[_inference_pb2.EmbedResponse], _abc.AsyncIterator[_inference_pb2.EmbedResponse]
-    ]:
+    ) -> _typing.Union[_abc.Iterator[_inference_pb2.EmbedResponse], _abc.AsyncIterator[_inference_pb2.EmbedResponse]]:
         """EmbedStream embeds a stream of requests, answering each in order; for bulk jobs. A request that waits for
         queue space is held (back-pressure) instead of being shed, until the call's deadline.
         """
@@ -119,9 +115,7 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _inference_pb2.ClassifyTokensRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _inference_pb2.ClassifyTokensResponse, _abc.Awaitable[_inference_pb2.ClassifyTokensResponse]
-    ]:
+    ) -> _typing.Union[_inference_pb2.ClassifyTokensResponse, _abc.Awaitable[_inference_pb2.ClassifyTokensResponse]]:
         """ClassifyTokens returns the entities of each input with character offsets (token-classification models)."""
 
     @_abc_1.abstractmethod

@@ -1,0 +1,73 @@
+"""Tiny random BERT checkpoints, written in the Hugging Face layout the server loads (real files, real loader)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = (
+    "the a an is are was were be to of and in on at for with by from as it this that these those i you "
+    "he she we they my your our their paris london berlin john mary acme corp city country river "
+    "mountain company works lives visited founded born capital of france germany england good bad great "
+    "terrible movie film book love hate like not very really quite weather today tomorrow rain sun sunny "
+    "cloudy cold hot warm new old big small red blue green house car dog cat bird tree water fire earth "
+    "air sky sea day night time year people man woman child world life hand part place case week point "
+    "number group problem fact"
+).split()
+PIECES = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + ["##s", "##ing", "##ed", "##er", "##ly"]
+LETTERS = list("abcdefghijklmnopqrstuvwxyz0123456789")
+PUNCT = list(".,!?;:'\"-()")
+VOCAB = SPECIAL + sorted(set(WORDS)) + LETTERS + PIECES + PUNCT
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+SENTIMENT_LABELS = ["negative", "neutral", "positive"]
+
+
+def _config(**extra: Any) -> transformers.BertConfig:
+    return transformers.BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **extra,
+    )
+
+
+def _labels(names: list[str]) -> dict[str, Any]:
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def write_tokenizer(path: Path) -> None:
+    """A WordPiece tokenizer over VOCAB, saved as tokenizer.json + vocab.txt + tokenizer_config.json."""
+    path.mkdir(parents=True, exist_ok=True)
+    vocab_file = path / "vocab.txt"
+    vocab_file.write_text("\n".join(VOCAB) + "\n")
+    tokenizer = transformers.BertTokenizer(vocab_file=str(vocab_file), do_lower_case=True)
+    tokenizer.save_pretrained(str(path))
+
+
+def build(path: Path, task: str, *, seed: int = 0) -> Path:
+    """Writes a random checkpoint for `task` (embedding, sequence-classification, token-classification,
+    fill-mask) with its tokenizer into `path`."""
+    torch.manual_seed(seed)
+    model: transformers.PreTrainedModel
+    if task == "embedding":
+        model = transformers.BertModel(_config())
+    elif task == "sequence-classification":
+        model = transformers.BertForSequenceClassification(_config(**_labels(SENTIMENT_LABELS)))
+    elif task == "token-classification":
+        model = transformers.BertForTokenClassification(_config(**_labels(NER_LABELS)))
+    elif task == "fill-mask":
+        model = transformers.BertForMaskedLM(_config())
+    else:
+        raise ValueError(task)
+    model.train(False)
+    model.save_pretrained(str(path), safe_serialization=True)
+    write_tokenizer(path)
+    return path

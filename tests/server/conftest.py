@@ -1,0 +1,54 @@
+"""Fixtures: tiny random checkpoints per task, the bundled MiniLM, and real servers over loopback gRPC."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from model_server.client import BertmeshClient
+from model_server.config import bundled_model_path
+from tests.server import checkpoints
+from tests.server.harness import ServerThread, config_for
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TASKS = ("embedding", "sequence-classification", "token-classification", "fill-mask")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One random checkpoint per task, built once per test session."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {task: checkpoints.build(root / task, task) for task in TASKS}
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The bundled all-MiniLM-L6-v2 directory."""
+    return bundled_model_path()
+
+
+@pytest.fixture(scope="session")
+def minilm_server() -> Iterator[ServerThread]:
+    """`bertmesh serve` defaults (bundled MiniLM) with metrics on, shared by the session."""
+    server = ServerThread(config_for(None, metrics=True)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_servers(tiny_models: dict[str, Path]) -> Iterator[dict[str, ServerThread]]:
+    """A server per tiny checkpoint, shared by the session."""
+    servers = {task: ServerThread(config_for(path, metrics=True)).start() for task, path in tiny_models.items()}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture
+def minilm_client(minilm_server: ServerThread) -> Iterator[BertmeshClient]:
+    """A blocking client of the MiniLM server."""
+    with BertmeshClient(minilm_server.target) as client:
+        yield client

@@ -1,0 +1,30 @@
+"""int8 dynamic quantisation on CPU: served, reported, and close to fp32."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from model_server.client import BertmeshClient
+from tests.server.corpus import SENTENCES
+from tests.server.harness import ServerThread, config_for
+
+
+@pytest.fixture(scope="module")
+def int8_server() -> Iterator[ServerThread]:
+    server = ServerThread(config_for(None, "--precision", "int8")).start()
+    yield server
+    server.stop()
+
+
+def test_int8_embeddings_stay_close_to_fp32(int8_server: ServerThread, minilm_client: BertmeshClient) -> None:
+    with BertmeshClient(int8_server.target) as int8:
+        assert int8.model_info().precision == "int8"
+        quantised = int8.embed(SENTENCES)
+    full = minilm_client.embed(SENTENCES)
+    cosine = np.sum(quantised * full, axis=1)  # both are unit vectors
+    # Dynamic int8 costs a small model some fidelity (measured: min 0.93, mean 0.97); broken kernels give ~0.
+    assert cosine.min() >= 0.9 and cosine.mean() >= 0.95, cosine
+    assert not np.allclose(quantised, full, atol=1e-6)  # it really is another computation

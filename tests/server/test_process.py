@@ -1,0 +1,209 @@
+"""`bertmesh serve` as a real process: start-up log, health, SIGTERM drain, auth, reflection, CLI, imports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from model_server.client import BertmeshClient
+from model_server.proto.bertmesh.v1 import inference_pb2 as pb
+from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
+from tests.server.harness import details, free_port
+
+BERTMESH = [sys.executable, "-m", "model_server.cli"]
+LONG = " ".join(["transformers weigh every token against every other token"] * 18)
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[str]
+    target: str
+    log: list[str]
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> Process:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*BERTMESH, "serve", "--port", str(port), "--metrics-port", "0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    log: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            if " serving " in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    ready.wait(180)
+    return Process(proc, f"127.0.0.1:{port}", log)
+
+
+@pytest.fixture
+def tiny_process(tiny_models: dict[str, Path]) -> Iterator[Process]:
+    process = start("--model", str(tiny_models["embedding"]))
+    yield process
+    if process.proc.poll() is None:
+        process.proc.kill()
+        process.proc.wait()
+
+
+def test_startup_log_says_what_was_loaded_and_where(tiny_process: Process) -> None:
+    line = next(entry for entry in tiny_process.log if " serving " in entry)
+    assert re.search(
+        r"serving embedding \(embedding, BertModel, fp32 on cpu, revision sha256:\w+\) from .+ "
+        r"loaded in [\d.]+s; grpc://127\.0\.0\.1:\d+",
+        line,
+    ), line
+    with grpc.insecure_channel(tiny_process.target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_sigterm_finishes_every_in_flight_call_then_exits_zero(minilm_path: Path) -> None:
+    process = start("--max-batch-tokens", "256", "--cache-entries", "0")
+    with grpc.insecure_channel(process.target) as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=120)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        calls = [
+            stub.Embed.future(pb.EmbedRequest(inputs=[f"{i} {j} {LONG}" for j in range(6)]), timeout=120)
+            for i in range(6)
+        ]
+        # Wait until the server holds the calls: the first one is answered only after all were sent.
+        assert len(calls[0].result().embeddings) == 6
+        assert not all(call.done() for call in calls), "the calls must still be in flight at SIGTERM"
+        process.proc.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        for call in calls:
+            assert len(call.result().embeddings) == 6  # every admitted call is answered
+    assert process.proc.wait(60) == 0
+    assert any("shutting down" in line for line in process.log)
+    assert any("stopped" in line for line in process.log)
+
+
+def test_bearer_tokens_guard_everything_but_health(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# callers\nsecret-one\n\nsecret-two\n")
+    process = start("--model", str(tiny_models["embedding"]), "--auth-token-file", str(tokens))
+    try:
+        with BertmeshClient(process.target) as anonymous:
+            assert anonymous.serving()  # probes need no token
+            with pytest.raises(grpc.RpcError) as err:
+                anonymous.embed(["x"])
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "authorization: Bearer <token>" in details(err.value)
+        with BertmeshClient(process.target, token="wrong") as wrong, pytest.raises(grpc.RpcError) as err:
+            wrong.embed(["x"])
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with BertmeshClient(process.target, token="secret-two") as good:
+            assert good.embed(["x"]).shape == (1, 32)
+    finally:
+        process.proc.terminate()
+        assert process.proc.wait(60) == 0
+
+
+def test_warns_when_serving_beyond_loopback_without_tokens(tiny_models: dict[str, Path]) -> None:
+    process = start("--model", str(tiny_models["embedding"]), "--host", "0.0.0.0")
+    try:
+        assert any("without --auth-token-file" in line for line in process.log)
+    finally:
+        process.proc.terminate()
+        process.proc.wait(60)
+
+
+def test_reflection_lists_every_service(tiny_process: Process) -> None:
+    with grpc.insecure_channel(tiny_process.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+        names = {s.name for s in reply.list_services_response.service}
+        described = next(
+            stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService")]),
+                timeout=10,
+            )
+        )
+    assert names >= {"bertmesh.v1.InferenceService", "inference.GRPCInferenceService", "grpc.health.v1.Health"}
+    assert described.file_descriptor_response.file_descriptor_proto
+
+
+def test_cli_calls_a_running_server(tiny_process: Process) -> None:
+    out = subprocess.run(
+        [*BERTMESH, "embed", "hello", "world", "--target", tiny_process.target],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert '"text": "world"' in out.stdout
+    info = subprocess.run(
+        [*BERTMESH, "info", "--target", tiny_process.target], capture_output=True, text=True, check=True
+    )
+    assert '"task": "TASK_EMBEDDING"' in info.stdout
+    refused = subprocess.run(
+        [*BERTMESH, "classify", "x", "--target", tiny_process.target], capture_output=True, text=True
+    )
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
+
+
+def test_unusable_models_exit_2_with_the_reason(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "tokenizer.json", "vocab.txt"):
+        (pickled / name).write_bytes((tiny_models["embedding"] / name).read_bytes())
+    (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    result = subprocess.run(
+        [*BERTMESH, "serve", "--model", str(pickled), "--port", "0", "--metrics-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "bertmesh loads safetensors only" in result.stderr
+    fp16 = subprocess.run(
+        [
+            *BERTMESH,
+            "serve",
+            "--model",
+            str(tiny_models["embedding"]),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp16",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert fp16.returncode == 2 and "--precision fp16 needs a CUDA device" in fp16.stderr
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["model_server.client", "model_server.servicers.task", "model_server.servicers.oip", "model_server.dataplane"],
+)
+def test_client_and_servicers_import_without_torch(module: str) -> None:
+    code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,108 @@
+"""Pure pieces of the server: limits, cache, checkpoint inspection, configuration."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_server.cache import CacheKey, ResultCache
+from model_server.checkpoint import inspect_checkpoint
+from model_server.config import parse_args, resolve_limits
+from model_server.errors import ConfigError, InvalidArgument
+from model_server.tasks import Pooling, Task
+from model_server.validation import Limits, check_texts
+
+LIMITS = Limits(max_inputs_per_request=3, max_chars_per_input=10, max_tokens_per_input=8, max_message_bytes=100)
+
+
+def test_input_count_and_characters_at_the_limit_and_one_over() -> None:
+    check_texts(["a"] * 3, LIMITS)
+    with pytest.raises(InvalidArgument, match=r"inputs: 4 inputs exceed max_inputs_per_request=3"):
+        check_texts(["a"] * 4, LIMITS)
+    check_texts(["x" * 10], LIMITS)
+    with pytest.raises(InvalidArgument, match=r"inputs\[1\]: 11 characters exceed max_chars_per_input=10"):
+        check_texts(["ok", "x" * 11], LIMITS)
+
+
+@pytest.mark.parametrize("texts", [[], [""], ["fine", "   "]])
+def test_empty_requests_and_inputs_are_refused(texts: list[str]) -> None:
+    with pytest.raises(InvalidArgument, match="inputs"):
+        check_texts(texts, LIMITS)
+
+
+def test_cache_is_lru_and_keyed_on_everything_that_changes_the_result() -> None:
+    cache: ResultCache[str] = ResultCache(2)
+    a = CacheKey("rev1", "embedding", ("mean", True), "hello")
+    cache.put(a, "A")
+    assert cache.get(CacheKey("rev2", "embedding", ("mean", True), "hello")) is None
+    assert cache.get(CacheKey("rev1", "embedding", ("cls", True), "hello")) is None
+    assert cache.get(a) == "A"
+    cache.put(CacheKey("rev1", "embedding", ("mean", True), "b"), "B")
+    cache.put(CacheKey("rev1", "embedding", ("mean", True), "c"), "C")
+    assert cache.get(a) is None  # evicted: least recently used
+    assert (cache.hits, len(cache)) == (1, 2)
+    off: ResultCache[str] = ResultCache(0)
+    off.put(a, "A")
+    assert off.get(a) is None and not off.enabled
+
+
+def test_bundled_model_is_inspected_as_a_sentence_transformer(minilm_path: Path) -> None:
+    ckpt = inspect_checkpoint(minilm_path)
+    assert ckpt.task is Task.EMBEDDING
+    assert (ckpt.default_pooling, ckpt.default_normalize) == (Pooling.MEAN, True)
+    assert ckpt.default_max_tokens == 256 and ckpt.max_positions == 512
+    assert ckpt.digest.startswith("sha256:")
+
+
+def test_task_comes_from_the_architecture(tiny_models: dict[str, Path]) -> None:
+    for task, path in tiny_models.items():
+        ckpt = inspect_checkpoint(path)
+        assert ckpt.task is Task(task)
+    assert inspect_checkpoint(tiny_models["token-classification"]).labels[:2] == ("O", "B-PER")
+
+
+def test_pickle_only_checkpoints_are_refused(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    bad = tmp_path / "pickled"
+    shutil.copytree(tiny_models["embedding"], bad)
+    for weights in bad.glob("*.safetensors"):
+        weights.rename(bad / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match=r"only pickle weights \(pytorch_model.bin\).*safetensors only"):
+        inspect_checkpoint(bad)
+
+
+def test_missing_files_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        inspect_checkpoint(tmp_path / "nope")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ConfigError, match=r"no \*\.safetensors"):
+        inspect_checkpoint(tmp_path)
+
+
+def test_limits_resolve_against_the_model_and_refuse_impossible_settings() -> None:
+    limits, batching = resolve_limits(parse_args([]), model_max_tokens=256, max_positions=512)
+    assert limits.max_tokens_per_input == 256
+    assert batching.max_queued_tokens >= limits.max_inputs_per_request * 256
+    with pytest.raises(ConfigError, match="exceeds the model's 512 positions"):
+        resolve_limits(parse_args(["--max-tokens-per-input", "600"]), 256, 512)
+    with pytest.raises(ConfigError, match="one input must fit in a batch"):
+        resolve_limits(parse_args(["--max-batch-tokens", "100"]), 256, 512)
+    with pytest.raises(ConfigError, match="below one full request"):
+        resolve_limits(parse_args(["--max-queued-tokens", "1000"]), 256, 512)
+
+
+def test_bad_flags_exit_with_usage() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--max-inputs-per-request", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--precision", "fp8"])
+
+
+def test_l2_normalize_scales_to_unit_length_and_keeps_zero_vectors() -> None:
+    from model_server.postprocess import l2_normalize
+
+    assert np.allclose(l2_normalize(np.array([3.0, 4.0], dtype=np.float32)), [0.6, 0.8])
+    assert np.allclose(l2_normalize(np.zeros(3, dtype=np.float32)), 0.0)
