@@ -133,10 +133,20 @@ def test_canary_overrides_merge_over_the_base(make_md: MakeManifest) -> None:
     assert desired.revision != spec.base_serving.revision
 
 
-def test_an_override_that_breaks_a_rule_fails_when_merged(make_md: MakeManifest) -> None:
-    spec = parse_model_deployment(make_md({"traffic": {"canary": {"runtime": {"maxBatchTokens": 128}}}})).spec
-    with pytest.raises(ValueError, match="maxTokensPerInput"):
-        _ = spec.desired_serving
+def test_an_override_that_breaks_a_rule_is_refused_at_parse(make_md: MakeManifest) -> None:
+    bad = make_md({"traffic": {"canary": {"runtime": {"maxBatchTokens": 128}}}})
+    with pytest.raises(InvalidSpecError, match=r"the candidate .* is invalid: runtime: .*maxTokensPerInput"):
+        parse_model_deployment(bad)
+
+
+def test_a_new_storage_uri_brings_its_own_credentials_and_version(make_md: MakeManifest) -> None:
+    base = {"storageUri": "gs://bucket/v1", "secretName": "gcs", "revision": "v1"}
+    to_pvc = make_md({"model": base, "traffic": {"canary": {"model": {"storageUri": "pvc://models/v2"}}}})
+    model = parse_model_deployment(to_pvc).spec.desired_serving.model
+    assert (model.storage_uri, model.secret_name, model.revision) == ("pvc://models/v2", None, None)
+    relabel = make_md({"model": base, "traffic": {"canary": {"model": {"revision": "v1-fixed"}}}})
+    model = parse_model_deployment(relabel).spec.desired_serving.model
+    assert (model.storage_uri, model.secret_name, model.revision) == ("gs://bucket/v1", "gcs", "v1-fixed")
 
 
 def test_revision_tracks_model_and_runtime_only(make_md: MakeManifest) -> None:

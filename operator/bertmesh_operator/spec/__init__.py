@@ -7,7 +7,7 @@ Field descriptions become `kubectl explain` text, so each one states its default
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 
 from bertmesh_operator.schema import CelRule, CrdModel
 from bertmesh_operator.spec.serving import (
@@ -78,6 +78,18 @@ class ModelDeploymentSpec(CrdModel):
         default=None, description="Per-replica request rate limit in the sidecar. Default: none."
     )
     access: AccessSpec = Field(default=AccessSpec())
+
+    @model_validator(mode="after")
+    def _candidate_is_valid(self) -> ModelDeploymentSpec:
+        # The API server checks each part; only the merge shows whether the candidate as a whole is valid.
+        try:
+            _ = self.desired_serving
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise ValueError(
+                f"traffic.canary: the candidate (with the overrides applied) is invalid: {problems}"
+            ) from None
+        return self
 
     @property
     def base_serving(self) -> ServingSpec:

@@ -110,7 +110,7 @@ class _Override(CrdModel):
 
 
 class ModelOverride(_Override):
-    """Canary overrides of `model`: only the fields set here differ from the stable model."""
+    """Canary overrides of `model`; a new storageUri also resets secretName and revision unless set here."""
 
     cel_rules = _MODEL_RULES
 
@@ -235,6 +235,11 @@ class ServingSpec(CrdModel):
         """Return this spec with the fields set in the overrides replaced (validated again as a whole)."""
         merged = self.wire()
         if model is not None:
+            if model.storage_uri is not None:
+                # Another location is another model: the stable model's credentials and version label
+                # do not describe it.
+                merged["model"].pop("secretName", None)
+                merged["model"].pop("revision", None)
             merged["model"] |= model.wire()
         if runtime is not None:
             merged["runtime"] |= runtime.wire()

@@ -100,7 +100,11 @@ class CanarySpec(CrdModel):
         _duration_rule("progressDeadline", "1m", "2h"),
     )
 
-    model: ModelOverride | None = Field(default=None, description="Model fields the canary changes.")
+    model: ModelOverride | None = Field(
+        default=None,
+        description="Model fields the canary changes; a new storageUri also resets secretName and revision "
+        "unless they are set here too.",
+    )
     runtime: RuntimeOverride | None = Field(default=None, description="Runtime fields the canary changes.")
     # A set (no duplicates) that is sorted is strictly ascending: two cheap checks instead of a pairwise rule.
     steps: Annotated[list[StepWeight], Field(min_length=1, max_length=20)] | None = Field(
