@@ -11,9 +11,21 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
-from bertmesh_operator.schema import DNS1123_SUBDOMAIN, CelRule, CrdModel
+from bertmesh_operator.schema import (
+    DNS1123_LABEL,
+    DNS1123_SUBDOMAIN,
+    DURATION,
+    IMAGE,
+    LABEL_KEY,
+    LABEL_VALUE,
+    QUANTITY,
+    CelRule,
+    CrdModel,
+)
 from bertmesh_operator.spec import ModelDeploymentSpec
+from bertmesh_operator.spec.serving import STORAGE_URI
 from bertmesh_operator.status import ModelDeploymentStatus
 
 GROUP: Final = "serving.bertmesh.io"
@@ -80,12 +92,32 @@ class InvalidSpecError(ValueError):
     """A ModelDeployment that does not validate; the message lists each field path and what is wrong."""
 
 
+# What each grammar means, for people: a regular expression is not an error message.
+PATTERN_HINTS = {
+    STORAGE_URI: "must be pvc://<claim>[/<path>], s3://<bucket>/<path>, gs://<bucket>/<path> or https://<url>",
+    QUANTITY: "must be a positive Kubernetes quantity such as 500m, 2 or 4Gi (written as a string)",
+    DURATION: "must be a duration such as 30s, 1m30s or 2h",
+    DNS1123_LABEL: "must be a DNS label: lower-case letters, digits and '-', alphanumeric at both ends",
+    DNS1123_SUBDOMAIN: "must be a DNS name: lower-case letters, digits, '-' and '.'",
+    IMAGE: "must be a container image reference such as ghcr.io/org/image:tag",
+    LABEL_KEY: "must be a label key such as example.com/name",
+    LABEL_VALUE: "must be a label value: at most 63 letters, digits, '-', '_' or '.'",
+}
+
+
+def _message(item: ErrorDetails) -> str:
+    if item["type"] == "string_pattern_mismatch":
+        pattern = str((item.get("ctx") or {}).get("pattern", ""))
+        return PATTERN_HINTS.get(pattern, f"must match {pattern}")
+    return item["msg"].removeprefix("Value error, ")
+
+
 def format_errors(error: ValidationError) -> str:
     """Render pydantic errors as one line per field, with paths as they appear in the manifest."""
     lines = []
     for item in error.errors():
         path = ".".join(str(part) for part in item["loc"]) or "(object)"
-        lines.append(f"  {path}: {item['msg']}")
+        lines.append(f"  {path}: {_message(item)}")
     return "\n".join(lines)
 
 

@@ -72,18 +72,22 @@ RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("pvc parent", {"model": {"storageUri": "pvc://models/../etc"}}, "must not contain '..'"),
     ("pvc secret", {"model": {"storageUri": "pvc://m/x", "secretName": "s"}}, "needs no credentials"),
     ("s3 secret", {"model": {"storageUri": "s3://bucket/x", "secretName": "s"}}, None),
-    ("ftp scheme", {"model": {"storageUri": "ftp://host/x"}}, "should match pattern"),
+    ("ftp scheme", {"model": {"storageUri": "ftp://host/x"}}, "must be pvc://<claim>"),
     ("https", {"model": {"storageUri": "https://example.com/minilm.tar.gz"}}, None),
     ("gs", {"model": {"storageUri": "gs://bucket/path/to/model"}}, None),
     ("zero cpu", {"resources": {"cpu": "0"}}, "cpu must be greater than zero"),
     ("millicpu", {"resources": {"cpu": "500m"}}, None),
-    ("bad quantity", {"resources": {"memory": "2GB"}}, "should match pattern"),
+    ("bad quantity", {"resources": {"memory": "2GB"}}, "Kubernetes quantity such as 500m"),
     ("exists+value", {"resources": {"tolerations": [{"operator": "Exists", "value": "v"}]}}, "not set value"),
-    ("node selector key", {"resources": {"nodeSelector": {"bad key": "v"}}}, "should match pattern"),
+    ("node selector key", {"resources": {"nodeSelector": {"bad key": "v"}}}, "must be a label key"),
     ("unknown field", {"runtime": {"maxBatchToken": 10}}, "Extra inputs are not permitted"),
     ("callers", {"access": {"allowedCallers": [{"namespace": "web", "serviceAccount": "api"}]}}, None),
     ("no callers", {"access": {"allowedCallers": []}}, "at least 1 item"),
-    ("pin upper case", {"traffic": {"canary": CANARY | {"headerPin": {"name": "X-Pin"}}}}, "match pattern"),
+    (
+        "pin upper case",
+        {"traffic": {"canary": CANARY | {"headerPin": {"name": "X-Pin"}}}},
+        r"must match \^\[a-z0-9\]",
+    ),
 ]
 
 
