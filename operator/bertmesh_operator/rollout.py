@@ -52,12 +52,30 @@ class Observation:
     p99_latency_ms: float | None = None
 
 
+# `bertmesh rollout promote|abort` writes "<action>:<canary revision>" here; the operator reads it.
+COMMAND_ANNOTATION = "serving.bertmesh.io/rollout-command"
+
+
 @dataclass(frozen=True)
 class Command:
     """A manual `bertmesh rollout promote|abort`, bound to the canary revision it was issued for."""
 
     action: Literal["promote", "abort"]
     revision: str
+
+    def annotation(self) -> str:
+        """The value of the rollout-command annotation carrying this command."""
+        return f"{self.action}:{self.revision}"
+
+    @staticmethod
+    def parse(value: str | None) -> Command | None:
+        """Read a rollout-command annotation value; None when absent or malformed (it is then ignored)."""
+        action, _, revision = (value or "").strip().partition(":")
+        if action == "promote" and revision:
+            return Command("promote", revision)
+        if action == "abort" and revision:
+            return Command("abort", revision)
+        return None
 
 
 @dataclass(frozen=True)

@@ -269,3 +269,20 @@ def test_follow_spec_is_idempotent(canary_spec: ModelDeploymentSpec, t0: datetim
 def test_weights_refuse_a_split_not_summing_to_100() -> None:
     with pytest.raises(ValueError, match="sum to 100"):
         Weights(60, 50)
+
+
+@pytest.mark.parametrize(
+    ("value", "command"),
+    [
+        ("promote:0123456789", Command("promote", "0123456789")),
+        (" abort:abc ", Command("abort", "abc")),
+        ("abort:", None),
+        ("restart:abc", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_command_annotation(value: str | None, command: Command | None) -> None:
+    assert Command.parse(value) == command
+    if command is not None:
+        assert Command.parse(command.annotation()) == command
