@@ -174,3 +174,35 @@ def conditions(
             )
         )
     return result
+
+
+def status_patch(
+    state: RolloutState,
+    spec: ModelDeploymentSpec,
+    *,
+    generation: int | None,
+    stable_ready_replicas: int,
+    canary_ready_replicas: int,
+    grpc_endpoint: str,
+    now: datetime,
+    previous: ModelDeploymentStatus | None = None,
+) -> dict[str, Any]:
+    """The whole status to write after a reconcile (a merge patch body for the status subresource)."""
+    found = conditions(
+        state,
+        stable_ready_replicas=stable_ready_replicas,
+        generation=generation,
+        now=now,
+        previous=previous.conditions if previous is not None else None,
+    )
+    return {
+        "observedGeneration": generation,
+        "conditions": [c.wire() for c in found],
+        "grpcEndpoint": grpc_endpoint,
+        **rollout_status(
+            state,
+            spec,
+            stable_ready_replicas=stable_ready_replicas,
+            canary_ready_replicas=canary_ready_replicas,
+        ),
+    }

@@ -91,3 +91,60 @@ def test_not_ready_without_stable_replicas(spec: ModelDeploymentSpec, t0: dateti
     found = conditions(initial_state(spec), stable_ready_replicas=0, generation=1, now=t0)
     ready = {c.type: c for c in found}
     assert (ready["Ready"].status, ready["Ready"].reason) == ("False", "NoReadyReplicas")
+
+
+def test_status_patch_is_a_valid_status(spec: ModelDeploymentSpec, t0: datetime) -> None:
+    from bertmesh_operator.status import status_patch
+
+    state, _ = step(initial_state(spec), None, spec, t0)
+    patch = status_patch(
+        state,
+        spec,
+        generation=7,
+        stable_ready_replicas=1,
+        canary_ready_replicas=0,
+        grpc_endpoint="minilm.ml.svc.cluster.local:50051",
+        now=t0,
+    )
+    status = ModelDeploymentStatus.model_validate(patch)
+    assert (status.observed_generation, status.grpc_endpoint, status.phase) == (
+        7,
+        "minilm.ml.svc.cluster.local:50051",
+        "Progressing",
+    )
+    assert rollout_state(status, spec) == state
+    again = status_patch(
+        state,
+        spec,
+        generation=7,
+        stable_ready_replicas=1,
+        canary_ready_replicas=0,
+        grpc_endpoint="minilm.ml.svc.cluster.local:50051",
+        now=t0.replace(hour=5),
+        previous=status,
+    )
+    assert again == patch  # nothing changed, so nothing moves (transition times included)
+
+
+def test_status_patch_passes_the_crd_status_schema(spec: ModelDeploymentSpec, t0: datetime) -> None:
+    import jsonschema  # type: ignore[import-untyped]  # no stubs in the lock
+
+    from bertmesh_operator.crd import openapi_schema
+    from bertmesh_operator.status import status_patch
+
+    schema = openapi_schema()["properties"]["status"]
+    state = initial_state(spec)
+    for observation in (None, READY, Observation(stable_ready=True)):
+        state, _ = step(state, observation, spec, t0)
+        patch = status_patch(
+            state,
+            spec,
+            generation=1,
+            stable_ready_replicas=1,
+            canary_ready_replicas=1,
+            grpc_endpoint="minilm.ml.svc.cluster.local:50051",
+            now=t0,
+        )
+        # A null in a merge patch deletes the field; what is stored has no nulls.
+        stored = {k: v for k, v in patch.items() if v is not None}
+        jsonschema.Draft202012Validator(schema).validate(stored)
