@@ -1,0 +1,94 @@
+"""PromQL for canary analysis, as pure strings, and the pure reading of Prometheus' answers.
+
+Both measures come from Istio's standard metrics as reported by the canary's own sidecars
+(`reporter="destination"`), restricted to gRPC calls, so they hold whoever the callers are:
+
+- success rate: 1 - (calls ending in a server-side gRPC status) / (all calls). Istio labels gRPC calls
+  with `grpc_response_status`; the HTTP `response_code` of a gRPC call is 200 whatever happened, so it
+  cannot be used. Client-side statuses (INVALID_ARGUMENT, NOT_FOUND, ...) and RESOURCE_EXHAUSTED (the rate
+  limiter and load shedding answer with it: it measures callers, not the candidate) are not failures.
+- p99 latency: `histogram_quantile(0.99, ...)` over `istio_request_duration_milliseconds_bucket`.
+
+No traffic gives an empty result (or NaN), which `read_scalar` turns into None: missing data, which the
+rollout counts as a failed check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# gRPC status codes that blame the server: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+# DATA_LOSS.
+SERVER_FAILURE_CODES = ("2", "4", "12", "13", "14", "15")
+
+
+@dataclass(frozen=True)
+class AnalysisTarget:
+    """Which calls to measure: those served by one workload (a track's Deployment) of one Service."""
+
+    namespace: str
+    service: str
+    workload: str
+    window: str = "1m"
+
+
+def canary_target(name: str, namespace: str, window: str) -> AnalysisTarget:
+    """The target for the canary track of a ModelDeployment (its Deployment is `<name>-canary`)."""
+    return AnalysisTarget(namespace=namespace, service=name, workload=f"{name}-canary", window=window)
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _selector(target: AnalysisTarget, extra: str = "") -> str:
+    labels = [
+        'reporter="destination"',
+        'request_protocol="grpc"',
+        f"destination_workload_namespace={_quote(target.namespace)}",
+        f"destination_workload={_quote(target.workload)}",
+        f"destination_service_name={_quote(target.service)}",
+    ]
+    if extra:
+        labels.append(extra)
+    return "{" + ", ".join(labels) + "}"
+
+
+def success_rate_query(target: AnalysisTarget) -> str:
+    """PromQL for the share of the target's gRPC calls that did not fail server-side, over the window."""
+    failed = _selector(target, f'grpc_response_status=~"{"|".join(SERVER_FAILURE_CODES)}"')
+    every = _selector(target)
+    window = target.window
+    # "or vector(0)": no failures at all is a real 0, not missing data; only no calls at all is missing.
+    return (
+        f"1 - ((sum(rate(istio_requests_total{failed}[{window}])) or vector(0))"
+        f" / sum(rate(istio_requests_total{every}[{window}])))"
+    )
+
+
+def p99_latency_query(target: AnalysisTarget) -> str:
+    """PromQL for the 99th percentile duration (ms) of the target's gRPC calls, over the window."""
+    buckets = f"istio_request_duration_milliseconds_bucket{_selector(target)}"
+    return f"histogram_quantile(0.99, sum by (le) (rate({buckets}[{target.window}])))"
+
+
+def read_scalar(response: Mapping[str, Any]) -> float | None:
+    """The single value of a Prometheus /api/v1/query answer; None when it is missing, empty or NaN."""
+    if response.get("status") != "success":
+        return None
+    data = response.get("data") or {}
+    result = data.get("result")
+    if data.get("resultType") == "scalar" and isinstance(result, list) and len(result) == 2:
+        raw = result[1]
+    elif data.get("resultType") == "vector" and isinstance(result, list) and len(result) == 1:
+        raw = (result[0].get("value") or [None, None])[1]
+    else:
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) or math.isinf(value) else value

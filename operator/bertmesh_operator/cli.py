@@ -1,0 +1,130 @@
+"""The operator side of the `bertmesh` command: `render` (offline), `operator` and `rollout` (next phase).
+
+`model_server.cli` dispatches here with argv[0] being the subcommand. Nothing is parsed or imported at
+import time beyond what `render` needs; kopf and the Kubernetes client will only be imported by `operator`
+and `rollout`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from bertmesh_operator.render import RenderOptions, render
+from bertmesh_operator.render.context import DEFAULT_STORAGE_INITIALIZER
+from bertmesh_operator.resource import InvalidSpecError, parse_model_deployment
+from bertmesh_operator.rollout import follow_spec
+from bertmesh_operator.status import rollout_state
+
+NOT_YET = {
+    "operator": "run the operator against the current kubeconfig",
+    "rollout": "status|promote|abort a canary rollout",
+}
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes repeated values out in full: kubectl and humans read the output, not YAML anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _render_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bertmesh render",
+        description="Print the objects the operator applies for ModelDeployments, offline. The rollout "
+        "state is read from each object's status when present (as the operator does); a change to model or "
+        "runtime shows its canary as the operator's next reconcile creates it (at weight 0).",
+    )
+    parser.add_argument(
+        "-f", "--filename", required=True, help="ModelDeployment YAML (multi-document); - is stdin"
+    )
+    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml", help="default: yaml")
+    parser.add_argument("--cluster-domain", default="cluster.local", help="default: cluster.local")
+    parser.add_argument(
+        "--trust-domain", default="cluster.local", help="Istio trust domain; default: cluster.local"
+    )
+    parser.add_argument(
+        "--storage-initializer-image",
+        default=DEFAULT_STORAGE_INITIALIZER,
+        help=f"downloads s3/gs/https models; default: {DEFAULT_STORAGE_INITIALIZER}",
+    )
+    return parser
+
+
+def _documents(text: str) -> Iterator[tuple[int, Any]]:
+    for index, doc in enumerate(yaml.safe_load_all(text), start=1):
+        if doc is not None:
+            yield index, doc
+
+
+def render_documents(text: str, options: RenderOptions, now: datetime) -> list[dict[str, Any]]:
+    """Every object for every ModelDeployment in a multi-document YAML text; raises ValueError if invalid."""
+    objects: list[dict[str, Any]] = []
+    for index, doc in _documents(text):
+        if not isinstance(doc, dict):
+            raise ValueError(f"document {index}: not a mapping")
+        try:
+            md = parse_model_deployment(doc)
+        except InvalidSpecError as error:
+            raise ValueError(f"document {index}: {error}") from None
+        state = follow_spec(rollout_state(md.status, md.spec), md.spec, now)
+        objects += render(md, state=state, options=options)
+    if not objects:
+        raise ValueError("no ModelDeployment found")
+    return objects
+
+
+def _write(objects: list[dict[str, Any]], output: str, out: TextIO) -> None:
+    if output == "json":
+        json.dump({"apiVersion": "v1", "kind": "List", "items": objects}, out, indent=2)
+        out.write("\n")
+        return
+    yaml.dump_all(objects, out, Dumper=_NoAliasDumper, sort_keys=False, explicit_start=True, width=120)
+
+
+def _render(argv: list[str]) -> int:
+    args = _render_parser().parse_args(argv)
+    source = args.filename
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as error:
+        print(f"bertmesh render: cannot read {source}: {error.strerror}", file=sys.stderr)
+        return 1
+    options = RenderOptions(
+        cluster_domain=args.cluster_domain,
+        trust_domain=args.trust_domain,
+        storage_initializer_image=args.storage_initializer_image,
+    )
+    try:
+        objects = render_documents(text, options, datetime.now(UTC))
+    except yaml.YAMLError as error:
+        print(f"bertmesh render: {source}: not valid YAML: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"bertmesh render: {source}: {error}", file=sys.stderr)
+        return 1
+    _write(objects, args.output, sys.stdout)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Run `bertmesh render|operator|rollout ...` (argv[0] is the subcommand) and return the exit status."""
+    if not argv:
+        print("usage: bertmesh render|operator|rollout ...", file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "render":
+        return _render(rest)
+    if command in NOT_YET:
+        print(f"bertmesh {command}: not implemented yet ({NOT_YET[command]}).", file=sys.stderr)
+        return 2
+    print(f"bertmesh: unknown operator command {command!r}", file=sys.stderr)
+    return 2

@@ -1,0 +1,272 @@
+"""The canary rollout as a pure state machine: `step(state, observation, spec, now) -> (state, weights)`.
+
+A change to what the spec serves (model or runtime, canary overrides included) starts a canary at weight 0;
+once a canary replica is ready it gets the first step's weight. Every `interval` the operator's observation of
+the canary (gRPC success rate and p99 latency from Istio's metrics) is checked against the analysis
+thresholds: a pass moves to the next step, a failure — missing data included — counts against `threshold`,
+and reaching it aborts (100% stable, canary scaled to zero, Degraded). After the last step passes, the stable
+track takes the candidate ("Promoting": traffic stays split while the stable Deployment rolls) and, once it
+is rolled out, the canary is removed. A new change during a rollout restarts it from the first step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from bertmesh_operator.spec import AnalysisSpec, CanarySpec, ModelDeploymentSpec, ServingSpec
+
+
+class Phase(StrEnum):
+    """Where a ModelDeployment is in its rollout."""
+
+    STABLE = "Stable"  # one track, 100% of traffic
+    PROGRESSING = "Progressing"  # a canary exists and is being analysed
+    PROMOTING = "Promoting"  # stable is rolling to the candidate; the canary still serves its share
+    ABORTED = "Aborted"  # the candidate failed; 100% stable, canary at zero replicas, until the spec changes
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The traffic split, in percent; always sums to 100."""
+
+    stable: int
+    canary: int
+
+    def __post_init__(self) -> None:
+        if self.stable + self.canary != 100 or not 0 <= self.canary <= 100:
+            raise ValueError(f"weights must be within 0..100 and sum to 100, got {self}")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the operator measured at one reconcile; None means no data (which fails a due check)."""
+
+    canary_ready_replicas: int = 0
+    # The stable Deployment has finished rolling out the state's stable revision (ends Promoting).
+    stable_ready: bool = False
+    success_rate: float | None = None
+    p99_latency_ms: float | None = None
+
+
+# `bertmesh rollout promote|abort` writes "<action>:<canary revision>" here; the operator reads it.
+COMMAND_ANNOTATION = "serving.bertmesh.io/rollout-command"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A manual `bertmesh rollout promote|abort`, bound to the canary revision it was issued for."""
+
+    action: Literal["promote", "abort"]
+    revision: str
+
+    def annotation(self) -> str:
+        """The value of the rollout-command annotation carrying this command."""
+        return f"{self.action}:{self.revision}"
+
+    @staticmethod
+    def parse(value: str | None) -> Command | None:
+        """Read a rollout-command annotation value; None when absent or malformed (it is then ignored)."""
+        action, _, revision = (value or "").strip().partition(":")
+        if action == "promote" and revision:
+            return Command("promote", revision)
+        if action == "abort" and revision:
+            return Command("abort", revision)
+        return None
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Everything the rollout remembers between reconciles (persisted in the ModelDeployment's status)."""
+
+    stable: ServingSpec
+    phase: Phase = Phase.STABLE
+    canary: ServingSpec | None = None
+    step: int = 0  # 1-based step of the schedule; 0 while the canary gets no traffic yet
+    canary_weight: int = 0
+    failed_checks: int = 0
+    step_started_at: datetime | None = None
+    reason: str = "Stable"
+    message: str = ""
+
+    @property
+    def stable_revision(self) -> str:
+        """The revision the stable track serves."""
+        return self.stable.revision
+
+    @property
+    def canary_revision(self) -> str | None:
+        """The revision the canary track serves, if there is one."""
+        return None if self.canary is None else self.canary.revision
+
+    @property
+    def weights(self) -> Weights:
+        """The traffic split this state routes."""
+        return Weights(stable=100 - self.canary_weight, canary=self.canary_weight)
+
+    @property
+    def canary_scaled_down(self) -> bool:
+        """Whether the canary Deployment exists but must run no replicas."""
+        return self.phase is Phase.ABORTED
+
+
+def initial_state(spec: ModelDeploymentSpec) -> RolloutState:
+    """The state before the first reconcile: stable serves model and runtime as written.
+
+    Canary overrides present at creation therefore go out as a canary, not straight to stable.
+    """
+    return RolloutState(stable=spec.base_serving, message="no rollout yet")
+
+
+def follow_spec(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -> RolloutState:
+    """Start, restart or cancel a rollout when what the spec serves differs from what the tracks serve."""
+    desired = spec.desired_serving
+    if desired.revision == state.stable_revision:
+        if state.phase in (Phase.PROGRESSING, Phase.ABORTED):
+            return _to_stable(
+                state, "RolloutCancelled", f"the spec serves the stable revision {desired.revision}"
+            )
+        return state
+    if state.phase is not Phase.STABLE and desired.revision == state.canary_revision:
+        return state
+    return RolloutState(
+        stable=state.stable,
+        phase=Phase.PROGRESSING,
+        canary=desired,
+        step_started_at=now,
+        reason="CanaryStarted",
+        message=f"rolling out {desired.revision} over {state.stable_revision}; waiting for a ready canary",
+    )
+
+
+def step(
+    state: RolloutState,
+    observation: Observation | None,
+    spec: ModelDeploymentSpec,
+    now: datetime,
+    command: Command | None = None,
+) -> tuple[RolloutState, Weights]:
+    """Advance the rollout by one reconcile and return the new state and the traffic split to route."""
+    policy = spec.traffic.policy
+    before = (state.stable_revision, state.canary_revision)
+    state = follow_spec(state, spec, now)
+    state = _apply_command(state, command, now)
+    # An observation describes the tracks it was measured on: once either track changed revision in this
+    # call, it says nothing about the new one (a ready canary of the previous candidate is not ready now).
+    if observation is None or (state.stable_revision, state.canary_revision) != before:
+        observation = Observation()
+    state = _advance(state, observation, policy, now)
+    state = replace(state, canary_weight=_weight(state, policy))
+    return state, state.weights
+
+
+def _apply_command(state: RolloutState, command: Command | None, now: datetime) -> RolloutState:
+    # A command names the canary revision it was meant for, so a stale one never hits a later rollout.
+    if command is None or command.revision != state.canary_revision:
+        return state
+    if command.action == "promote" and state.phase in (Phase.PROGRESSING, Phase.ABORTED):
+        return _promote(state, now, "promoted by a rollout promote command")
+    if command.action == "abort" and state.phase is Phase.PROGRESSING:
+        return _abort(state, now, "aborted by a rollout abort command")
+    return state
+
+
+def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: datetime) -> RolloutState:
+    if state.phase is Phase.PROMOTING:
+        if obs.stable_ready:
+            return _to_stable(state, "Promoted", f"stable serves {state.stable_revision}")
+        return state
+    if state.phase is not Phase.PROGRESSING:
+        return state
+    elapsed = (now - (state.step_started_at or now)).total_seconds()
+    if state.step == 0:
+        if obs.canary_ready_replicas > 0:
+            return replace(
+                state,
+                step=1,
+                step_started_at=now,
+                reason="CanaryReady",
+                message=f"step 1/{len(policy.schedule)}: canary at {policy.schedule[0]}%",
+            )
+        if elapsed >= policy.progress_deadline_seconds:
+            return _abort(state, now, f"the canary had no ready replica within {policy.progress_deadline}")
+        return state
+    if elapsed < policy.interval_seconds:
+        return state
+    failure = check(obs, policy.analysis)
+    if failure is None:
+        if state.step >= len(policy.schedule):
+            return _promote(state, now, f"all {len(policy.schedule)} steps passed their checks")
+        nxt = state.step + 1
+        return replace(
+            state,
+            step=nxt,
+            step_started_at=now,
+            reason="CheckPassed",
+            message=f"step {nxt}/{len(policy.schedule)}: canary at {policy.schedule[nxt - 1]}%",
+        )
+    failed = state.failed_checks + 1
+    if failed >= policy.threshold:
+        return _abort(replace(state, failed_checks=failed), now, f"{failed} failed checks, last: {failure}")
+    return replace(
+        state,
+        failed_checks=failed,
+        step_started_at=now,
+        reason="CheckFailed",
+        message=f"check failed ({failed}/{policy.threshold}): {failure}",
+    )
+
+
+def check(obs: Observation, analysis: AnalysisSpec) -> str | None:
+    """Return why the observation fails the analysis thresholds, or None when it passes."""
+    if obs.canary_ready_replicas <= 0:
+        return "the canary has no ready replica"
+    rate, p99 = obs.success_rate, obs.p99_latency_ms
+    if rate is None or math.isnan(rate) or p99 is None or math.isnan(p99):
+        return "no metrics for the canary (no traffic, or Prometheus unreachable)"
+    if rate < analysis.min_success_rate:
+        return f"success rate {rate:.4f} < {analysis.min_success_rate}"
+    if p99 > analysis.max_p99_latency_ms:
+        return f"p99 latency {p99:.0f}ms > {analysis.max_p99_latency_ms}ms"
+    return None
+
+
+def _weight(state: RolloutState, policy: CanarySpec) -> int:
+    # Recomputed from the policy in force, so editing the policy mid-rollout never leaves a stale weight.
+    if state.phase is Phase.PROGRESSING and state.step > 0:
+        schedule = policy.schedule
+        return schedule[min(state.step, len(schedule)) - 1]
+    if state.phase is Phase.PROMOTING:
+        return min(state.canary_weight, policy.effective_max_weight)
+    return 0
+
+
+def _promote(state: RolloutState, now: datetime, why: str) -> RolloutState:
+    assert state.canary is not None  # only called while a canary exists
+    return replace(
+        state,
+        phase=Phase.PROMOTING,
+        stable=state.canary,
+        step_started_at=now,
+        reason="Promoting",
+        message=f"{why}; stable is rolling to {state.canary.revision}",
+    )
+
+
+def _abort(state: RolloutState, now: datetime, why: str) -> RolloutState:
+    return replace(
+        state,
+        phase=Phase.ABORTED,
+        canary_weight=0,
+        step_started_at=now,
+        reason="CanaryAborted",
+        message=f"canary {state.canary_revision} aborted: {why}; 100% of traffic is on stable "
+        f"{state.stable_revision}",
+    )
+
+
+def _to_stable(state: RolloutState, reason: str, message: str) -> RolloutState:
+    return RolloutState(stable=state.stable, reason=reason, message=message)
