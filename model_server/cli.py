@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+_OPERATOR_COMMANDS = ("render", "operator", "rollout")
 _USAGE = """usage: bertmesh <command> [options]
 
 commands:
@@ -15,6 +16,9 @@ commands:
   embed       embed texts with a running server
   classify    classify texts with a running server
   info        show what a running server serves
+  render      print the objects the operator would apply for a ModelDeployment (offline)
+  operator    run the operator against the current kubeconfig
+  rollout     status|promote|abort a canary rollout
 
 Run `bertmesh <command> --help` for the options of one command.
 """
@@ -27,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_USAGE, end="")
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command in _OPERATOR_COMMANDS:
+        from bertmesh_operator.cli import main as operator_main
+
+        return int(operator_main([command, *rest]))
     if command == "serve":
         from model_server.server import main as serve_main
 

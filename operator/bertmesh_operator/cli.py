@@ -43,14 +43,10 @@ def _render_parser() -> argparse.ArgumentParser:
         "state is read from each object's status when present (as the operator does); a change to model or "
         "runtime shows its canary as the operator's next reconcile creates it (at weight 0).",
     )
-    parser.add_argument(
-        "-f", "--filename", required=True, help="ModelDeployment YAML (multi-document); - is stdin"
-    )
+    parser.add_argument("-f", "--filename", required=True, help="ModelDeployment YAML (multi-document); - is stdin")
     parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml", help="default: yaml")
     parser.add_argument("--cluster-domain", default="cluster.local", help="default: cluster.local")
-    parser.add_argument(
-        "--trust-domain", default="cluster.local", help="Istio trust domain; default: cluster.local"
-    )
+    parser.add_argument("--trust-domain", default="cluster.local", help="Istio trust domain; default: cluster.local")
     parser.add_argument(
         "--storage-initializer-image",
         default=DEFAULT_STORAGE_INITIALIZER,

@@ -126,9 +126,7 @@ def follow_spec(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -
     desired = spec.desired_serving
     if desired.revision == state.stable_revision:
         if state.phase in (Phase.PROGRESSING, Phase.ABORTED):
-            return _to_stable(
-                state, "RolloutCancelled", f"the spec serves the stable revision {desired.revision}"
-            )
+            return _to_stable(state, "RolloutCancelled", f"the spec serves the stable revision {desired.revision}")
         return state
     if state.phase is not Phase.STABLE and desired.revision == state.canary_revision:
         return state
@@ -263,8 +261,7 @@ def _abort(state: RolloutState, now: datetime, why: str) -> RolloutState:
         canary_weight=0,
         step_started_at=now,
         reason="CanaryAborted",
-        message=f"canary {state.canary_revision} aborted: {why}; 100% of traffic is on stable "
-        f"{state.stable_revision}",
+        message=f"canary {state.canary_revision} aborted: {why}; 100% of traffic is on stable {state.stable_revision}",
     )
 
 

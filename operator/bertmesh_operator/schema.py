@@ -92,9 +92,7 @@ class CrdModel(BaseModel):
     cel_rules: ClassVar[tuple[CelRule, ...]] = ()
 
     @classmethod
-    def __get_pydantic_json_schema__(
-        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         """Add the class's CEL rules to its JSON schema as `x-kubernetes-validations`."""
         schema = handler(core_schema)
         target = handler.resolve_ref_schema(schema)

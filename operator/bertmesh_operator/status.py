@@ -64,9 +64,7 @@ class ModelDeploymentStatus(CrdModel):
     phase: Literal["Stable", "Progressing", "Promoting", "Aborted"] | None = None
     stable: TrackStatus | None = None
     canary: CanaryStatus | None = None
-    grpc_endpoint: str | None = Field(
-        default=None, max_length=320, description="host:port to call over gRPC."
-    )
+    grpc_endpoint: str | None = Field(default=None, max_length=320, description="host:port to call over gRPC.")
     message: str | None = Field(default=None, max_length=32768)
 
 

@@ -18,9 +18,7 @@ TARGET = canary_target("minilm", "ml", "1m30s")
 
 
 def test_canary_target_names_the_canary_deployment() -> None:
-    assert (
-        AnalysisTarget(namespace="ml", service="minilm", workload="minilm-canary", window="1m30s") == TARGET
-    )
+    assert AnalysisTarget(namespace="ml", service="minilm", workload="minilm-canary", window="1m30s") == TARGET
 
 
 def test_success_rate_uses_grpc_status_not_http_code() -> None:

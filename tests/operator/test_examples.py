@@ -85,9 +85,7 @@ def test_gpu_classifier_canary_can_be_folded_after_promotion() -> None:
     state, _ = step(state, None, spec, NOW, Command("promote", state.canary_revision or ""))
     state, _ = step(state, Observation(stable_ready=True), spec, NOW)
     assert state.phase is Phase.STABLE
-    folded = manifest["spec"] | {
-        "model": manifest["spec"]["model"] | manifest["spec"]["traffic"]["canary"]["model"]
-    }
+    folded = manifest["spec"] | {"model": manifest["spec"]["model"] | manifest["spec"]["traffic"]["canary"]["model"]}
     folded["traffic"] = {"timeout": "10s"}
     folded_spec = parse_model_deployment(manifest | {"spec": folded}).spec
     after, weights = step(state, None, folded_spec, NOW)

@@ -38,9 +38,7 @@ def test_render_prints_every_object_as_yaml(
     assert list(yaml.safe_load_all(out)) == render(manifest)
 
 
-def test_render_json_is_a_list(
-    tmp_path: Path, make_md: MakeManifest, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_render_json_is_a_list(tmp_path: Path, make_md: MakeManifest, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", "-f", str(write(tmp_path, make_md())), "-o", "json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert (listing["apiVersion"], listing["kind"]) == ("v1", "List")
@@ -99,9 +97,7 @@ def test_invalid_spec_names_document_and_fields(
         ("- a list\n", "not a mapping"),
     ],
 )
-def test_unusable_input(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
-) -> None:
+def test_unusable_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str) -> None:
     path = tmp_path / "in.yaml"
     path.write_text(content)
     assert main(["render", "-f", str(path)]) == 1
@@ -114,9 +110,7 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 @pytest.mark.parametrize("command", [["operator"], ["rollout", "status", "minilm"]])
-def test_operator_and_rollout_are_not_implemented_yet(
-    command: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_operator_and_rollout_are_not_implemented_yet(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(command) == 2
     assert "not implemented yet" in capsys.readouterr().err
 

@@ -77,9 +77,7 @@ def test_weights_and_header_pin_while_progressing(
     make_md: MakeManifest, t0: datetime, checks: int, canary_weight: int
 ) -> None:
     manifest = make_md({"traffic": {"canary": CANARY | {"headerPin": {"name": "x-track", "value": "next"}}}})
-    pin, weighted = objects_of(manifest, progressing(manifest, t0, checks=checks))["VirtualService"]["spec"][
-        "http"
-    ]
+    pin, weighted = objects_of(manifest, progressing(manifest, t0, checks=checks))["VirtualService"]["spec"]["http"]
     assert pin["name"] == "canary-pin"
     assert pin["match"] == [{"headers": {"x-track": {"exact": "next"}}}]
     assert pin["route"] == [
@@ -133,9 +131,7 @@ def test_authorization_defaults_to_the_same_namespace(make_md: MakeManifest) -> 
     ap = objects_of(make_md())["AuthorizationPolicy"]["spec"]
     assert ap["action"] == "ALLOW"
     assert ap["selector"] == {"matchLabels": {"serving.bertmesh.io/model-deployment": "minilm"}}
-    assert ap["rules"] == [
-        {"from": [{"source": {"namespaces": ["ml"]}}], "to": [{"operation": {"ports": ["50051"]}}]}
-    ]
+    assert ap["rules"] == [{"from": [{"source": {"namespaces": ["ml"]}}], "to": [{"operation": {"ports": ["50051"]}}]}]
 
 
 def test_authorization_allows_only_the_listed_callers(make_md: MakeManifest) -> None:

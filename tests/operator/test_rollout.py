@@ -56,9 +56,7 @@ def test_no_change_stays_stable(spec_of: Callable[..., ModelDeploymentSpec], t0:
     assert state.canary is None
 
 
-def test_a_canary_override_starts_a_canary_at_zero_until_ready(
-    canary_spec: ModelDeploymentSpec, t0: datetime
-) -> None:
+def test_a_canary_override_starts_a_canary_at_zero_until_ready(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     state, weights = step(initial_state(canary_spec), Observation(), canary_spec, t0)
     assert (state.phase, state.step, weights) == (Phase.PROGRESSING, 0, Weights(100, 0))
     assert state.canary == canary_spec.desired_serving
@@ -70,9 +68,7 @@ def test_a_canary_override_starts_a_canary_at_zero_until_ready(
     assert (state.step, weights, state.reason) == (1, Weights(90, 10), "CanaryReady")
 
 
-def test_a_canary_never_ready_aborts_at_the_progress_deadline(
-    canary_spec: ModelDeploymentSpec, t0: datetime
-) -> None:
+def test_a_canary_never_ready_aborts_at_the_progress_deadline(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     state, _ = step(initial_state(canary_spec), None, canary_spec, t0)
     state, _ = step(state, None, canary_spec, t0 + 9 * MINUTE)
     assert state.phase is Phase.PROGRESSING
@@ -100,9 +96,7 @@ def test_a_passing_check_advances_one_step(canary_spec: ModelDeploymentSpec, t0:
     assert state.step_started_at == t0 + MINUTE
 
 
-def test_after_the_last_step_stable_takes_the_candidate(
-    canary_spec: ModelDeploymentSpec, t0: datetime
-) -> None:
+def test_after_the_last_step_stable_takes_the_candidate(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     state = started(canary_spec, t0)
     state, _ = step(state, GOOD, canary_spec, t0 + MINUTE)
     state, weights = step(state, GOOD, canary_spec, t0 + 2 * MINUTE)
@@ -185,9 +179,7 @@ def test_reverting_the_spec_cancels_the_rollout(
     assert state.canary is None
 
 
-def test_an_observation_of_a_replaced_canary_is_ignored(
-    canary_spec: ModelDeploymentSpec, t0: datetime
-) -> None:
+def test_an_observation_of_a_replaced_canary_is_ignored(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     # The canary's pods were ready when measured, but the spec change replaces them in the same reconcile.
     state, weights = step(initial_state(canary_spec), GOOD, canary_spec, t0)
     assert (state.step, weights) == (0, Weights(100, 0))
@@ -239,9 +231,7 @@ def test_manual_promote_and_abort(canary_spec: ModelDeploymentSpec, t0: datetime
     assert overruled.stable == canary_spec.desired_serving
 
 
-def test_commands_without_a_canary_do_nothing(
-    spec_of: Callable[..., ModelDeploymentSpec], t0: datetime
-) -> None:
+def test_commands_without_a_canary_do_nothing(spec_of: Callable[..., ModelDeploymentSpec], t0: datetime) -> None:
     spec = spec_of()
     state = initial_state(spec)
     for command in (Command("promote", state.stable_revision), Command("abort", state.stable_revision)):

@@ -26,9 +26,7 @@ def _spec(policy: dict[str, Any], candidate: str) -> ModelDeploymentSpec:
     return parse_model_deployment(manifest).spec
 
 
-steps_policy = st.lists(st.integers(1, 100), min_size=1, max_size=6, unique=True).map(
-    lambda xs: {"steps": sorted(xs)}
-)
+steps_policy = st.lists(st.integers(1, 100), min_size=1, max_size=6, unique=True).map(lambda xs: {"steps": sorted(xs)})
 weight_policy = st.builds(
     lambda step, top: {"stepWeight": min(step, top), "maxWeight": top},
     st.integers(1, 100),

@@ -25,9 +25,7 @@ def spec(make_md: MakeManifest) -> ModelDeploymentSpec:
 
 def _roundtrip(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -> RolloutState:
     fields = rollout_status(state, spec, stable_ready_replicas=2, canary_ready_replicas=1)
-    fields["conditions"] = [
-        c.wire() for c in conditions(state, stable_ready_replicas=2, generation=3, now=now)
-    ]
+    fields["conditions"] = [c.wire() for c in conditions(state, stable_ready_replicas=2, generation=3, now=now)]
     status = ModelDeploymentStatus.model_validate(fields)
     return rollout_state(status, spec)
 

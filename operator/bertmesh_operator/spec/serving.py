@@ -90,9 +90,7 @@ class ModelSpec(CrdModel):
     cel_rules = _MODEL_RULES
 
     storage_uri: StorageUri
-    task: Task = Field(
-        default="auto", description="The server's task; auto reads config.json. Default: auto."
-    )
+    task: Task = Field(default="auto", description="The server's task; auto reads config.json. Default: auto.")
     revision: ModelRevision | None = None
     secret_name: SecretName | None = None
 
@@ -154,8 +152,7 @@ class RuntimeSpec(CrdModel):
     )
     precision: Precision = Field(
         default="auto",
-        description="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16 (GPU only), int8 (CPU only). "
-        "Default: auto.",
+        description="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16 (GPU only), int8 (CPU only). Default: auto.",
     )
     max_batch_tokens: int = Field(
         default=16384, ge=1, le=1048576, description="Token budget of one batch. Default: 16384."
@@ -188,8 +185,7 @@ class RuntimeSpec(CrdModel):
         default=20,
         ge=1,
         le=600,
-        description="Drain time after SIGTERM; the pod's terminationGracePeriodSeconds adds a margin. "
-        "Default: 20.",
+        description="Drain time after SIGTERM; the pod's terminationGracePeriodSeconds adds a margin. Default: 20.",
     )
     threads: int | None = Field(
         default=None,

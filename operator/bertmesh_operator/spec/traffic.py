@@ -110,8 +110,7 @@ class CanarySpec(CrdModel):
     steps: Annotated[list[StepWeight], Field(min_length=1, max_length=20)] | None = Field(
         default=None,
         json_schema_extra={"x-kubernetes-list-type": "set"},
-        description="Canary weights (%) in strictly ascending order, e.g. [5, 25, 50]. Exclusive with "
-        "stepWeight.",
+        description="Canary weights (%) in strictly ascending order, e.g. [5, 25, 50]. Exclusive with stepWeight.",
     )
     step_weight: StepWeight | None = Field(
         default=None,
@@ -217,9 +216,7 @@ class RateLimitSpec(CrdModel):
     )
 
     requests_per_second: int = Field(ge=1, le=1000000, description="Sustained calls per second per replica.")
-    burst: int | None = Field(
-        default=None, ge=1, le=10000000, description="Bucket size. Default: requestsPerSecond."
-    )
+    burst: int | None = Field(default=None, ge=1, le=10000000, description="Bucket size. Default: requestsPerSecond.")
     per_caller: bool = Field(
         default=False,
         description="One bucket per calling workload identity (mTLS principal) instead of one shared bucket. "

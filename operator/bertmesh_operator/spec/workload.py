@@ -116,8 +116,7 @@ class AutoscalingSpec(CrdModel):
         default=300,
         ge=0,
         le=3600,
-        description="How long load must stay low before scaling down (model pods are slow to start). "
-        "Default: 300.",
+        description="How long load must stay low before scaling down (model pods are slow to start). Default: 300.",
     )
 
     @property

@@ -1,0 +1,57 @@
+"""Every Kubernetes API call the operator makes, as RBAC rules: one list that the operator's client code, the
+Helm chart's ClusterRole/Role and the RBAC test all read, so a new call cannot ship without its permission.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Children are server-side applied (patch), read back (get, list, watch) and pruned when no longer rendered
+# (delete). Nothing is ever created with POST or replaced with PUT.
+CHILD_VERBS = ("get", "list", "watch", "patch", "delete")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One RBAC rule: an API group, its resources and the verbs used on them."""
+
+    api_group: str
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+
+# (apiVersion, kind) of each child render() may return -> (API group, plural resource).
+CHILD_RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
+    ("v1", "ServiceAccount"): ("", "serviceaccounts"),
+    ("v1", "Service"): ("", "services"),
+    ("apps/v1", "Deployment"): ("apps", "deployments"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): ("autoscaling", "horizontalpodautoscalers"),
+    ("policy/v1", "PodDisruptionBudget"): ("policy", "poddisruptionbudgets"),
+    ("networking.istio.io/v1", "VirtualService"): ("networking.istio.io", "virtualservices"),
+    ("networking.istio.io/v1", "DestinationRule"): ("networking.istio.io", "destinationrules"),
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"): ("networking.istio.io", "envoyfilters"),
+    ("security.istio.io/v1", "PeerAuthentication"): ("security.istio.io", "peerauthentications"),
+    ("security.istio.io/v1", "AuthorizationPolicy"): ("security.istio.io", "authorizationpolicies"),
+}
+
+
+def _child_rules() -> list[Rule]:
+    by_group: dict[str, list[str]] = {}
+    for group, plural in CHILD_RESOURCES.values():
+        by_group.setdefault(group, [])
+        if plural not in by_group[group]:
+            by_group[group].append(plural)
+    return [Rule(group, tuple(sorted(plurals)), CHILD_VERBS) for group, plurals in sorted(by_group.items())]
+
+
+# The operator's own API calls beyond its children.
+OWN_RULES = [
+    # Watched for changes; patched for kopf's finalizer and progress annotations and rollout commands.
+    Rule("serving.bertmesh.io", ("modeldeployments",), ("get", "list", "watch", "patch")),
+    Rule("serving.bertmesh.io", ("modeldeployments/status",), ("get", "patch")),
+    # kopf reports handler outcomes as Events on the ModelDeployment.
+    Rule("", ("events",), ("create",)),
+    Rule("events.k8s.io", ("events",), ("create",)),
+]
+
+RULES: list[Rule] = [*OWN_RULES, *_child_rules()]
