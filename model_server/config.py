@@ -147,18 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, time in-flight requests get to finish (default: 20)",
     )
     lim = p.add_argument_group("limits")
-    lim.add_argument("--max-inputs-per-request", type=_positive, default=128)
-    lim.add_argument("--max-chars-per-input", type=_positive, default=20_000)
+    lim.add_argument("--max-inputs-per-request", type=_positive, default=128, help="texts per request (default: 128)")
+    lim.add_argument(
+        "--max-chars-per-input", type=_positive, default=20_000, help="characters per text (default: 20000)"
+    )
     lim.add_argument("--max-tokens-per-input", type=_positive, default=None, help="default: the model's limit")
-    lim.add_argument("--max-message-bytes", type=_positive, default=8 * 1024 * 1024)
+    lim.add_argument(
+        "--max-message-bytes", type=_positive, default=8 * 1024 * 1024, help="encoded request size (default: 8 MiB)"
+    )
     b = p.add_argument_group("batching")
-    b.add_argument("--max-batch-tokens", type=_positive, default=16_384, help="padded tokens per batch")
-    b.add_argument("--max-batch-requests", type=_positive, default=256, help="inputs per batch")
+    b.add_argument(
+        "--max-batch-tokens", type=_positive, default=16_384, help="padded tokens per batch (default: 16384)"
+    )
+    b.add_argument("--max-batch-requests", type=_positive, default=256, help="inputs per batch (default: 256)")
     b.add_argument(
         "--max-batch-delay-ms",
         type=_non_negative_float,
         default=2.0,
-        help="longest wait for company while the model is idle",
+        help="longest wait for company while the model is idle (default: 2)",
     )
     b.add_argument(
         "--max-queued-tokens",
@@ -166,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="admission bound; over it requests get RESOURCE_EXHAUSTED (default: 8 batches)",
     )
-    b.add_argument("--cache-entries", type=_non_negative, default=10_000, help="result cache size, 0 turns it off")
+    b.add_argument(
+        "--cache-entries",
+        type=_non_negative,
+        default=10_000,
+        help="result cache entries, 0 turns it off (default: 10000)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 

@@ -113,17 +113,6 @@ class TokenScore:
 
 
 # Per-input results of each task, as returned by the data plane and stored in the result cache.
-EmbedResult = FloatArray
 EntityList = tuple[Entity, ...]
 MaskCandidates = tuple[tuple[TokenScore, ...], ...]
 TaskResult = FloatArray | Classification | EntityList | MaskCandidates
-
-
-def options_for(task: Task) -> type[TaskOptions]:
-    """The options type a task's requests carry."""
-    return {
-        Task.EMBEDDING: EmbedOptions,
-        Task.SEQUENCE_CLASSIFICATION: ClassifyOptions,
-        Task.TOKEN_CLASSIFICATION: TokenClassifyOptions,
-        Task.FILL_MASK: FillMaskOptions,
-    }[task]

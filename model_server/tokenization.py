@@ -89,11 +89,6 @@ class TextTokenizer:
         """The raw vocabulary entry of a token (e.g. '##ing')."""
         return self._full.id_to_token(token_id) or ""
 
-    @property
-    def vocab_size(self) -> int:
-        """Number of entries in the vocabulary."""
-        return int(self._full.get_vocab_size())
-
 
 def _first_present(tokenizer: Tokenizer, candidates: Sequence[str]) -> str:
     for token in candidates:

@@ -58,12 +58,3 @@ def check_top_k(top_k: int, maximum: int, field: str = "top_k") -> None:
     """Checks a top_k option against its bound."""
     if top_k < 0 or top_k > maximum:
         raise InvalidArgument(f"{field}: {top_k} is outside 0..{maximum}")
-
-
-def check_message_size(size: int, limits: Limits) -> None:
-    """Checks a request's encoded size (called by the deserializer, before decoding)."""
-    if size > limits.max_message_bytes:
-        raise InvalidArgument(
-            f"request: {size} bytes exceed max_message_bytes={limits.max_message_bytes}; send fewer or shorter "
-            "inputs per request"
-        )
