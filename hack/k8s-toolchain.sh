@@ -12,6 +12,10 @@
 # Usage: hack/k8s-toolchain.sh              build or reuse; progress on stderr
 #        hack/k8s-toolchain.sh --print-dir  print the bin directory (built or not) and exit
 #        hack/k8s-toolchain.sh --check      exit 0 when the toolchain is complete, 1 when not
+#
+# The whole script is one { ... } block: bash parses it completely before running any of it, so a checkout or
+# an edit of this file during a 20-minute build cannot make the running build read half-changed lines.
+{
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 here=$root/hack/k8s
@@ -172,7 +176,9 @@ log "building the toolchain into $dir (cold: ~15-20 min on 2 cores)"
 have kube-apiserver kube-controller-manager kube-scheduler || build_kubernetes
 have etcd || build_etcd
 have kwok || goinstall_to_bin kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-have istioctl || goinstall_to_bin istioctl "istio.io/istio/istioctl/cmd/istioctl@$ISTIO_VERSION"
+iv=istio.io/istio/pkg/version
+have istioctl || goinstall_to_bin istioctl "istio.io/istio/istioctl/cmd/istioctl@$ISTIO_VERSION" \
+  "-X $iv.buildVersion=$ISTIO_VERSION -X $iv.buildGitRevision=${ISTIO_VERSION##*-} -X $iv.buildStatus=Clean"
 # Go module v0.3XX.Y is Prometheus 3.XX.Y.
 prom_version=${PROMETHEUS_VERSION#v0.}
 prom_version=${prom_version:0:1}.${prom_version:1}
@@ -185,18 +191,18 @@ copy_istio_assets
 log "checking each binary runs"
 {
   echo "# pins: hack/k8s/versions.env (hash $hash)"
-  "$bin/kube-apiserver" --version
-  "$bin/kube-controller-manager" --version
-  "$bin/kube-scheduler" --version
-  "$bin/etcd" --version | sed -n 1p
-  echo "kwok $("$bin/kwok" --version 2>&1 | sed -n 1p)"
-  echo "istioctl $ISTIO_VERSION ($("$bin/istioctl" version --remote=false 2>&1 | sed -n 1p))"
-  "$bin/prometheus" --version 2>&1 | sed -n 1p
-  "$bin/kubectl" version --client 2>&1 | sed -n 1p
-  echo "helm $("$bin/helm" version --short)"
+  for c in kube-apiserver kube-controller-manager kube-scheduler; do echo "$c: $("$bin/$c" --version)"; done
+  echo "etcd: $("$bin/etcd" --version | sed -n 1p)"
+  echo "kwok: $("$bin/kwok" --version 2>&1 | sed -n 1p)"
+  echo "istioctl: $("$bin/istioctl" version --remote=false 2>&1 | sed -n 1p)"
+  echo "prometheus: $("$bin/prometheus" --version 2>&1 | sed -n 1p)"
+  echo "kubectl: $("$bin/kubectl" version --client 2>&1 | sed -n 1p)"
+  echo "helm: $("$bin/helm" version --short)"
 } >"$dir/versions.txt"
 grep -q "Kubernetes $K8S_VERSION" "$dir/versions.txt" || { log "kube-apiserver does not say $K8S_VERSION"; exit 1; }
 sed 's/^/    /' "$dir/versions.txt" >&2
 rmdir "$stage" 2>/dev/null || true
 touch "$dir/.complete"
 log "done in $((SECONDS - started)) s; $(du -sh "$dir" | cut -f1) in $dir"
+exit 0
+}
