@@ -67,7 +67,7 @@ def find_toolchain() -> Toolchain:
     """Locate a complete toolchain ($BERTMESH_K8S_BIN, else the script's cache dir) or raise why not."""
     override = os.environ.get(BIN_ENV)
     bin_dir = Path(override) if override else _default_bin_dir()
-    how = "run `make toolchain` (hack/k8s-toolchain.sh; ~15-20 min cold, cached in ~/.cache/bertmesh)"
+    how = "run `make toolchain` (hack/k8s-toolchain.sh; ~15 min cold, cached in ~/.cache/bertmesh)"
     if not override and not (bin_dir.parent / ".complete").is_file():
         raise ToolchainMissingError(f"the e2e toolchain is not built at {bin_dir.parent}: {how}")
     toolchain = Toolchain(bin_dir)
