@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ import pytest
 from kubernetes import client as k8s_client
 
 from tests.e2e.cluster import KubeApi
-from tests.e2e.istio import Istioctl, IstioctlResult
-from tests.e2e.prometheus import MetricsExporter, Prometheus
+from tests.e2e.istio import IstioAnalyze, Istioctl, IstioValidate
+from tests.e2e.prometheus import MetricsExporter, Prometheus, StartPrometheus
 from tests.e2e.simcluster import SimCluster
 from tests.e2e.toolchain import REQUIRE_ENV, Toolchain, ToolchainMissingError, e2e_required, find_toolchain
 
@@ -29,9 +29,8 @@ E2E_DIR = Path(__file__).parent
 KEEP_ENV = "BERTMESH_E2E_KEEP"
 _kept_logs = pytest.StashKey[list[Path]]()
 
-StartPrometheus = Callable[..., Prometheus]
 
-
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test under tests/e2e as e2e, so `-m "not e2e"` leaves the whole tier out."""
     for item in items:
@@ -128,7 +127,7 @@ def istioctl(k8s_toolchain: Toolchain, e2e_workdir: Path) -> Istioctl:
 
 
 @pytest.fixture(scope="session")
-def istio_validate(istioctl: Istioctl) -> Callable[..., IstioctlResult]:
+def istio_validate(istioctl: Istioctl) -> IstioValidate:
     """`istio_validate(objects_or_path, check=True) -> IstioctlResult`: `istioctl validate -f`, offline.
 
     Raises IstioctlError (an AssertionError carrying istioctl's message) when rejected, unless check=False.
@@ -137,7 +136,7 @@ def istio_validate(istioctl: Istioctl) -> Callable[..., IstioctlResult]:
 
 
 @pytest.fixture(scope="session")
-def istio_analyze(istioctl: Istioctl) -> Callable[..., IstioctlResult]:
+def istio_analyze(istioctl: Istioctl) -> IstioAnalyze:
     """`istio_analyze(objects_or_path, check=True, failure_threshold="Error") -> IstioctlResult`, offline.
 
     Reported codes (e.g. IST0101) are in `.codes`; raises IstioctlError on errors unless check=False.
@@ -159,7 +158,7 @@ def start_prometheus(
     def start(
         targets: Sequence[str] = (),
         *,
-        scrape_configs: Sequence[dict[str, Any]] | None = None,
+        scrape_configs: Sequence[Mapping[str, Any]] | None = None,
         scrape_interval: str = "1s",
     ) -> Prometheus:
         work_dir = Path(tempfile.mkdtemp(prefix="prometheus-", dir=e2e_workdir))

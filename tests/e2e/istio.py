@@ -7,6 +7,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tests.e2e.manifests import Manifests, as_path, write_yaml
 from tests.e2e.processes import run_command
@@ -22,6 +23,20 @@ class IstioctlResult:
     returncode: int
     output: str
     codes: tuple[str, ...]
+
+
+class IstioValidate(Protocol):
+    """The `istio_validate` fixture's type: Istioctl.validate."""
+
+    def __call__(self, manifests: Manifests, *, check: bool = True) -> IstioctlResult: ...
+
+
+class IstioAnalyze(Protocol):
+    """The `istio_analyze` fixture's type: Istioctl.analyze."""
+
+    def __call__(
+        self, manifests: Manifests, *, check: bool = True, failure_threshold: str = "Error"
+    ) -> IstioctlResult: ...
 
 
 class IstioctlError(AssertionError):

@@ -24,12 +24,22 @@ class ProcessExitedError(RuntimeError):
     """A process the harness started exited while it was expected to run; the message holds its log's tail."""
 
 
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """Return a TCP port on 127.0.0.1 that was free a moment ago and that this process has not handed out.
+
+    The kernel picks it; remembering what was handed out keeps two components started back to back (etcd's
+    client and peer ports, say) from being given the same port before either binds it.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

@@ -10,7 +10,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -209,6 +209,18 @@ class Prometheus:
         """Stop the Prometheus process; idempotent."""
         if self.process is not None:
             self.process.stop()
+
+
+class StartPrometheus(Protocol):
+    """The `start_prometheus` fixture's type: starts a Prometheus (stopped after the test) and returns it."""
+
+    def __call__(
+        self,
+        targets: Sequence[str] = (),
+        *,
+        scrape_configs: Sequence[Mapping[str, Any]] | None = None,
+        scrape_interval: str = "1s",
+    ) -> Prometheus: ...
 
 
 def wait_for_scrape(prom: Prometheus, address: str, timeout: float = 30.0) -> None:

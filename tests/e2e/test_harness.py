@@ -10,9 +10,9 @@ import pytest
 from kubernetes import client, watch
 
 from tests.e2e.cluster import KubeApi
-from tests.e2e.istio import IstioctlError
+from tests.e2e.istio import IstioAnalyze, IstioctlError, IstioValidate
 from tests.e2e.processes import CommandError, wait_until
-from tests.e2e.prometheus import MetricsExporter
+from tests.e2e.prometheus import MetricsExporter, StartPrometheus
 from tests.e2e.simcluster import GPU_RESOURCE, SimCluster
 
 pytestmark = pytest.mark.e2e
@@ -269,7 +269,9 @@ def virtual_service(
     }
 
 
-def test_istio_validate_accepts_a_valid_and_rejects_an_invalid_virtual_service(istio_validate: Any) -> None:
+def test_istio_validate_accepts_a_valid_and_rejects_an_invalid_virtual_service(
+    istio_validate: IstioValidate,
+) -> None:
     assert istio_validate(virtual_service(weights=(90, 10))).ok
 
     with pytest.raises(IstioctlError) as rejected:
@@ -298,7 +300,7 @@ def _service_and_rule(subsets: list[str]) -> list[dict[str, Any]]:
     return [service, rule]
 
 
-def test_istio_analyze_reports_a_route_to_an_undefined_subset(istio_analyze: Any) -> None:
+def test_istio_analyze_reports_a_route_to_an_undefined_subset(istio_analyze: IstioAnalyze) -> None:
     vs = virtual_service(weights=(90, 10))
     assert istio_analyze([vs, *_service_and_rule(["stable", "canary"])]).ok
 
@@ -309,7 +311,7 @@ def test_istio_analyze_reports_a_route_to_an_undefined_subset(istio_analyze: Any
 
 
 def test_prometheus_scrapes_the_value_an_exporter_serves(
-    start_prometheus: Any, metrics_exporter: MetricsExporter
+    start_prometheus: StartPrometheus, metrics_exporter: MetricsExporter
 ) -> None:
     metrics_exporter.set("bertmesh_e2e_answer", 42.5, {"track": "canary"})
     prom = start_prometheus([metrics_exporter.address])
