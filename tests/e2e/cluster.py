@@ -283,9 +283,7 @@ class KubeApi:
             args.append(f"--audience={audience}")
         return self.kubectl(*args).stdout.strip()
 
-    def service_account_kubeconfig(
-        self, name: str, namespace: str = "default", *, duration: str = "1h"
-    ) -> Path:
+    def service_account_kubeconfig(self, name: str, namespace: str = "default", *, duration: str = "1h") -> Path:
         """A kubeconfig that authenticates as ServiceAccount `namespace/name` (so its RBAC applies)."""
         path = self.state_dir / "kubeconfigs" / f"{namespace}.{name}.yaml"
         user = f"system:serviceaccount:{namespace}:{name}"

@@ -145,9 +145,7 @@ def istio_analyze(istioctl: Istioctl) -> IstioAnalyze:
 
 
 @pytest.fixture
-def start_prometheus(
-    k8s_toolchain: Toolchain, e2e_workdir: Path, e2e_log_dir: Path
-) -> Iterator[StartPrometheus]:
+def start_prometheus(k8s_toolchain: Toolchain, e2e_workdir: Path, e2e_log_dir: Path) -> Iterator[StartPrometheus]:
     """`start_prometheus(targets=(), *, scrape_configs=None, scrape_interval="1s") -> Prometheus`.
 
     Each call starts the real Prometheus on loopback scraping `targets` ("host:port") and waits until it is

@@ -61,9 +61,7 @@ class Istioctl:
         """
         return self._run("validate", ["validate"], manifests, check)
 
-    def analyze(
-        self, manifests: Manifests, *, check: bool = True, failure_threshold: str = "Error"
-    ) -> IstioctlResult:
+    def analyze(self, manifests: Manifests, *, check: bool = True, failure_threshold: str = "Error") -> IstioctlResult:
         """`istioctl analyze --use-kube=false -A`: objects checked against each other (e.g. IST0101, a route
         to a subset no DestinationRule defines); messages below `failure_threshold` do not fail it."""
         args = ["analyze", "--use-kube=false", "--all-namespaces", f"--failure-threshold={failure_threshold}"]

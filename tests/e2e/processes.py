@@ -65,9 +65,7 @@ def _die_with_parent() -> None:
 class ManagedProcess:
     """A long-running binary started by the harness, with stdout and stderr in one log file."""
 
-    def __init__(
-        self, name: str, argv: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, name: str, argv: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_dir / f"{name}.log"
@@ -182,9 +180,7 @@ def run_command(
     return proc
 
 
-def http_ok(
-    url: str, *, token: str | None = None, cafile: Path | None = None, insecure: bool = False
-) -> bool:
+def http_ok(url: str, *, token: str | None = None, cafile: Path | None = None, insecure: bool = False) -> bool:
     """Whether GET url answers 200; connection errors propagate (callers poll with wait_until).
 
     `cafile` verifies a self-signed server; `insecure` skips verification (a component's /healthz, where only

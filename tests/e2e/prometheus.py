@@ -42,9 +42,7 @@ class MetricsExporter:
                 pass  # one line per scrape every second would drown the test output
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics-exporter", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-exporter", daemon=True)
         self._thread.start()
 
     @property
@@ -141,9 +139,7 @@ class Prometheus:
             raise
         return prom
 
-    def _write_config(
-        self, targets: Sequence[str], scrape_configs: Sequence[Mapping[str, Any]] | None
-    ) -> None:
+    def _write_config(self, targets: Sequence[str], scrape_configs: Sequence[Mapping[str, Any]] | None) -> None:
         if scrape_configs is None:
             scrape_configs = [{"job_name": "e2e", "static_configs": [{"targets": list(targets)}]}]
         interval = self.scrape_interval
@@ -154,20 +150,14 @@ class Prometheus:
                 "scrape_timeout": interval,
                 "evaluation_interval": interval,
             },
-            "scrape_configs": [
-                {"fallback_scrape_protocol": "PrometheusText0.0.4", **dict(c)} for c in scrape_configs
-            ],
+            "scrape_configs": [{"fallback_scrape_protocol": "PrometheusText0.0.4", **dict(c)} for c in scrape_configs],
         }
         self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def reload(
-        self, targets: Sequence[str] = (), *, scrape_configs: Sequence[Mapping[str, Any]] | None = None
-    ) -> None:
+    def reload(self, targets: Sequence[str] = (), *, scrape_configs: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Replace the scrape config (as `start` takes it) and make Prometheus load it."""
         self._write_config(targets, scrape_configs)
-        urllib.request.urlopen(
-            urllib.request.Request(f"{self.url}/-/reload", method="POST"), timeout=10
-        ).close()
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/-/reload", method="POST"), timeout=10).close()
 
     def api(self, path: str, **params: str) -> Any:
         """GET /api/v1/<path> with query parameters; return its `data` (raise if status is not success)."""

@@ -131,9 +131,7 @@ class SimCluster:
         for name, gpus in gpu_nodes.items():
             self.add_fake_node(name, gpus=gpus)
         wait_until("the default ServiceAccount", self._default_sa_exists, timeout=60, watch=everything)
-        wait_until(
-            "fake nodes Ready", lambda: self._nodes_ready(list(gpu_nodes)), timeout=60, watch=everything
-        )
+        wait_until("fake nodes Ready", lambda: self._nodes_ready(list(gpu_nodes)), timeout=60, watch=everything)
         self.start_seconds = time.monotonic() - began
 
     def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
@@ -151,9 +149,7 @@ class SimCluster:
         return created
 
     def _default_sa_exists(self) -> bool:
-        return (
-            self.api.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
-        )
+        return self.api.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
 
     def _nodes_ready(self, names: list[str]) -> bool:
         out = self.api.kubectl("get", "nodes", *names, "-o", "json").stdout

@@ -160,9 +160,7 @@ def test_istio_base_chart_renders_and_the_apiserver_accepts_it(kube_api: KubeApi
     chart = kube_api.toolchain.istio_base_chart
     kube_api.apply_manifests({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}})
     # No istiod runs here, so no default-revision webhook that would point at it.
-    rendered = kube_api.helm(
-        "template", "istio-base", str(chart), "-n", "istio-system", "--set", "defaultRevision="
-    )
+    rendered = kube_api.helm("template", "istio-base", str(chart), "-n", "istio-system", "--set", "defaultRevision=")
     # A server-side dry run: the CRDs the session installed stay as they are for every other test.
     out = kube_api.kubectl(
         "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", "-", stdin=rendered.stdout
@@ -177,16 +175,12 @@ def _pod(name: str, gpus: int) -> dict[str, Any]:
         "kind": "Pod",
         "metadata": {"name": name},
         # kwok runs no containers: the image is never pulled.
-        "spec": {
-            "containers": [{"name": "model", "image": "registry.invalid/model:0", "resources": resources}]
-        },
+        "spec": {"containers": [{"name": "model", "image": "registry.invalid/model:0", "resources": resources}]},
     }
 
 
 def _get(kube_api: KubeApi, kind: str, name: str, namespace: str) -> dict[str, Any]:
-    got: dict[str, Any] = json.loads(
-        kube_api.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
-    )
+    got: dict[str, Any] = json.loads(kube_api.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
     return got
 
 
@@ -208,9 +202,7 @@ def test_gpu_pod_lands_on_a_fake_gpu_node_and_becomes_ready(sim_cluster: SimClus
     assert pod["status"]["phase"] == "Running"
 
 
-def test_pod_asking_more_gpus_than_any_node_has_stays_pending(
-    sim_cluster: SimCluster, namespace: str
-) -> None:
+def test_pod_asking_more_gpus_than_any_node_has_stays_pending(sim_cluster: SimCluster, namespace: str) -> None:
     api = sim_cluster.api
     too_many = max(sim_cluster.gpu_nodes.values()) + 1
     api.apply_manifests(_pod("greedy", too_many), namespace=namespace)
@@ -242,9 +234,7 @@ def test_deployment_on_gpu_nodes_gets_ready_replicas(sim_cluster: SimCluster, na
     api.apply_manifests(deployment, namespace=namespace)
 
     def all_ready() -> bool:
-        return bool(
-            _get(api, "deployment", "gpu-model", namespace).get("status", {}).get("readyReplicas") == 2
-        )
+        return bool(_get(api, "deployment", "gpu-model", namespace).get("status", {}).get("readyReplicas") == 2)
 
     wait_until("2/2 replicas Ready", all_ready, timeout=60)
 

@@ -57,9 +57,7 @@ class Toolchain:
 
 
 def _default_bin_dir() -> Path:
-    out = subprocess.run(
-        ["bash", str(TOOLCHAIN_SCRIPT), "--print-dir"], check=True, capture_output=True, text=True
-    )
+    out = subprocess.run(["bash", str(TOOLCHAIN_SCRIPT), "--print-dir"], check=True, capture_output=True, text=True)
     return Path(out.stdout.strip())
 
 
