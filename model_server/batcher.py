@@ -1,9 +1,11 @@
 """Token-budget batching on token counts only (no torch): the queue between requests and the model.
 
-Inputs of many requests wait in one queue. Whenever the model is free, the next batch is the oldest waiting
-input plus the inputs nearest to it in length, while the padded size (inputs x longest) fits the token budget,
-the input count fits the cap, and padding stays a small share of the work. While the model is idle and less than
-a batch is waiting, formation waits at most `max_delay_s` for company. Admission is bounded by queued tokens:
+Inputs of many requests wait in one queue. Whenever the model is free, the next batch is formed by one of two
+cost models. A padding backend pays for inputs x longest: the batch is the oldest waiting input plus the inputs
+nearest to it in length, while that padded size fits the token budget, the input count fits the cap, and
+padding stays a small share of the work. A packed backend pays for real tokens only: the batch is the waiting
+inputs in arrival order while their tokens fit the budget and their count fits the cap. While the model is idle
+and less than a batch is waiting, formation waits at most `max_delay_s` for company. Admission is bounded by queued tokens:
 over the bound a request is refused whole with Overloaded (RESOURCE_EXHAUSTED) before anything is queued.
 Inputs whose deadline passed are failed with DeadlineExceeded and never computed; cancelled inputs are dropped.
 """
@@ -49,6 +51,20 @@ class BatchStats:
     tokens: int
     padded_tokens: int
     seconds: float
+
+
+def select_packed(costs: Sequence[int], max_tokens: int, max_items: int) -> list[int]:
+    """Indices into `costs` (arrival order) of the next batch for a backend that computes real tokens only."""
+    chosen: list[int] = []
+    total = 0
+    for i, cost in enumerate(costs):
+        if len(chosen) == max_items:
+            break
+        if chosen and total + cost > max_tokens:
+            continue  # a later, shorter input may still fit
+        chosen.append(i)
+        total += cost
+    return chosen
 
 
 def select_batch(costs: Sequence[int], max_tokens: int, max_items: int) -> list[int]:
@@ -106,12 +122,15 @@ class TokenBudgetBatcher(Generic[P, R]):
         run_batch: Callable[[list[P]], Awaitable[list[R]]],
         limits: BatchLimits,
         *,
+        padded: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_expired: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run_batch = run_batch
         self.limits = limits
+        self._padded = padded
+        self._select = select_batch if padded else select_packed
         self._on_batch = on_batch
         self._on_expired = on_expired
         self._clock = clock
@@ -208,7 +227,7 @@ class TokenBudgetBatcher(Generic[P, R]):
         self._queue = [p for p in self._queue if p.queued]
         if not self._queue:
             return []
-        chosen = select_batch(
+        chosen = self._select(
             [p.cost for p in self._queue], self.limits.max_batch_tokens, self.limits.max_batch_requests
         )
         batch = [self._queue[i] for i in chosen]
@@ -265,7 +284,6 @@ class TokenBudgetBatcher(Generic[P, R]):
             if not p.future.done():
                 p.future.set_result(result)
         if self._on_batch is not None:
-            longest = max(p.cost for p in batch)
-            self._on_batch(
-                BatchStats(len(batch), sum(p.cost for p in batch), longest * len(batch), self._clock() - started)
-            )
+            real = sum(p.cost for p in batch)
+            computed = max(p.cost for p in batch) * len(batch) if self._padded else real
+            self._on_batch(BatchStats(len(batch), real, computed, self._clock() - started))

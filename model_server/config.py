@@ -39,6 +39,7 @@ class ModelConfig:
     device: str
     precision: str
     threads: int | None
+    engine: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: fp16 on CUDA, fp32 on CPU; int8 is dynamic quantisation on CPU",
     )
     m.add_argument("--threads", type=_positive, default=None, help="torch intra-op threads (default: torch's)")
+    m.add_argument(
+        "--engine",
+        choices=["auto", "packed", "transformers"],
+        default="auto",
+        help="packed: BERT on real tokens only, no padding; transformers: the model class on padded batches; "
+        "auto: packed where it applies (default)",
+    )
     n = p.add_argument_group("network")
     n.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     n.add_argument(
@@ -194,6 +202,7 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
             device=a.device,
             precision=a.precision,
             threads=a.threads,
+            engine=a.engine,
         ),
         limits=LimitsConfig(
             max_inputs_per_request=a.max_inputs_per_request,

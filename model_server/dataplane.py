@@ -55,6 +55,7 @@ class ModelDescription:
     architecture: str
     device: str
     precision: str
+    engine: str
     dimensions: int
     labels: tuple[str, ...]
     multi_label: bool
@@ -97,6 +98,7 @@ class DataPlane:
         self.batcher: TokenBudgetBatcher[ModelInput, FloatArray] = TokenBudgetBatcher(
             self._run_batch,
             model.batching,
+            padded=not backend.info.packed,
             on_batch=metrics.on_batch if metrics else None,
             on_expired=metrics.on_expired if metrics else None,
         )

@@ -92,6 +92,7 @@ def load_model(config: ServerConfig) -> tuple[ModelDescription, TextTokenizer, B
         precision=config.model.precision,
         threads=config.model.threads,
         pad_id=tokenizer.pad_id,
+        engine=config.model.engine,
     )
     # The longest input a request may bring, from the model's own vocabulary.
     sample = tokenizer.encode(["warm up " * limits.max_tokens_per_input], truncate=True)[0].ids
@@ -104,6 +105,7 @@ def load_model(config: ServerConfig) -> tuple[ModelDescription, TextTokenizer, B
         architecture=checkpoint.architecture,
         device=backend.info.device,
         precision=backend.info.precision,
+        engine=backend.info.engine,
         dimensions=backend.info.hidden_size,
         labels=checkpoint.labels,
         multi_label=checkpoint.multi_label,
@@ -230,10 +232,11 @@ async def serve(
             metrics.ready.set(1)
             running.ready.set()
             log.info(
-                "serving %s (%s, %s, %s on %s, revision %s) from %s, loaded in %.1fs; grpc://%s:%d",
+                "serving %s (%s, %s, %s %s on %s, revision %s) from %s, loaded in %.1fs; grpc://%s:%d",
                 description.name,
                 description.task.value,
                 description.architecture,
+                description.engine,
                 description.precision,
                 description.device,
                 description.revision,

@@ -30,6 +30,12 @@ class BackendInfo:
     precision: str
     hidden_size: int
     num_labels: int
+    engine: str = "transformers"
+
+    @property
+    def packed(self) -> bool:
+        """Whether batches cost their real tokens (no padding), so the batcher need not group by length."""
+        return self.engine == "packed"
 
 
 class Backend(Protocol):

@@ -1,8 +1,9 @@
-"""The torch backend: Hugging Face BERT-family checkpoints (safetensors) through transformers' model classes.
+"""The torch backend: Hugging Face BERT-family checkpoints (safetensors), loaded by transformers' model classes.
 
-Batches arrive grouped by length, so padding each batch to its longest input wastes little. Attention is
-PyTorch SDPA. Precision: fp32 (CPU default), fp16/bf16 on CUDA, int8 dynamic quantisation of Linear layers on
-CPU.
+Two engines run them. `packed` (BERT architectures, the default where it applies) computes on the batch's real
+tokens only (model_server.backend.packed_bert); `transformers` runs the model class itself on batches padded to
+their longest input, for every other architecture. Attention is PyTorch SDPA in both. Precision: fp32 (CPU
+default), fp16/bf16 on CUDA, int8 dynamic quantisation of Linear layers on CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from model_server.backend import BackendInfo, ModelInput
+from model_server.backend.packed_bert import PackedModel, first_tokens, mean_pool, plan, supports
 from model_server.checkpoint import Checkpoint
 from model_server.errors import ConfigError
 from model_server.tasks import FloatArray, Pooling, Task
@@ -49,6 +51,20 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def resolve_engine(engine: str, config: Any) -> str:
+    """'auto' becomes packed for architectures the packed engine reproduces, else transformers."""
+    if engine == "auto":
+        return "packed" if supports(config) else "transformers"
+    if engine == "packed" and not supports(config):
+        raise ConfigError(
+            f"--engine packed runs BERT encoders with absolute positions; this model is "
+            f"{getattr(config, 'model_type', 'unknown')!r}: use --engine transformers or auto"
+        )
+    if engine not in ("packed", "transformers"):
+        raise ConfigError(f"--engine {engine}: expected auto, packed or transformers")
+    return engine
+
+
 def _model_class(task: Task) -> Any:
     import transformers
 
@@ -71,6 +87,7 @@ class TorchBackend:
         precision: str = "auto",
         threads: int | None = None,
         pad_id: int = 0,
+        engine: str = "auto",
     ) -> None:
         import transformers
 
@@ -94,16 +111,23 @@ class TorchBackend:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load {checkpoint.path} as {self._task.value}: {exc}") from exc
         model.eval()
-        if precision == "int8":
-            model = _quantize_int8(model)
-        self._model = model.to(self._device)
-        self._head = self._sparse_mlm_head(model) if self._task is Task.FILL_MASK else None
         config = model.config
+        self._engine = resolve_engine(engine, config)
+        self._packed: PackedModel | None = None
+        self._model: Any = None
+        self._head: tuple[Any, Any] | None = None
+        if self._engine == "packed":
+            packed = PackedModel(model, self._task.value).eval()
+            self._packed = (_quantize_int8(packed) if precision == "int8" else packed).to(self._device)
+        else:
+            self._model = (_quantize_int8(model) if precision == "int8" else model).to(self._device)
+            self._head = self._sparse_mlm_head(self._model) if self._task is Task.FILL_MASK else None
         self.info = BackendInfo(
             device=str(self._device),
             precision=precision,
             hidden_size=int(config.hidden_size),
             num_labels=int(getattr(config, "num_labels", 0) or 0),
+            engine=self._engine,
         )
 
     @staticmethod
@@ -133,6 +157,9 @@ class TorchBackend:
 
     def run(self, inputs: Sequence[ModelInput]) -> list[FloatArray]:
         """Computes one batch (see model_server.backend.Backend)."""
+        if self._packed is not None:
+            with torch.inference_mode():
+                return self._run_packed(self._packed, inputs)
         ids, mask = self._tensors(inputs)
         with torch.inference_mode():
             if self._task is Task.EMBEDDING:
@@ -144,6 +171,32 @@ class TorchBackend:
                 logits = self._model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
                 return [logits[row, : len(item.ids)] for row, item in enumerate(inputs)]
             return self._fill_mask(inputs, ids, mask)
+
+    def _run_packed(self, model: PackedModel, inputs: Sequence[ModelInput]) -> list[FloatArray]:
+        lengths = [len(item.ids) for item in inputs]
+        ids = torch.from_numpy(np.fromiter((t for item in inputs for t in item.ids), np.int64, sum(lengths)))
+        packing = plan(lengths, self._device)
+        hidden = model.encoder(ids.to(self._device), packing)
+        if self._task is Task.EMBEDDING:
+            mean = mean_pool(hidden, packing).float().cpu().numpy()
+            cls = first_tokens(hidden, packing).float().cpu().numpy()
+            return [cls[row] if item.pooling is Pooling.CLS else mean[row] for row, item in enumerate(inputs)]
+        if self._task is Task.SEQUENCE_CLASSIFICATION:
+            pooled = model.pooler.activation(model.pooler.dense(first_tokens(hidden, packing)))
+            return list(model.classifier(pooled).float().cpu().numpy())
+        if self._task is Task.TOKEN_CLASSIFICATION:
+            logits = model.classifier(hidden).float().cpu().numpy()
+            starts = packing.starts.tolist()
+            return [logits[start : start + length] for start, length in zip(starts, lengths, strict=True)]
+        starts = packing.starts.tolist()
+        rows = [starts[n] + pos for n, item in enumerate(inputs) for pos in item.positions or ()]
+        logits = model.mlm_head(hidden[rows]).float().cpu().numpy()
+        out, first = [], 0
+        for item in inputs:
+            count = len(item.positions or ())
+            out.append(logits[first : first + count])
+            first += count
+        return out
 
     def _embed(self, inputs: Sequence[ModelInput], ids: torch.Tensor, mask: torch.Tensor) -> list[FloatArray]:
         hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state.float()

@@ -175,6 +175,7 @@ def model_info(model: ModelDescription) -> pb.ModelInfoResponse:
         default_normalize=model.default_normalize,
         mask_token=model.mask_token,
         architecture=model.architecture,
+        engine=model.engine,
         limits=pb.Limits(
             max_inputs_per_request=lim.max_inputs_per_request,
             max_chars_per_input=lim.max_chars_per_input,

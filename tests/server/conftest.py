@@ -38,10 +38,13 @@ def minilm_server() -> Iterator[ServerThread]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def tiny_servers(tiny_models: dict[str, Path]) -> Iterator[dict[str, ServerThread]]:
-    """A server per tiny checkpoint, shared by the session."""
-    servers = {task: ServerThread(config_for(path, metrics=True)).start() for task, path in tiny_models.items()}
+@pytest.fixture(scope="session", params=["packed", "transformers"])
+def tiny_servers(tiny_models: dict[str, Path], request: pytest.FixtureRequest) -> Iterator[dict[str, ServerThread]]:
+    """A server per tiny checkpoint, for each engine: every test using them checks both engines."""
+    engine = ["--engine", request.param]
+    servers = {
+        task: ServerThread(config_for(path, *engine, metrics=True)).start() for task, path in tiny_models.items()
+    }
     yield servers
     for server in servers.values():
         server.stop()

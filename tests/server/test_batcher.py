@@ -16,6 +16,7 @@ from model_server.batcher import (
     BatchStats,
     TokenBudgetBatcher,
     select_batch,
+    select_packed,
 )
 from model_server.errors import BackendFailure, DeadlineExceeded, NotReady, Overloaded
 
@@ -214,4 +215,37 @@ async def test_submit_when_room_gives_up_at_the_deadline() -> None:
         await batcher.submit_when_room([(40, "never")], time.monotonic() + 0.05)
     model.gate.set()
     await asyncio.gather(*busy)
+    await batcher.close()
+
+
+@given(
+    costs=st.lists(st.integers(min_value=1, max_value=512), min_size=1, max_size=200),
+    max_items=st.integers(min_value=1, max_value=64),
+    extra_budget=st.integers(min_value=0, max_value=20_000),
+)
+def test_packed_batches_are_fifo_within_the_real_token_budget(
+    costs: list[int], max_items: int, extra_budget: int
+) -> None:
+    max_tokens = max(costs) + extra_budget
+    chosen = select_packed(costs, max_tokens, max_items)
+    assert chosen[0] == 0 and chosen == sorted(chosen)
+    assert len(chosen) <= max_items and sum(costs[i] for i in chosen) <= max_tokens
+    skipped = [i for i in range(chosen[-1]) if i not in chosen]
+    total = sum(costs[i] for i in chosen)
+    # Nothing older was skipped that would still have fitted.
+    assert all(total + costs[i] > max_tokens for i in skipped) or len(chosen) == max_items
+
+
+async def test_a_packed_batcher_mixes_lengths_in_arrival_order() -> None:
+    model = Recorder()
+    model.gate = asyncio.Event()
+    batcher: TokenBudgetBatcher[str, str] = TokenBudgetBatcher(model, limits(max_batch_tokens=300), padded=False)
+    batcher.start()
+    busy = batcher.submit([(10, "busy")], None)
+    await asyncio.sleep(0)
+    rest = batcher.submit([(200, "long"), (10, "short"), (150, "medium"), (20, "tiny")], None)
+    model.gate.set()
+    await asyncio.gather(*busy, *rest)
+    assert model.batches[1] == ["long", "short", "tiny"]  # medium did not fit beside long: next batch
+    assert model.batches[2] == ["medium"]
     await batcher.close()

@@ -13,7 +13,7 @@ from model_server.client import BertmeshClient
 from model_server.proto.bertmesh.v1 import inference_pb2 as pb
 from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
 from tests.server.corpus import SENTENCES
-from tests.server.harness import ServerThread, details, metric_value, scrape
+from tests.server.harness import ServerThread, config_for, details, metric_value, scrape
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,7 @@ def test_model_info_reports_model_and_limits(minilm_client: BertmeshClient) -> N
     info = minilm_client.model_info()
     assert (info.name, info.task, info.precision, info.device) == ("all-MiniLM-L6-v2", pb.TASK_EMBEDDING, "fp32", "cpu")
     assert info.dimensions == 384 and info.default_normalize and info.default_pooling == pb.POOLING_MEAN
+    assert info.engine == "packed"
     assert info.limits.max_tokens_per_input == 256 and info.limits.max_inputs_per_request == 128
 
 
@@ -97,3 +98,16 @@ def test_tokenize_gives_ids_and_character_offsets(minilm_client: BertmeshClient)
     assert [t.text for t in tokens] == ["[CLS]", "hello", ",", "wonderful", "world", "[SEP]"]
     assert tokens[0].special and tokens[-1].special
     assert [text[t.start : t.end] for t in tokens[1:-1]] == ["Hello", ",", "wonderful", "world"]
+
+
+def test_both_engines_agree_on_the_bundled_model(minilm_client: BertmeshClient, reference: SentenceTransformer) -> None:
+    server = ServerThread(config_for(None, "--engine", "transformers")).start()
+    try:
+        with BertmeshClient(server.target) as padded:
+            assert padded.model_info().engine == "transformers"
+            theirs = padded.embed(SENTENCES)
+    finally:
+        server.stop()
+    ours = minilm_client.embed(SENTENCES)
+    assert cosine_rows(ours, theirs).min() >= 0.9999
+    assert cosine_rows(theirs, reference.encode(SENTENCES)).min() >= 0.9999

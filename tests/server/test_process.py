@@ -69,7 +69,7 @@ def tiny_process(tiny_models: dict[str, Path]) -> Iterator[Process]:
 def test_startup_log_says_what_was_loaded_and_where(tiny_process: Process) -> None:
     line = next(entry for entry in tiny_process.log if " serving " in entry)
     assert re.search(
-        r"serving embedding \(embedding, BertModel, fp32 on cpu, revision sha256:\w+\) from .+ "
+        r"serving embedding \(embedding, BertModel, packed fp32 on cpu, revision sha256:\w+\) from .+ "
         r"loaded in [\d.]+s; grpc://127\.0\.0\.1:\d+",
         line,
     ), line

@@ -882,6 +882,7 @@ class ModelInfoResponse(_message.Message):
     MASK_TOKEN_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     ARCHITECTURE_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     revision: _builtins.str
     """Revision: as configured, or a digest of the checkpoint's config and weight headers."""
@@ -898,6 +899,8 @@ class ModelInfoResponse(_message.Message):
     """The mask token fill-mask inputs must contain."""
     architecture: _builtins.str
     """Architecture from the checkpoint's config (e.g. BertModel)."""
+    engine: _builtins.str
+    """How the model runs: "packed" (real tokens only) or "transformers" (padded batches)."""
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Labels in index order (classification models)."""
@@ -919,6 +922,7 @@ class ModelInfoResponse(_message.Message):
         mask_token: _builtins.str = ...,
         limits: Global___Limits | None = ...,
         architecture: _builtins.str = ...,
+        engine: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -933,6 +937,8 @@ class ModelInfoResponse(_message.Message):
         b"device",
         "dimensions",
         b"dimensions",
+        "engine",
+        b"engine",
         "labels",
         b"labels",
         "limits",
