@@ -5,8 +5,9 @@ cost models. A padding backend pays for inputs x longest: the batch is the oldes
 nearest to it in length, while that padded size fits the token budget, the input count fits the cap, and
 padding stays a small share of the work. A packed backend pays for real tokens only: the batch is the waiting
 inputs in arrival order while their tokens fit the budget and their count fits the cap. While the model is idle
-and less than a batch is waiting, formation waits at most `max_delay_s` for company. Admission is bounded by queued tokens:
-over the bound a request is refused whole with Overloaded (RESOURCE_EXHAUSTED) before anything is queued.
+and less than a batch is waiting, formation waits at most `max_delay_s` for company. Admission is bounded by
+queued tokens: over the bound a request is refused whole with Overloaded (RESOURCE_EXHAUSTED) before anything
+is queued.
 Inputs whose deadline passed are failed with DeadlineExceeded and never computed; cancelled inputs are dropped.
 """
 
