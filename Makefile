@@ -35,6 +35,7 @@ protos: venv
 
 toolchain:
 	@hack/k8s-toolchain.sh
+	@hack/third-party-crds.sh
 
 bench: venv
 	$(PY) -m bench $(ARGS)
