@@ -6,7 +6,7 @@ PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv serve test test-fast test-e2e lint protos toolchain bench clean
+.PHONY: venv serve test test-fast test-e2e lint protos generate toolchain bench clean
 
 venv:
 	@hack/venv.sh
@@ -33,8 +33,15 @@ lint: venv
 protos: venv
 	$(PY) hack/gen_protos.py
 
+## the CRD, the chart's generated templates and docs/crd.md, from the operator's sources (tests fail when stale)
+generate: venv
+	$(PY) hack/gen_crd.py
+	$(PY) hack/gen_chart.py
+	$(PY) hack/gen_crd_docs.py
+
 toolchain:
 	@hack/k8s-toolchain.sh
+	@hack/third-party-crds.sh
 
 bench: venv
 	$(PY) -m bench $(ARGS)

@@ -1,8 +1,9 @@
 """Generate the ModelDeployment CustomResourceDefinition from the pydantic models (one source of truth).
 
 Pydantic's JSON Schema is turned into a Kubernetes *structural* OpenAPI v3 schema: references inlined,
-optionals unwrapped, `title`/`additionalProperties: false`/`propertyNames` dropped (not allowed or not
-supported there), object defaults reduced to `{}` (the API server then applies the nested defaults itself),
+optionals unwrapped, `title`/`additionalProperties: false`/`propertyNames` dropped and `patternProperties`
+turned into `additionalProperties` (not allowed or not supported there), object defaults spelled out from their
+fields' defaults (the API server checks a default against the CEL rules without defaulting inside it first),
 no defaults under `status`. Cross-field rules arrive as `x-kubernetes-validations` from `CelRule`s.
 `hack/gen_crd.py` writes the result to `crds/`; a test fails when the committed file is stale.
 """
@@ -65,6 +66,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: boo
             value = {} if isinstance(value, dict) else value
         if key == "const":
             key, value = "enum", [value]
+        if key == "patternProperties":
+            # The API server refuses patternProperties: a map's values keep their schema, its keys are checked
+            # by the CelRules of the model that owns the map (and by pydantic in the operator).
+            (value,) = value.values()
+            key, value = "additionalProperties", structural(value, defs, keep_defaults=keep_defaults)
         if key == "properties":
             value = {name: structural(sub, defs, keep_defaults=keep_defaults) for name, sub in value.items()}
         if key in ("items", "additionalProperties") and isinstance(value, dict):
@@ -73,6 +79,17 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: boo
     if out.get("format") == "date-time":
         out.setdefault("maxLength", 64)
     return _ordered(out)
+
+
+def expand_object_defaults(node: dict[str, Any]) -> dict[str, Any]:
+    """Replace each object default (`{}` from pydantic's models) with the defaults of its fields, bottom up."""
+    for sub in node.get("properties", {}).values():
+        expand_object_defaults(sub)
+    if isinstance(node.get("items"), dict):
+        expand_object_defaults(node["items"])
+    if node.get("default") == {} and "properties" in node:
+        node["default"] = {name: sub["default"] for name, sub in node["properties"].items() if "default" in sub}
+    return node
 
 
 def _ordered(node: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +104,7 @@ def _schema_of(model: type[ModelDeploymentSpec] | type[ModelDeploymentStatus], *
 
 def openapi_schema() -> dict[str, Any]:
     """The `openAPIV3Schema` of the ModelDeployment resource."""
-    spec = _schema_of(ModelDeploymentSpec, keep_defaults=True)
+    spec = expand_object_defaults(_schema_of(ModelDeploymentSpec, keep_defaults=True))
     spec.pop("$defs", None)
     status = _schema_of(ModelDeploymentStatus, keep_defaults=False)
     status.pop("$defs", None)

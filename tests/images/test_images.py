@@ -1,0 +1,201 @@
+"""The Dockerfiles, checked with what runs here (no Docker engine): pinned bases, non-root users that match the
+pods, the commands the operator and the chart run, and an operator image without torch."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from bertmesh_operator.render import render
+from bertmesh_operator.render.deployment import SERVER_UID
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = REPO / "images"
+SERVER = IMAGES / "model-server" / "Dockerfile"
+OPERATOR = IMAGES / "operator" / "Dockerfile"
+# What a CUDA torch install pulls (torch, triton, the nvidia-* and cuda-* wheels): none may reach the operator.
+HEAVY = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*|transformers|tokenizers|safetensors|sentence-transformers)$")
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One Dockerfile instruction: keyword and its arguments, continuation lines joined."""
+
+    keyword: str
+    args: str
+
+
+def parse(path: Path) -> list[Instruction]:
+    """Instructions in order (comments and blank lines dropped, `\\` continuations joined)."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, args = line.partition(" ")
+            out.append(Instruction(keyword.upper(), args.strip()))
+    return out
+
+
+def final_stage(instructions: list[Instruction]) -> list[Instruction]:
+    starts = [i for i, ins in enumerate(instructions) if ins.keyword == "FROM"]
+    return instructions[starts[-1] :]
+
+
+def arg_defaults(instructions: list[Instruction]) -> dict[str, str]:
+    return dict(ins.args.split("=", 1) for ins in instructions if ins.keyword == "ARG" and "=" in ins.args)
+
+
+def base_images(instructions: list[Instruction]) -> list[str]:
+    """Every FROM image with ARG defaults substituted (stage names dropped)."""
+    defaults = arg_defaults(instructions)
+    images = []
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            image = ins.args.split()[0]
+            images.append(re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image))
+    return images
+
+
+def exec_form(ins: Instruction) -> list[str]:
+    value: list[str] = json.loads(ins.args)
+    return value
+
+
+@pytest.mark.parametrize("dockerfile", [SERVER, OPERATOR], ids=["model-server", "operator"])
+def test_base_images_are_pinned(dockerfile: Path) -> None:
+    for image in base_images(parse(dockerfile)):
+        if "@sha256:" in image:
+            assert re.search(r"@sha256:[a-f0-9]{64}$", image), image
+            continue
+        name, _, tag = image.rpartition(":")
+        assert name and tag and tag != "latest", f"{image}: pin a tag or a digest"
+        assert re.match(r"^\d+\.\d+\.\d+-", tag), f"{image}: pin the full version, not a moving tag"
+
+
+@pytest.mark.parametrize("dockerfile", [SERVER, OPERATOR], ids=["model-server", "operator"])
+def test_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
+    (user,) = [ins.args for ins in final_stage(parse(dockerfile)) if ins.keyword == "USER"]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and gid.isdigit(), f"USER {user}: numeric, so runAsNonRoot can verify it"
+    assert int(uid) != 0 and int(gid) != 0
+
+
+@pytest.mark.parametrize("dockerfile", [SERVER, OPERATOR], ids=["model-server", "operator"])
+def test_copies_only_what_dockerignore_lets_in(dockerfile: Path) -> None:
+    allowed = {
+        line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")
+    }
+    for ins in parse(dockerfile):
+        if ins.keyword == "COPY" and not ins.args.startswith("--from"):
+            *sources, _ = ins.args.split()
+            for source in sources:
+                assert source in allowed, f"{source} is not in the build context (.dockerignore)"
+                assert (REPO / source).exists(), source
+
+
+def test_model_server_image_fits_the_pods_the_operator_renders() -> None:
+    instructions = final_stage(parse(SERVER))
+    md = {
+        "apiVersion": "serving.bertmesh.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "m", "namespace": "ml"},
+        "spec": {"model": {"storageUri": "pvc://models/m"}, "resources": {"gpus": 1}},
+    }
+    (deployment,) = [o for o in render(md) if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    (entrypoint,) = [exec_form(i) for i in instructions if i.keyword == "ENTRYPOINT"]
+    assert entrypoint == container["command"] == ["bertmesh", "serve"]
+    (user,) = [i.args for i in instructions if i.keyword == "USER"]
+    assert user == f"{SERVER_UID}:{SERVER_UID}" == f"{pod['securityContext']['runAsUser']}:{SERVER_UID}"
+    assert container["image"].startswith("ghcr.io/bertmesh/model-server:")
+    # No model inside: the operator mounts one read-only at /mnt/models.
+    assert any(m["mountPath"] == "/mnt/models" and m.get("readOnly") for m in container["volumeMounts"])
+    run = " ".join(i.args for i in parse(SERVER) if i.keyword == "RUN")
+    assert '".[server]"' in run and "--constraint requirements/lock.txt" in run
+    assert not re.search(r"huggingface|hf_hub_download|\.safetensors|/mnt/models", run), "no model baked in"
+    env = " ".join(i.args for i in instructions if i.keyword == "ENV")
+    assert "HF_HUB_OFFLINE=1" in env and "HOME=/tmp" in env
+
+
+def test_operator_image_fits_the_chart() -> None:
+    instructions = final_stage(parse(OPERATOR))
+    (user,) = [i.args for i in instructions if i.keyword == "USER"]
+    template = (REPO / "charts" / "bertmesh" / "templates" / "deployment.yaml").read_text()
+    uid = re.search(r"runAsUser: (\d+)", template)
+    gid = re.search(r"runAsGroup: (\d+)", template)
+    assert uid and gid and user == f"{uid.group(1)}:{gid.group(1)}"
+    (entrypoint,) = [exec_form(i) for i in instructions if i.keyword == "ENTRYPOINT"]
+    assert entrypoint == ["bertmesh"]  # the chart sets command: [bertmesh] and args: [operator, ...]
+    run = " ".join(i.args for i in parse(OPERATOR) if i.keyword == "RUN")
+    assert re.findall(r'"\.\[[a-z,]+\]"', run) == ['".[operator]"'], "the operator image installs .[operator] only"
+
+
+def dependency_closure(distribution: str, extras: set[str]) -> set[str]:
+    """The distributions `pip install "<distribution>[extras]"` installs, resolved from installed metadata."""
+    seen: dict[str, set[str]] = {}
+    todo = [(distribution, set(extras))]
+    while todo:
+        name, wanted = todo.pop()
+        key = canonicalize_name(name)
+        if key in seen and wanted <= seen[key]:
+            continue
+        seen[key] = seen.get(key, set()) | wanted
+        for line in metadata.distribution(name).requires or []:
+            req = Requirement(line)
+            environments = [{"extra": extra} for extra in wanted or {""}]
+            if req.marker is None or any(req.marker.evaluate(env) for env in environments):
+                todo.append((req.name, set(req.extras)))
+    return set(seen)
+
+
+def test_operator_extra_pulls_no_torch_or_cuda() -> None:
+    closure = dependency_closure("bertmesh", {"operator"})
+    assert {"kopf", "kubernetes", "pydantic", "pyyaml"} <= closure
+    heavy = sorted(name for name in closure if HEAVY.match(name))
+    assert not heavy, f"the operator image would install {heavy}"
+    # The same walk finds torch and CUDA behind the server extra: the check can see them.
+    assert {"torch", "triton"} <= dependency_closure("bertmesh", {"server"})
+
+
+def test_the_cli_runs_with_only_the_operator_images_packages(tmp_path: Path) -> None:
+    """`bertmesh render` and `bertmesh operator --help` import nothing outside the operator image."""
+    closure = dependency_closure("bertmesh", {"operator"})
+    allowed = {"model_server", "bertmesh_operator"}
+    for module, distributions in metadata.packages_distributions().items():
+        if any(canonicalize_name(d) in closure for d in distributions):
+            allowed.add(module)
+    guard = tmp_path / "guard.py"
+    guard.write_text(
+        "import importlib.abc, sys\n"
+        f"ALLOWED = {sorted(allowed)!r}\n"
+        "class Guard(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        top = name.partition('.')[0]\n"
+        "        if top in sys.stdlib_module_names or top in ALLOWED or top.startswith('_'):\n"
+        "            return None\n"
+        "        raise ModuleNotFoundError(f'{name} is not in the operator image')\n"
+        "sys.meta_path.insert(0, Guard())\n"
+        "from model_server.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    example = REPO / "examples" / "gpu-classifier-canary.yaml"
+    rendered = subprocess.run(
+        [sys.executable, str(guard), "render", "-f", str(example)], capture_output=True, text=True, timeout=120
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    assert "kind: Deployment" in rendered.stdout
+    helped = subprocess.run(
+        [sys.executable, str(guard), "operator", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert "is not in the operator image" not in helped.stderr, helped.stderr
