@@ -2,8 +2,10 @@
 
 Pydantic's JSON Schema is turned into a Kubernetes *structural* OpenAPI v3 schema: references inlined,
 optionals unwrapped, `title`/`additionalProperties: false`/`propertyNames` dropped (not allowed or not
-supported there), object defaults reduced to `{}` (the API server then applies the nested defaults itself),
-no defaults under `status`. Cross-field rules arrive as `x-kubernetes-validations` from `CelRule`s.
+supported there), `patternProperties` (a map with constrained keys, which the API server refuses) turned into
+`additionalProperties` plus a CEL rule on the keys, object defaults written out in full without nulls (the
+API server checks a default against the CEL rules as written, before nested defaults apply), no defaults
+under `status`. Cross-field rules arrive as `x-kubernetes-validations` from `CelRule`s.
 `hack/gen_crd.py` writes the result to `crds/`; a test fails when the committed file is stale.
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from bertmesh_operator.resource import GROUP, KIND, MAX_NAME_LENGTH, NAME_RULE, PLURAL, VERSION
+from bertmesh_operator.resource import GROUP, KIND, MAX_NAME_LENGTH, NAME_RULE, PATTERN_HINTS, PLURAL, VERSION
 from bertmesh_operator.spec import ModelDeploymentSpec
 from bertmesh_operator.status import ModelDeploymentStatus
 
@@ -62,17 +64,42 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: boo
         if key == "default":
             if value is None or not keep_defaults:
                 continue
-            value = {} if isinstance(value, dict) else value
+            value = _without_nulls(value)
         if key == "const":
             key, value = "enum", [value]
         if key == "properties":
             value = {name: structural(sub, defs, keep_defaults=keep_defaults) for name, sub in value.items()}
         if key in ("items", "additionalProperties") and isinstance(value, dict):
             value = structural(value, defs, keep_defaults=keep_defaults)
+        if key == "patternProperties":
+            key, value = _keys_rule(value, out, defs, keep_defaults=keep_defaults)
         out[key] = value
     if out.get("format") == "date-time":
         out.setdefault("maxLength", 64)
     return _ordered(out)
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _keys_rule(
+    patterns: dict[str, Any], out: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bool
+) -> tuple[str, Any]:
+    """`patternProperties: {P: S}` as `additionalProperties: S` and a CEL rule that every key matches P."""
+    if len(patterns) != 1:
+        raise ValueError(f"unsupported patternProperties in the spec schema: {patterns}")
+    ((pattern, schema),) = patterns.items()
+    hint = PATTERN_HINTS.get(pattern, f"must match {pattern}")
+    escaped = pattern.replace("\\", "\\\\").replace("'", "\\'")
+    out.setdefault("x-kubernetes-validations", []).append(
+        {"rule": f"self.all(k, k.matches('{escaped}'))", "message": f"every key {hint}"}
+    )
+    return "additionalProperties", structural(schema, defs, keep_defaults=keep_defaults)
 
 
 def _ordered(node: dict[str, Any]) -> dict[str, Any]:
