@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Children are server-side applied (patch), read back (get, list, watch) and pruned when no longer rendered
-# (delete). Nothing is ever created with POST or replaced with PUT.
-CHILD_VERBS = ("get", "list", "watch", "patch", "delete")
+# (delete). Nothing is ever created with POST or replaced with PUT, but the API server authorizes a
+# server-side apply of an object that does not exist yet as "create" (and refuses it without that verb).
+CHILD_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 
 
 @dataclass(frozen=True, slots=True)
