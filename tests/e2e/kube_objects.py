@@ -18,6 +18,28 @@ from tests.e2e.processes import wait_until
 CHILD_KINDS = {kind: f"{plural}.{group}" if group else plural for (_, kind), (group, plural) in CHILD_RESOURCES.items()}
 
 
+def tiny(name: str, revision: str = "v1", **spec: Any) -> dict[str, Any]:
+    """A small CPU ModelDeployment: one replica, model downloaded by the storage initializer."""
+    body: dict[str, Any] = {
+        "model": {"storageUri": f"https://models.example.internal/{name}-{revision}.tar.gz", "revision": revision},
+        "resources": {"cpu": "1", "memory": "1Gi"},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "metric": "cpu"},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "serving.bertmesh.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def ready(md: dict[str, Any]) -> bool:
+    """Reconciled at its generation, with a ready stable replica."""
+    meta, status = md["metadata"], md.get("status") or {}
+    return status.get("observedGeneration") == meta["generation"] and condition(md, "Ready").get("status") == "True"
+
+
 def apply_md(api: KubeApi, namespace: str, manifest: Mapping[str, Any]) -> None:
     """`kubectl apply` a ModelDeployment, as a user does."""
     api.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(dict(manifest)))

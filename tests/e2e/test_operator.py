@@ -19,7 +19,9 @@ from tests.e2e.kube_objects import (
     children,
     condition,
     get_md,
+    ready,
     route_weights,
+    tiny,
     wait_for_md,
 )
 from tests.e2e.operator_process import StartOperator, get_json
@@ -27,28 +29,6 @@ from tests.e2e.processes import wait_until
 from tests.e2e.simcluster import SimCluster
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
-
-
-def tiny(name: str, revision: str = "v1", **spec: Any) -> dict[str, Any]:
-    """A small CPU ModelDeployment: one replica, model downloaded by the storage initializer."""
-    body: dict[str, Any] = {
-        "model": {"storageUri": f"https://models.example.internal/{name}-{revision}.tar.gz", "revision": revision},
-        "resources": {"cpu": "1", "memory": "1Gi"},
-        "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "metric": "cpu"},
-    }
-    body.update(spec)
-    return {
-        "apiVersion": "serving.bertmesh.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": body,
-    }
-
-
-def ready(md: dict[str, Any]) -> bool:
-    """Reconciled at its generation, with a ready stable replica."""
-    meta, status = md["metadata"], md.get("status") or {}
-    return status.get("observedGeneration") == meta["generation"] and condition(md, "Ready").get("status") == "True"
 
 
 def expected_children(md: dict[str, Any]) -> set[tuple[str, str]]:
