@@ -2,8 +2,9 @@
 
 - `on.create` / `on.update` / `on.resume` reconcile at once when a ModelDeployment appears, changes (spec,
   labels or annotations, including `bertmesh rollout`'s command), or is found at start-up.
-- A timer re-checks every ModelDeployment (level-based): every `resync` seconds, and every few seconds while
-  a rollout is in flight, which is also what runs the canary analysis when its interval is due.
+- A timer re-checks every ModelDeployment (level-based) every `resync` seconds; a second one, running only
+  while a rollout is in flight, reconciles every few seconds: that is what notices a ready canary and runs
+  the canary analysis when its interval is due.
 - An index of every labelled child (`serving.bertmesh.io/model-deployment`, selected by the API server) gives
   the reconcile the children as they are now without a request: readiness for the rollout, what to prune,
   and what was edited or deleted since it was applied (only that is applied again).
@@ -62,8 +63,8 @@ class Runtime:
     resync_seconds: float
 
     @property
-    def tick_seconds(self) -> float:
-        """How often the timer fires."""
+    def rollout_tick_seconds(self) -> float:
+        """How often a ModelDeployment with a rollout in flight is reconciled."""
         return min(self.resync_seconds, ROLLOUT_TICK_SECONDS)
 
 
@@ -110,6 +111,10 @@ async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo, index: A
     return outcome
 
 
+def _rollout_in_flight(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") in IN_FLIGHT_PHASES
+
+
 def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Child] | None:
     """Index a labelled child under (namespace, ModelDeployment name)."""
     found = child_of(body)
@@ -147,12 +152,15 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if outcome.retry is not None:
             raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
 
-    async def on_tick(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        slot = _slot(memo)
-        phase = (body.get("status") or {}).get("phase")
-        idle_for = asyncio.get_running_loop().time() - slot.last_reconciled
-        if phase not in IN_FLIGHT_PHASES and idle_for < runtime.resync_seconds - runtime.tick_seconds / 2:
+    async def on_recheck(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        # Right after a change handler's reconcile, a re-check has nothing to find.
+        if asyncio.get_running_loop().time() - _slot(memo).last_reconciled < runtime.resync_seconds / 2:
             return
+        outcome = await reconcile(runtime, body, memo, kwargs[CHILDREN_INDEX])
+        if outcome.retry is not None:
+            raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
+
+    async def on_rollout_tick(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         outcome = await reconcile(runtime, body, memo, kwargs[CHILDREN_INDEX])
         if outcome.retry is not None:
             raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
@@ -165,10 +173,21 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         VERSION,
         PLURAL,
         id="recheck",
-        interval=runtime.tick_seconds,
-        initial_delay=runtime.tick_seconds,
+        interval=runtime.resync_seconds,
+        initial_delay=runtime.resync_seconds,
         registry=registry,
-    )(on_tick)
+    )(on_recheck)
+    # Only while a rollout is in flight (kopf starts and stops this timer as the phase changes).
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="rollout",
+        interval=runtime.rollout_tick_seconds,
+        initial_delay=runtime.rollout_tick_seconds,
+        when=_rollout_in_flight,
+        registry=registry,
+    )(on_rollout_tick)
     return registry
 
 

@@ -50,10 +50,11 @@ def _positive(kind: Callable[[str], float], low: float) -> Callable[[str], float
 
 
 class _QuietTicks(logging.Filter):
-    """Drops kopf's "Timer 'recheck' succeeded." lines."""
+    """Drops kopf's "Timer 'recheck' succeeded." (and 'rollout') lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Timer 'recheck' succeeded")
+        message = record.getMessage()
+        return not (message.startswith("Timer '") and message.endswith("' succeeded."))
 
 
 def parse_args(argv: list[str]) -> OperatorConfig:
