@@ -115,8 +115,11 @@ def _rollout_in_flight(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") in IN_FLIGHT_PHASES
 
 
-def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Child] | None:
-    """Index a labelled child under (namespace, ModelDeployment name)."""
+async def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Child] | None:
+    """Index a labelled child under (namespace, ModelDeployment name).
+
+    A coroutine on purpose: kopf runs plain functions in its thread pool, one hand-off per watch event.
+    """
     found = child_of(body)
     if found is None:
         return None
@@ -209,5 +212,4 @@ def operator_settings(*, workers: int) -> kopf.OperatorSettings:
     settings.execution.max_workers = workers
     # Unexpected errors (bugs) are retried, but not in a hot loop.
     settings.execution.default_backoff = 30
-    settings.networking.request_timeout = 60
     return settings

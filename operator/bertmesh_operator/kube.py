@@ -168,7 +168,14 @@ class KubeClient:
             obj["apiVersion"], plural_of(obj["apiVersion"], obj["kind"]), meta["namespace"], meta["name"]
         )
         query = [("fieldManager", self.field_manager), ("force", "true")]
-        return self.request("PATCH", path, query=query, body=dict(obj), content_type=APPLY_PATCH)
+        try:
+            return self.request("PATCH", path, query=query, body=dict(obj), content_type=APPLY_PATCH)
+        except ApiRejectedError as error:
+            if error.status == 404:  # the resource type itself is missing (an object would be created)
+                raise ApiRejectedError(
+                    404, f"{obj['apiVersion']} {obj['kind']} is not served by the API server: install its CRD ({error})"
+                ) from None
+            raise
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> bool:
         """Delete one child, only if it is still the object with `uid`; False when it is already gone."""

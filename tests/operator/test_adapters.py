@@ -190,3 +190,14 @@ def test_prometheus_that_cannot_answer_is_unavailable(stub: Stub, status: int, b
 def test_unreachable_prometheus_is_unavailable() -> None:
     with pytest.raises(MetricsUnavailableError, match="unreachable"):
         PrometheusClient("http://127.0.0.1:9", timeout=2).query("up")
+
+
+def test_a_kind_the_api_server_does_not_serve_says_which_crd_is_missing(stub: Stub) -> None:
+    stub.status, stub.body = 404, "404 page not found"
+    virtual_service = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "m", "namespace": "ml"},
+    }
+    with pytest.raises(ApiRejectedError, match="VirtualService is not served by the API server: install its CRD"):
+        kube_client(stub.url).apply(virtual_service)
