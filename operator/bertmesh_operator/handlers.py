@@ -5,9 +5,11 @@
 - A timer re-checks every ModelDeployment (level-based) every `resync` seconds; a second one, running only
   while a rollout is in flight, reconciles every few seconds: that is what notices a ready canary and runs
   the canary analysis when its interval is due.
-- An index of every labelled child (`serving.bertmesh.io/model-deployment`, selected by the API server) gives
-  the reconcile the children as they are now without a request: readiness for the rollout, what to prune,
-  and what was edited or deleted since it was applied (only that is applied again).
+- Watches of every labelled child (`serving.bertmesh.io/model-deployment`, selected by the API server) keep
+  a `ChildRegistry`, filled by one LIST per kind before kopf starts: the reconcile gets the children as they
+  are now without a request (readiness for the rollout, what to prune, what was edited or deleted since it
+  was applied: only that is applied again). Not a kopf index: kopf pre-populates indexes with one toggle per
+  listed object, each waking every waiting handler, which is quadratic (minutes at 1,000 ModelDeployments).
 
 One reconcile at a time per ModelDeployment (an asyncio lock in its memo); each runs in a thread pool,
 because the kubernetes client is synchronous. Errors that heal become `kopf.TemporaryError(delay=...)`; an
@@ -21,7 +23,6 @@ import asyncio
 import copy
 import logging
 import math
-from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import kopf
 
 from bertmesh_operator.kube import TransientApiError
-from bertmesh_operator.observe import Child, child_of
+from bertmesh_operator.observe import ChildRegistry
 from bertmesh_operator.permissions import CHILD_RESOURCES
 from bertmesh_operator.reconcile import ObjectMemory, Outcome, Reconciler
 from bertmesh_operator.render.context import MD_LABEL
@@ -40,7 +41,6 @@ from bertmesh_operator.resource import GROUP, PLURAL, VERSION
 ROLLOUT_TICK_SECONDS = 5.0
 FINALIZER = "serving.bertmesh.io/operator"
 ANNOTATION_PREFIX = "serving.bertmesh.io"
-CHILDREN_INDEX = "children"
 IN_FLIGHT_PHASES = frozenset({"Progressing", "Promoting"})
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Runtime:
     reconciler: Reconciler
     executor: ThreadPoolExecutor
     resync_seconds: float
+    children: ChildRegistry = field(default_factory=ChildRegistry)
 
     @property
     def rollout_tick_seconds(self) -> float:
@@ -76,19 +77,15 @@ def _slot(memo: kopf.Memo) -> ObjectSlot:
     return slot
 
 
-def _children(index: Mapping[Any, Iterable[Child]], body: Mapping[str, Any]) -> list[Child]:
-    meta = body["metadata"]
-    return list(index.get((meta.get("namespace", ""), meta["name"]), ()))
-
-
-async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo, index: Any) -> Outcome:
+async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> Outcome:
     """Run one reconcile of the object in the thread pool (after any other reconcile of it); post its events."""
     slot = _slot(memo)
     loop = asyncio.get_running_loop()
     async with slot.lock:
-        # Copied in the event loop: kopf keeps updating the live body and the index while the thread runs.
+        # Copied in the event loop: kopf keeps updating the live body, and the watches the registry, meanwhile.
         snapshot = copy.deepcopy(dict(body))
-        children = _children(index, snapshot)
+        meta = snapshot["metadata"]
+        children = runtime.children.children(meta.get("namespace", ""), meta["name"])
         try:
             outcome = await loop.run_in_executor(
                 runtime.executor, runtime.reconciler.reconcile, snapshot, children, slot.memory
@@ -96,6 +93,8 @@ async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo, index: A
         except TransientApiError as error:
             raise kopf.TemporaryError(str(error), delay=error.delay) from None
         slot.last_reconciled = loop.time()
+    for uid in outcome.vanished:
+        runtime.children.discard(uid)
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
     if outcome.applied or outcome.pruned or outcome.status_written:
@@ -115,18 +114,6 @@ def _rollout_in_flight(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") in IN_FLIGHT_PHASES
 
 
-async def index_child(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Child] | None:
-    """Index a labelled child under (namespace, ModelDeployment name).
-
-    A coroutine on purpose: kopf runs plain functions in its thread pool, one hand-off per watch event.
-    """
-    found = child_of(body)
-    if found is None:
-        return None
-    key, child = found
-    return {key: child}
-
-
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     """Every handler of the operator, registered on a registry of its own (nothing happens at import)."""
     registry = kopf.OperatorRegistry()
@@ -136,20 +123,21 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         """The kubeconfig or the in-cluster service account, as the kubernetes client finds them."""
         return kopf.login_via_client(**kwargs)
 
-    for api_version, _kind in CHILD_RESOURCES:
+    async def on_child_event(type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002 - kopf's name
+        if type == "DELETED":
+            runtime.children.discard(body.get("metadata", {}).get("uid", ""))
+        else:
+            runtime.children.upsert(body)
+
+    for api_version, kind in CHILD_RESOURCES:
         group, _, version = api_version.rpartition("/")
-        plural = CHILD_RESOURCES[(api_version, _kind)][1]
-        kopf.index(
-            group=group,
-            version=version,
-            plural=plural,
-            id=CHILDREN_INDEX,
-            labels={MD_LABEL: kopf.PRESENT},
-            registry=registry,
-        )(index_child)
+        plural = CHILD_RESOURCES[(api_version, kind)][1]
+        kopf.on.event(group=group, version=version, plural=plural, labels={MD_LABEL: kopf.PRESENT}, registry=registry)(
+            on_child_event
+        )
 
     async def on_change(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        outcome = await reconcile(runtime, body, memo, kwargs[CHILDREN_INDEX])
+        outcome = await reconcile(runtime, body, memo)
         if outcome.invalid is not None:
             raise kopf.PermanentError(outcome.invalid)
         if outcome.retry is not None:
@@ -159,12 +147,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         # Right after a change handler's reconcile, a re-check has nothing to find.
         if asyncio.get_running_loop().time() - _slot(memo).last_reconciled < runtime.resync_seconds / 2:
             return
-        outcome = await reconcile(runtime, body, memo, kwargs[CHILDREN_INDEX])
+        outcome = await reconcile(runtime, body, memo)
         if outcome.retry is not None:
             raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
 
     async def on_rollout_tick(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        outcome = await reconcile(runtime, body, memo, kwargs[CHILDREN_INDEX])
+        outcome = await reconcile(runtime, body, memo)
         if outcome.retry is not None:
             raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
 

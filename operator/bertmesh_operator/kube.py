@@ -211,6 +211,37 @@ class KubeClient:
         query = [("fieldManager", self.field_manager)]
         return self.request("PATCH", path, query=query, body=body, content_type=MERGE_PATCH)
 
+    def list_children(self, namespaces: Sequence[str], label: str) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every child kind's objects carrying `label` (in `namespaces`, or all when empty), and the kinds the
+        API server does not serve."""
+        found: list[dict[str, Any]] = []
+        missing: list[str] = []
+        scopes: list[str | None] = list(namespaces) or [None]
+        for (api_version, kind), (_, plural) in CHILD_RESOURCES.items():
+            try:
+                for namespace in scopes:
+                    found += self._list(api_version, kind, plural, namespace, label)
+            except ApiRejectedError as error:
+                if error.status != 404:
+                    raise
+                missing.append(f"{api_version} {kind}")
+        return found, missing
+
+    def _list(
+        self, api_version: str, kind: str, plural: str, namespace: str | None, label: str
+    ) -> list[dict[str, Any]]:
+        path = resource_path(api_version, plural, namespace)
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = [("labelSelector", label), ("limit", "500")] + ([("continue", token)] if token else [])
+            page = self.request("GET", path, query=query)
+            # List items leave out their apiVersion and kind.
+            items += [{"apiVersion": api_version, "kind": kind, **item} for item in page.get("items") or ()]
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
+
     def served(self, api_version: str, plural: str) -> bool:
         """Whether the API server serves a resource (discovery, which every authenticated user may read)."""
         try:

@@ -1,7 +1,7 @@
 """What the operator sees of a ModelDeployment's children, as plain data, and what it concludes from it. Pure.
 
 The operator watches every object carrying the `serving.bertmesh.io/model-deployment` label and keeps one small
-`Child` per object in memory (a kopf index). From those it reads the tracks' readiness (the rollout's
+`Child` per object in memory (a `ChildRegistry`). From those it reads the tracks' readiness (the rollout's
 observation), which children are no longer rendered (prune), and whether a child changed since the operator
 applied it (so an unchanged child is not applied again on every re-check: status updates do not count).
 """
@@ -138,6 +138,47 @@ def child_of(body: Mapping[str, Any]) -> tuple[tuple[str, str], Child] | None:
         deployment=_deployment_state(body) if kind == "Deployment" else None,
     )
     return (meta.get("namespace", ""), owner), child
+
+
+class ChildRegistry:
+    """Every labelled child as last seen, by (namespace, ModelDeployment name). Not thread-safe: one writer.
+
+    Keyed by uid, so an object whose label moves to another ModelDeployment moves with it.
+    """
+
+    def __init__(self) -> None:
+        self._by_owner: dict[tuple[str, str], dict[str, Child]] = {}
+        self._owner_of: dict[str, tuple[str, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._owner_of)
+
+    def upsert(self, body: Mapping[str, Any]) -> None:
+        """Record an object as it is now (one no longer labelled is forgotten)."""
+        uid = (body.get("metadata") or {}).get("uid", "")
+        found = child_of(body)
+        if found is None:
+            self.discard(uid)
+            return
+        owner, child = found
+        if self._owner_of.get(uid) not in (None, owner):
+            self.discard(uid)
+        self._by_owner.setdefault(owner, {})[uid] = child
+        self._owner_of[uid] = owner
+
+    def discard(self, uid: str) -> None:
+        """Forget a deleted object."""
+        owner = self._owner_of.pop(uid, None)
+        if owner is None:
+            return
+        children = self._by_owner.get(owner, {})
+        children.pop(uid, None)
+        if not children:
+            self._by_owner.pop(owner, None)
+
+    def children(self, namespace: str, name: str) -> list[Child]:
+        """A copy of the ModelDeployment's children."""
+        return list(self._by_owner.get((namespace, name), {}).values())
 
 
 @dataclass(frozen=True)

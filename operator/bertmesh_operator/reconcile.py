@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -69,6 +70,8 @@ class ObjectMemory:
     # Per child: the digest of what was last applied and the content_version of the API server's answer. A
     # child the watch still shows at that version is unchanged (neither edited nor deleted): not applied again.
     applied: dict[ChildKey, tuple[str, str]] = field(default_factory=dict)
+    # When every child was last applied regardless (monotonic seconds): a safety net for a watch event lost.
+    applied_all_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Outcome:
     phase: str | None = None
     applied: int = 0
     pruned: int = 0
+    vanished: tuple[str, ...] = ()  # uids of children found already deleted (the watch had not said so)
     status_written: bool = False
     events: tuple[Event, ...] = ()
     retry: str | None = None  # why to come back early (metrics unavailable, objects refused)
@@ -114,13 +118,17 @@ class Reconciler:
         options: RenderOptions | None = None,
         *,
         clock: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
         rejected_retry_seconds: float = 60.0,
         metrics_retry_seconds: float = 5.0,
+        full_apply_seconds: float = 600.0,
     ) -> None:
         self.kube = kube
         self.metrics = metrics
         self.options = options or RenderOptions()
         self.clock = clock
+        self.monotonic = monotonic
+        self.full_apply_seconds = full_apply_seconds
         self.rejected_retry_seconds = rejected_retry_seconds
         self.metrics_retry_seconds = metrics_retry_seconds
 
@@ -148,7 +156,7 @@ class Reconciler:
         objects = render(md, state=state, options=self.options)
         try:
             applied = self._apply(objects, children, memory)
-            pruned = self._prune(objects, children, uid, md.namespace, memory)
+            pruned, vanished = self._prune(objects, children, uid, md.namespace, memory)
         except ApiRejectedError as error:
             written = self._write_degraded(fresh, memory, "ApplyFailed", str(error), now)
             return Outcome(
@@ -175,6 +183,7 @@ class Reconciler:
             phase=state.phase.value,
             applied=applied,
             pruned=pruned,
+            vanished=vanished,
             status_written=written,
             events=_transition_events(before, state),
             retry=observation.metrics_error,
@@ -208,27 +217,33 @@ class Reconciler:
 
     def _apply(self, objects: list[dict[str, Any]], children: list[Child], memory: ObjectMemory) -> int:
         live = {child.key: child for child in children}
+        started = self.monotonic()
+        everything = memory.applied_all_at is None or started - memory.applied_all_at >= self.full_apply_seconds
         count = 0
         for obj in objects:
             key = child_key(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
             fingerprint = digest(obj)
             child = live.get(key)
-            if child is not None and memory.applied.get(key) == (fingerprint, child.version):
+            if not everything and child is not None and memory.applied.get(key) == (fingerprint, child.version):
                 continue
             stored = self.kube.apply(obj)
             memory.applied[key] = (fingerprint, content_version(stored))
             count += 1
+        if everything:
+            memory.applied_all_at = started
         return count
 
     def _prune(
         self, objects: list[dict[str, Any]], children: list[Child], uid: str, namespace: str, memory: ObjectMemory
-    ) -> int:
-        count = 0
+    ) -> tuple[int, tuple[str, ...]]:
+        count, vanished = 0, []
         for child in stale_children(children, objects, uid):
-            self.kube.delete(child.api_version, child.kind, namespace, child.name, child.uid)
+            if self.kube.delete(child.api_version, child.kind, namespace, child.name, child.uid):
+                count += 1
+            else:
+                vanished.append(child.uid)
             memory.applied.pop(child.key, None)
-            count += 1
-        return count
+        return count, tuple(vanished)
 
     def _write_status(self, md: ModelDeployment, current: Any, patch: dict[str, Any], memory: ObjectMemory) -> bool:
         current = current if isinstance(current, dict) else {}

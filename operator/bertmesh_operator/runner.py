@@ -110,6 +110,7 @@ def main(argv: list[str]) -> int:
     from bertmesh_operator.kube import ApiRejectedError, KubeClient, TransientApiError, load_api_client
     from bertmesh_operator.prometheus import PrometheusClient
     from bertmesh_operator.reconcile import Reconciler
+    from bertmesh_operator.render.context import MD_LABEL
     from bertmesh_operator.resource import GROUP, PLURAL, VERSION
 
     kopf.configure(verbose=config.verbose)
@@ -143,6 +144,18 @@ def main(argv: list[str]) -> int:
         executor=executor,
         resync_seconds=config.resync_seconds,
     )
+    # The children as they are before the first reconcile (kopf's watches keep them current from then on):
+    # a reconcile that saw none would misread a ready canary as missing.
+    try:
+        bodies, missing = kube.list_children(config.namespaces, MD_LABEL)
+    except (TransientApiError, ApiRejectedError) as error:
+        print(f"bertmesh operator: cannot list the children: {error}", file=sys.stderr)
+        executor.shutdown(wait=False)
+        return 1
+    for body in bodies:
+        runtime.children.upsert(body)
+    if missing:
+        log.warning("not served by the API server (install their CRDs): %s", ", ".join(missing))
     log.info(
         "bertmesh operator: %s, prometheus %s, resync %gs, liveness %s",
         ", ".join(config.namespaces) or "all namespaces",

@@ -201,3 +201,18 @@ def test_a_kind_the_api_server_does_not_serve_says_which_crd_is_missing(stub: St
     }
     with pytest.raises(ApiRejectedError, match="VirtualService is not served by the API server: install its CRD"):
         kube_client(stub.url).apply(virtual_service)
+
+
+def test_children_are_listed_by_label_in_pages_with_their_kind(stub: Stub) -> None:
+    stub.body = {"items": [{"metadata": {"name": "x"}}], "metadata": {}}
+    found, missing = kube_client(stub.url).list_children(["ml"], "serving.bertmesh.io/model-deployment")
+    assert missing == []
+    assert len(found) == len(stub.requests) == 10  # one page per child kind
+    assert {(o["apiVersion"], o["kind"]) for o in found} >= {("apps/v1", "Deployment"), ("v1", "Service")}
+    assert stub.requests[0]["query"]["labelSelector"] == "serving.bertmesh.io/model-deployment"
+    assert all("/namespaces/ml/" in r["path"] for r in stub.requests)
+    stub.requests.clear()
+    stub.status, stub.body = 404, "404 page not found"
+    found, missing = kube_client(stub.url).list_children([], "x")
+    assert found == [] and len(missing) == 10
+    assert all("/namespaces/" not in r["path"] for r in stub.requests)  # every namespace

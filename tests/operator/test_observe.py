@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from bertmesh_operator.observe import (
     Child,
+    ChildRegistry,
     DeploymentState,
     analysis_due,
     child_key,
@@ -161,3 +163,23 @@ def test_analysis_is_due_once_the_interval_at_a_step_has_passed(canary_spec: Mod
     assert not analysis_due(running, policy, t0 + timedelta(seconds=59))
     assert analysis_due(running, policy, t0 + timedelta(seconds=60))
     assert not analysis_due(initial_state(canary_spec), policy, t0 + timedelta(hours=1))
+
+
+def test_the_registry_follows_objects_by_uid() -> None:
+    registry = ChildRegistry()
+    body = deployment("abc")
+    registry.upsert(body)
+    assert [c.name for c in registry.children("ml", "minilm")] == ["minilm-stable"]
+    moved = copy.deepcopy(body)
+    moved["metadata"]["labels"]["serving.bertmesh.io/model-deployment"] = "other"
+    registry.upsert(moved)  # relabelled: it is the other ModelDeployment's now
+    assert registry.children("ml", "minilm") == []
+    assert len(registry.children("ml", "other")) == 1
+    unlabelled = copy.deepcopy(body)
+    del unlabelled["metadata"]["labels"]["serving.bertmesh.io/model-deployment"]
+    registry.upsert(unlabelled)
+    assert len(registry) == 0
+    registry.upsert(body)
+    registry.discard("uid-stable")
+    registry.discard("never-seen")
+    assert len(registry) == 0 and registry.children("ml", "minilm") == []

@@ -329,3 +329,39 @@ def test_a_deleted_or_deleting_model_deployment_is_left_alone(world: World) -> N
     assert reconciler.reconcile(body, [], ObjectMemory(known_resource_version="999")).gone
     assert cluster.gets == 1
     assert cluster.applied == []
+
+
+def test_every_child_is_applied_again_after_a_while_whatever_the_watch_says(world: World) -> None:
+    cluster, metrics, clock, _ = world
+    ticks = iter(range(0, 10_000, 100))
+    reconciler = Reconciler(cluster, metrics, clock=clock, monotonic=lambda: float(next(ticks)), full_apply_seconds=250)
+    memory = ObjectMemory()
+    for _ in range(3):  # at 0, 100, 200 s: everything once, then nothing
+        reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
+    assert len(cluster.applied) == 9
+    reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)  # 300 s: a lost event is repaired
+    assert len(cluster.applied) == 18
+
+
+def test_a_child_already_gone_is_reported_so_the_registry_forgets_it(world: World) -> None:
+    cluster, _, _, _ = world
+    memory = ObjectMemory()
+    run(world, memory)
+    children = cluster.children()
+    stale = next(c for c in children if c.kind == "Deployment")
+    ghost = Child(
+        api_version=stale.api_version,
+        kind="Deployment",
+        name="minilm-canary",
+        uid="ghost-uid",
+        version="rv:1",
+        owner_uid=UID,
+        track="canary",
+    )
+    outcome = cluster_reconcile(world, [*children, ghost], memory)
+    assert outcome.vanished == ("ghost-uid",) and outcome.pruned == 0
+
+
+def cluster_reconcile(world: World, children: list[Child], memory: ObjectMemory) -> Any:
+    cluster, _, _, reconciler = world
+    return reconciler.reconcile(copy.deepcopy(cluster.md), children, memory)
