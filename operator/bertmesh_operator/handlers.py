@@ -42,6 +42,7 @@ ROLLOUT_TICK_SECONDS = 5.0
 FINALIZER = "serving.bertmesh.io/operator"
 ANNOTATION_PREFIX = "serving.bertmesh.io"
 IN_FLIGHT_PHASES = frozenset({"Progressing", "Promoting"})
+CHILD_EVENTS = "children"  # the id of the handler of the children's watch events
 log = logging.getLogger(__name__)
 
 
@@ -132,9 +133,14 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     for api_version, kind in CHILD_RESOURCES:
         group, _, version = api_version.rpartition("/")
         plural = CHILD_RESOURCES[(api_version, kind)][1]
-        kopf.on.event(group=group, version=version, plural=plural, labels={MD_LABEL: kopf.PRESENT}, registry=registry)(
-            on_child_event
-        )
+        kopf.on.event(
+            group=group,
+            version=version,
+            plural=plural,
+            id=CHILD_EVENTS,
+            labels={MD_LABEL: kopf.PRESENT},
+            registry=registry,
+        )(on_child_event)
 
     async def on_change(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         outcome = await reconcile(runtime, body, memo)

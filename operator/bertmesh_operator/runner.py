@@ -50,11 +50,15 @@ def _positive(kind: Callable[[str], float], low: float) -> Callable[[str], float
 
 
 class _QuietTicks(logging.Filter):
-    """Drops kopf's "Timer 'recheck' succeeded." (and 'rollout') lines."""
+    """Drops kopf's line per timer tick and per child event ("Timer 'recheck' succeeded.")."""
+
+    def __init__(self, child_events: str) -> None:
+        super().__init__()
+        self.child_events = f"Handler '{child_events}' succeeded."
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Timer '") and message.endswith("' succeeded."))
+        return not (message.startswith("Timer '") and message.endswith("' succeeded.")) and message != self.child_events
 
 
 def parse_args(argv: list[str]) -> OperatorConfig:
@@ -106,7 +110,7 @@ def main(argv: list[str]) -> int:
     # Imported here: `bertmesh render` and `--help` need neither kopf nor the kubernetes client.
     import kopf
 
-    from bertmesh_operator.handlers import Runtime, build_registry, operator_settings
+    from bertmesh_operator.handlers import CHILD_EVENTS, Runtime, build_registry, operator_settings
     from bertmesh_operator.kube import ApiRejectedError, KubeClient, TransientApiError, load_api_client
     from bertmesh_operator.prometheus import PrometheusClient
     from bertmesh_operator.reconcile import Reconciler
@@ -116,7 +120,8 @@ def main(argv: list[str]) -> int:
     kopf.configure(verbose=config.verbose)
     if not config.verbose:
         # One line per object per tick says nothing; reconciles that change something log themselves.
-        logging.getLogger("kopf.objects").addFilter(_QuietTicks())
+        logging.getLogger("kopf.objects").addFilter(_QuietTicks(CHILD_EVENTS))
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per liveness probe
     try:
         api_client = load_api_client(pool_size=config.workers + 2)
     except Exception as error:  # kubernetes.config raises its own ConfigException, and OSError

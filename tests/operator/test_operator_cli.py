@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from bertmesh_operator.cli import main
 from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import Observation, initial_state, step
 from bertmesh_operator.rollout_cli import RolloutCommandError, command_for, format_status
-from bertmesh_operator.runner import parse_args
+from bertmesh_operator.runner import _QuietTicks, parse_args
 from bertmesh_operator.status import status_patch
 
 MakeManifest = Callable[..., dict[str, Any]]
@@ -174,3 +175,21 @@ def test_the_operator_imports_and_starts_without_torch(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_routine_kopf_lines_are_dropped_and_the_rest_kept() -> None:
+    quiet = _QuietTicks("children")
+    kept = {
+        message: quiet.filter(logging.makeLogRecord({"msg": message}))
+        for message in (
+            "Timer 'recheck' succeeded.",
+            "Timer 'rollout' succeeded.",
+            "Handler 'children' succeeded.",
+            "Handler 'reconcile-created' succeeded.",
+            "Timer 'rollout' failed temporarily: Prometheus at http://p is unreachable",
+        )
+    }
+    assert [message for message, keep in kept.items() if keep] == [
+        "Handler 'reconcile-created' succeeded.",
+        "Timer 'rollout' failed temporarily: Prometheus at http://p is unreachable",
+    ]
