@@ -1,11 +1,10 @@
 """Generate the ModelDeployment CustomResourceDefinition from the pydantic models (one source of truth).
 
 Pydantic's JSON Schema is turned into a Kubernetes *structural* OpenAPI v3 schema: references inlined,
-optionals unwrapped, `title`/`additionalProperties: false`/`propertyNames` dropped (not allowed or not
-supported there), `patternProperties` (a map with constrained keys, which the API server refuses) turned into
-`additionalProperties` plus a CEL rule on the keys, object defaults written out in full without nulls (the
-API server checks a default against the CEL rules as written, before nested defaults apply), no defaults
-under `status`. Cross-field rules arrive as `x-kubernetes-validations` from `CelRule`s.
+optionals unwrapped, `title`/`additionalProperties: false`/`propertyNames` dropped and `patternProperties`
+turned into `additionalProperties` (not allowed or not supported there), object defaults spelled out from their
+fields' defaults (the API server checks a default against the CEL rules without defaulting inside it first),
+no defaults under `status`. Cross-field rules arrive as `x-kubernetes-validations` from `CelRule`s.
 `hack/gen_crd.py` writes the result to `crds/`; a test fails when the committed file is stale.
 """
 
@@ -16,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from bertmesh_operator.resource import GROUP, KIND, MAX_NAME_LENGTH, NAME_RULE, PATTERN_HINTS, PLURAL, VERSION
+from bertmesh_operator.resource import GROUP, KIND, MAX_NAME_LENGTH, NAME_RULE, PLURAL, VERSION
 from bertmesh_operator.spec import ModelDeploymentSpec
 from bertmesh_operator.status import ModelDeploymentStatus
 
@@ -64,42 +63,33 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: boo
         if key == "default":
             if value is None or not keep_defaults:
                 continue
-            value = _without_nulls(value)
+            value = {} if isinstance(value, dict) else value
         if key == "const":
             key, value = "enum", [value]
+        if key == "patternProperties":
+            # The API server refuses patternProperties: a map's values keep their schema, its keys are checked
+            # by the CelRules of the model that owns the map (and by pydantic in the operator).
+            (value,) = value.values()
+            key, value = "additionalProperties", structural(value, defs, keep_defaults=keep_defaults)
         if key == "properties":
             value = {name: structural(sub, defs, keep_defaults=keep_defaults) for name, sub in value.items()}
         if key in ("items", "additionalProperties") and isinstance(value, dict):
             value = structural(value, defs, keep_defaults=keep_defaults)
-        if key == "patternProperties":
-            key, value = _keys_rule(value, out, defs, keep_defaults=keep_defaults)
         out[key] = value
     if out.get("format") == "date-time":
         out.setdefault("maxLength", 64)
     return _ordered(out)
 
 
-def _without_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
-
-
-def _keys_rule(
-    patterns: dict[str, Any], out: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bool
-) -> tuple[str, Any]:
-    """`patternProperties: {P: S}` as `additionalProperties: S` and a CEL rule that every key matches P."""
-    if len(patterns) != 1:
-        raise ValueError(f"unsupported patternProperties in the spec schema: {patterns}")
-    ((pattern, schema),) = patterns.items()
-    hint = PATTERN_HINTS.get(pattern, f"must match {pattern}")
-    escaped = pattern.replace("\\", "\\\\").replace("'", "\\'")
-    out.setdefault("x-kubernetes-validations", []).append(
-        {"rule": f"self.all(k, k.matches('{escaped}'))", "message": f"every key {hint}"}
-    )
-    return "additionalProperties", structural(schema, defs, keep_defaults=keep_defaults)
+def expand_object_defaults(node: dict[str, Any]) -> dict[str, Any]:
+    """Replace each object default (`{}` from pydantic's models) with the defaults of its fields, bottom up."""
+    for sub in node.get("properties", {}).values():
+        expand_object_defaults(sub)
+    if isinstance(node.get("items"), dict):
+        expand_object_defaults(node["items"])
+    if node.get("default") == {} and "properties" in node:
+        node["default"] = {name: sub["default"] for name, sub in node["properties"].items() if "default" in sub}
+    return node
 
 
 def _ordered(node: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +104,7 @@ def _schema_of(model: type[ModelDeploymentSpec] | type[ModelDeploymentStatus], *
 
 def openapi_schema() -> dict[str, Any]:
     """The `openAPIV3Schema` of the ModelDeployment resource."""
-    spec = _schema_of(ModelDeploymentSpec, keep_defaults=True)
+    spec = expand_object_defaults(_schema_of(ModelDeploymentSpec, keep_defaults=True))
     spec.pop("$defs", None)
     status = _schema_of(ModelDeploymentStatus, keep_defaults=False)
     status.pop("$defs", None)

@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Children are server-side applied (patch), read back (get, list, watch) and pruned when no longer rendered
-# (delete). Nothing is ever created with POST or replaced with PUT, but the API server authorizes a
-# server-side apply of an object that does not exist yet as "create" (and refuses it without that verb).
+# (delete). Nothing is ever created with POST or replaced with PUT, but an apply that creates its object is
+# also authorized as `create` by the API server (tests/e2e/test_chart.py applies children with the chart's
+# ServiceAccount: without create, the first apply of every child is forbidden).
 CHILD_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 
 

@@ -92,7 +92,7 @@ INVALID = [
     ),
     pytest.param(
         md(resources={"nodeSelector": {"bad key!": "x"}}),
-        ["spec.resources.nodeSelector", "every key must be a label key"],
+        ["spec.resources.nodeSelector", "nodeSelector keys must be label keys"],
         id="node-selector-key",
     ),
 ]

@@ -65,7 +65,8 @@ def test_schema_is_structural_and_bounded() -> None:
         kind = node.get("type")
         if kind is None:
             problems.append(f"{path}: no type")
-        for forbidden in ("$ref", "anyOf", "oneOf", "allOf", "title", "const", "uniqueItems", "nullable"):
+        forbidden_keywords = ("$ref", "anyOf", "oneOf", "allOf", "title", "const", "uniqueItems", "nullable")
+        for forbidden in (*forbidden_keywords, "patternProperties"):  # the API server refuses them
             if forbidden in node:
                 problems.append(f"{path}: {forbidden}")
         if node.get("additionalProperties") is False:
@@ -80,6 +81,15 @@ def test_schema_is_structural_and_bounded() -> None:
         if kind == "object" and path not in ("", ".metadata") and open_object:
             problems.append(f"{path}: object without properties or maxProperties")
     assert problems == []
+
+
+def test_object_defaults_are_spelled_out() -> None:
+    """The API server checks a default against the CEL rules as written, without defaulting inside it first:
+    `default: {}` on runtime/resources/autoscaling/traffic fails their rules ("no such key") at CRD creation."""
+    for path, node in _nodes(openapi_schema()):
+        if node.get("type") == "object" and "default" in node:
+            fields = {name: sub["default"] for name, sub in node["properties"].items() if "default" in sub}
+            assert node["default"] == fields, path
 
 
 def _rules_at(schema: dict[str, Any]) -> dict[str, list[str]]:
