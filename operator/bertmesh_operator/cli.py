@@ -1,8 +1,8 @@
-"""The operator side of the `bertmesh` command: `render` (offline), `operator` and `rollout` (next phase).
+"""The operator side of the `bertmesh` command: `render` (offline), `operator` and `rollout`.
 
 `model_server.cli` dispatches here with argv[0] being the subcommand. Nothing is parsed or imported at
-import time beyond what `render` needs; kopf and the Kubernetes client will only be imported by `operator`
-and `rollout`.
+import time beyond what `render` needs; kopf and the Kubernetes client are imported only by `operator` and
+`rollout` (`bertmesh_operator.runner`, `bertmesh_operator.rollout_cli`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,6 @@ from bertmesh_operator.render.context import DEFAULT_STORAGE_INITIALIZER
 from bertmesh_operator.resource import InvalidSpecError, parse_model_deployment
 from bertmesh_operator.rollout import follow_spec
 from bertmesh_operator.status import rollout_state
-
-NOT_YET = {
-    "operator": "run the operator against the current kubeconfig",
-    "rollout": "status|promote|abort a canary rollout",
-}
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -119,8 +114,13 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "render":
         return _render(rest)
-    if command in NOT_YET:
-        print(f"bertmesh {command}: not implemented yet ({NOT_YET[command]}).", file=sys.stderr)
-        return 2
+    if command == "operator":
+        from bertmesh_operator.runner import main as operator_main
+
+        return operator_main(rest)
+    if command == "rollout":
+        from bertmesh_operator.rollout_cli import main as rollout_main
+
+        return rollout_main(rest)
     print(f"bertmesh: unknown operator command {command!r}", file=sys.stderr)
     return 2

@@ -50,6 +50,9 @@ class Observation:
     stable_ready: bool = False
     success_rate: float | None = None
     p99_latency_ms: float | None = None
+    # Why the metrics could not be asked for (Prometheus unreachable); None when they were. A due check waits
+    # for up to one more interval for the metrics source to come back, then counts as failed like no data.
+    metrics_error: str | None = None
 
 
 # `bertmesh rollout promote|abort` writes "<action>:<canary revision>" here; the operator reads it.
@@ -194,6 +197,14 @@ def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: dat
         return state
     if elapsed < policy.interval_seconds:
         return state
+    if obs.metrics_error is not None and obs.canary_ready_replicas > 0 and elapsed < 2 * policy.interval_seconds:
+        # A restarting Prometheus should not cost the canary a check; a dead one still does, one interval late.
+        return replace(
+            state,
+            reason="AnalysisDeferred",
+            message=f"step {state.step}/{len(policy.schedule)}: check deferred, metrics unavailable: "
+            f"{obs.metrics_error}",
+        )
     failure = check(obs, policy.analysis)
     if failure is None:
         if state.step >= len(policy.schedule):
@@ -223,6 +234,8 @@ def check(obs: Observation, analysis: AnalysisSpec) -> str | None:
     if obs.canary_ready_replicas <= 0:
         return "the canary has no ready replica"
     rate, p99 = obs.success_rate, obs.p99_latency_ms
+    if obs.metrics_error is not None:
+        return f"no metrics for the canary: {obs.metrics_error}"
     if rate is None or math.isnan(rate) or p99 is None or math.isnan(p99):
         return "no metrics for the canary (no traffic, or Prometheus unreachable)"
     if rate < analysis.min_success_rate:

@@ -204,3 +204,45 @@ def status_patch(
             canary_ready_replicas=canary_ready_replicas,
         ),
     }
+
+
+def degraded_status_patch(
+    previous: ModelDeploymentStatus | None,
+    *,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status write when the operator cannot act on a generation (an invalid spec, refused objects).
+
+    Degraded becomes True with the reason; Ready and Progressing and the rollout fields stay as they were (the
+    children are left alone), or are Unknown when nothing was ever deployed.
+    """
+    before = {c.type: c for c in (previous.conditions if previous is not None else None) or ()}
+    found: list[Condition] = []
+    for kind in ("Ready", "Progressing"):
+        old = before.get(kind)
+        if old is None:
+            old = Condition(
+                type=kind,
+                status="Unknown",
+                reason=reason,
+                message="nothing deployed yet",
+                observed_generation=generation,
+                last_transition_time=now,
+            )
+        found.append(old)
+    old_degraded = before.get("Degraded")
+    since = old_degraded.last_transition_time if old_degraded is not None and old_degraded.status == "True" else now
+    found.append(
+        Condition(
+            type="Degraded",
+            status="True",
+            reason=reason,
+            message=message,
+            observed_generation=generation,
+            last_transition_time=since,
+        )
+    )
+    return {"observedGeneration": generation, "conditions": [c.wire() for c in found]}

@@ -2,8 +2,9 @@
 
 Session-scoped, started once and shared: `kube_api` (etcd + kube-apiserver), `sim_cluster` (adds the
 controller-manager, the scheduler and kwok with fake GPU nodes), `istioctl`/`istio_validate`/`istio_analyze`.
-Per test: `namespace`, `api_client`, `start_prometheus`, `metrics_exporter`. All need the toolchain that
-`make toolchain` builds: without it they skip, or fail when BERTMESH_REQUIRE_E2E=1 (CI).
+Per test: `namespace`, `api_client`, `start_prometheus`, `metrics_exporter`. For the operator: `md_crd` (the
+ModelDeployment CRD, session), `start_operator` (per test). All need the toolchain that `make toolchain`
+builds: without it they skip, or fail when BERTMESH_REQUIRE_E2E=1 (CI).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from kubernetes import client as k8s_client
 
 from tests.e2e.cluster import KubeApi
 from tests.e2e.istio import IstioAnalyze, Istioctl, IstioValidate
+from tests.e2e.operator_process import OperatorProcess, StartOperator, install_crd, operator_kubeconfig
 from tests.e2e.prometheus import MetricsExporter, Prometheus, StartPrometheus
 from tests.e2e.simcluster import SimCluster
 from tests.e2e.toolchain import REQUIRE_ENV, Toolchain, ToolchainMissingError, e2e_required, find_toolchain
@@ -182,3 +184,50 @@ def metrics_exporter() -> Iterator[MetricsExporter]:
     exporter = MetricsExporter()
     yield exporter
     exporter.close()
+
+
+@pytest.fixture(scope="session")
+def md_crd(kube_api: KubeApi) -> KubeApi:
+    """The ModelDeployment CRD installed (Established) on the session's apiserver; returns the KubeApi."""
+    install_crd(kube_api)
+    return kube_api
+
+
+@pytest.fixture
+def start_operator(md_crd: KubeApi) -> Iterator[StartOperator]:
+    """`start_operator(namespaces, prometheus_url=..., resync_seconds=1, workers=4) -> OperatorProcess`.
+
+    Runs `bertmesh operator` as a process, as a ServiceAccount bound to exactly permissions.RULES, and waits
+    for its /healthz. Each one started is stopped after the test, and the finalizers it put on the
+    ModelDeployments of its namespaces are removed, so those namespaces can be deleted without it.
+    """
+    kubeconfig = operator_kubeconfig(md_crd)
+    started: list[tuple[OperatorProcess, Sequence[str]]] = []
+
+    def start(
+        namespaces: Sequence[str],
+        *,
+        prometheus_url: str = "http://127.0.0.1:9",
+        resync_seconds: float = 1.0,
+        workers: int = 4,
+    ) -> OperatorProcess:
+        process = OperatorProcess(
+            md_crd,
+            kubeconfig,
+            namespaces,
+            prometheus_url=prometheus_url,
+            resync_seconds=resync_seconds,
+            workers=workers,
+        )
+        started.append((process, namespaces))
+        process.wait_live()
+        return process
+
+    yield start
+    for process, namespaces in started:
+        process.stop()
+        for namespace in namespaces:
+            names = md_crd.kubectl("get", "md", "-n", namespace, "-o", "name", check=False).stdout.split()
+            for name in names:
+                patch = '{"metadata":{"finalizers":null}}'
+                md_crd.kubectl("patch", name, "-n", namespace, "--type=merge", "-p", patch, check=False)

@@ -122,6 +122,10 @@ class SimCluster:
                 f"--server-address=127.0.0.1:{free_port()}",
                 "--cidr=10.244.0.0/16",
                 "--node-ip=10.0.0.1",
+                # Heartbeats through node Leases, as kubelets send them: without, kwok's status heartbeat
+                # sometimes comes later than the node lifecycle controller's 50s grace, which then marks the
+                # Node unknown and every pod on it NotReady for good (kwok does not make them Ready again).
+                "--node-lease-duration-seconds=40",
             ],
         )
         everything = [*api.processes, controller_manager, scheduler, kwok]

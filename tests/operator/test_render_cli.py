@@ -109,12 +109,6 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "cannot read" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["operator"], ["rollout", "status", "minilm"]])
-def test_operator_and_rollout_are_not_implemented_yet(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(command) == 2
-    assert "not implemented yet" in capsys.readouterr().err
-
-
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["bogus"]) == 2

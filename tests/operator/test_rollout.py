@@ -276,3 +276,38 @@ def test_command_annotation(value: str | None, command: Command | None) -> None:
     assert Command.parse(value) == command
     if command is not None:
         assert Command.parse(command.annotation()) == command
+
+
+UNREACHABLE = Observation(canary_ready_replicas=1, metrics_error="Prometheus at http://p:9090 is unreachable")
+
+
+def test_unreachable_metrics_defer_a_due_check_for_one_interval(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
+    state = started(canary_spec, t0)
+    state, weights = step(state, UNREACHABLE, canary_spec, t0 + MINUTE)
+    assert (state.phase, state.step, state.failed_checks, weights) == (Phase.PROGRESSING, 1, 0, Weights(90, 10))
+    assert state.reason == "AnalysisDeferred"
+    assert "unreachable" in state.message
+    assert state.step_started_at == t0  # still due: the next reconcile checks again
+    # Prometheus is back before the second interval ends: the check runs as usual.
+    state, weights = step(state, GOOD, canary_spec, t0 + MINUTE + MINUTE / 2)
+    assert (state.step, state.failed_checks, weights) == (2, 0, Weights(50, 50))
+
+
+def test_metrics_unreachable_for_two_intervals_count_as_a_failed_check(
+    canary_spec: ModelDeploymentSpec, t0: datetime
+) -> None:
+    state = started(canary_spec, t0)
+    state, _ = step(state, UNREACHABLE, canary_spec, t0 + MINUTE)
+    state, weights = step(state, UNREACHABLE, canary_spec, t0 + 2 * MINUTE)
+    assert (state.reason, state.failed_checks, weights) == ("CheckFailed", 1, Weights(90, 10))
+    assert "unreachable" in state.message
+
+
+def test_unreachable_metrics_never_defer_a_canary_without_ready_replicas(
+    canary_spec: ModelDeploymentSpec, t0: datetime
+) -> None:
+    state = started(canary_spec, t0)
+    observation = Observation(canary_ready_replicas=0, metrics_error="down")
+    state, _ = step(state, observation, canary_spec, t0 + MINUTE)
+    assert (state.reason, state.failed_checks) == ("CheckFailed", 1)
+    assert "no ready replica" in state.message

@@ -48,6 +48,7 @@ observations = st.one_of(
         stable_ready=st.booleans(),
         success_rate=st.one_of(st.none(), st.floats(0, 1), st.just(float("nan"))),
         p99_latency_ms=st.one_of(st.none(), st.floats(0, 5000)),
+        metrics_error=st.one_of(st.none(), st.just("Prometheus unreachable")),
     ),
 )
 ticks = st.integers(0, 90).map(lambda s: timedelta(seconds=s))

@@ -188,3 +188,9 @@ def test_models_are_frozen(make_md: MakeManifest) -> None:
     with pytest.raises(ValueError, match="frozen"):
         spec.autoscaling.max_replicas = 9
     assert isinstance(spec, ModelDeploymentSpec)
+
+
+def test_node_selector_keys_must_be_label_keys(make_md: Callable[..., dict[str, Any]]) -> None:
+    with pytest.raises(InvalidSpecError, match="nodeSelector"):
+        parse_model_deployment(make_md({"resources": {"nodeSelector": {"bad key!": "x"}}}))
+    parse_model_deployment(make_md({"resources": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}}}))

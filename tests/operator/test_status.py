@@ -11,7 +11,13 @@ import pytest
 from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import Command, Observation, Phase, RolloutState, initial_state, step
 from bertmesh_operator.spec import ModelDeploymentSpec
-from bertmesh_operator.status import ModelDeploymentStatus, conditions, rollout_state, rollout_status
+from bertmesh_operator.status import (
+    ModelDeploymentStatus,
+    conditions,
+    degraded_status_patch,
+    rollout_state,
+    rollout_status,
+)
 
 MakeManifest = Callable[..., dict[str, Any]]
 CANARY = {"model": {"storageUri": "pvc://models/v2"}, "steps": [10, 50]}
@@ -146,3 +152,40 @@ def test_status_patch_passes_the_crd_status_schema(spec: ModelDeploymentSpec, t0
         # A null in a merge patch deletes the field; what is stored has no nulls.
         stored = {k: v for k, v in patch.items() if v is not None}
         jsonschema.Draft202012Validator(schema).validate(stored)
+
+
+def test_a_degraded_write_keeps_ready_and_progressing_and_the_rollout(spec: ModelDeploymentSpec, t0: datetime) -> None:
+    state, _ = step(initial_state(spec), READY, spec, t0)
+    fields = rollout_status(state, spec, stable_ready_replicas=2, canary_ready_replicas=1)
+    fields["conditions"] = [c.wire() for c in conditions(state, stable_ready_replicas=2, generation=3, now=t0)]
+    previous = ModelDeploymentStatus.model_validate(fields)
+    later = t0 + timedelta(minutes=5)
+    patch = degraded_status_patch(previous, reason="InvalidSpec", message="spec.x: bad", generation=4, now=later)
+    assert set(patch) == {"observedGeneration", "conditions"}  # the rollout fields stay as they were
+    assert patch["observedGeneration"] == 4
+    by_type = {c["type"]: c for c in patch["conditions"]}
+    assert by_type["Ready"] == next(c.wire() for c in previous.conditions or () if c.type == "Ready")
+    assert by_type["Progressing"]["reason"] == "CanaryStarted"
+    degraded = by_type["Degraded"]
+    assert (degraded["status"], degraded["reason"], degraded["message"]) == ("True", "InvalidSpec", "spec.x: bad")
+    assert degraded["observedGeneration"] == 4
+    assert degraded["lastTransitionTime"] == later.isoformat().replace("+00:00", "Z")
+    # Still degraded a reconcile later: the transition time stays.
+    again = degraded_status_patch(
+        ModelDeploymentStatus.model_validate({**fields, **patch}),
+        reason="InvalidSpec",
+        message="spec.x: bad",
+        generation=4,
+        now=later + timedelta(minutes=1),
+    )
+    assert again == patch
+
+
+def test_a_degraded_write_before_anything_was_deployed_says_unknown(t0: datetime) -> None:
+    patch = degraded_status_patch(None, reason="InvalidSpec", message="bad", generation=1, now=t0)
+    statuses = {c["type"]: (c["status"], c["reason"]) for c in patch["conditions"]}
+    assert statuses == {
+        "Ready": ("Unknown", "InvalidSpec"),
+        "Progressing": ("Unknown", "InvalidSpec"),
+        "Degraded": ("True", "InvalidSpec"),
+    }

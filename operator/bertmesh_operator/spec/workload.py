@@ -5,11 +5,12 @@ Changes here apply to the running tracks in place (a rolling update), not throug
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field
 
-from bertmesh_operator.schema import CelRule, CrdModel, LabelKey, LabelValue, Quantity, quantity_value
+from bertmesh_operator.schema import LABEL_KEY, CelRule, CrdModel, LabelKey, LabelValue, Quantity, quantity_value
 
 
 class Toleration(CrdModel):
@@ -30,6 +31,11 @@ class Toleration(CrdModel):
     toleration_seconds: int | None = Field(default=None, ge=0, le=86400)
 
 
+def _cel_quoted(text: str) -> str:
+    """`text` inside a single-quoted CEL string literal."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
 class ResourcesSpec(CrdModel):
     """What one replica gets: GPUs, CPU, memory, where it may be scheduled."""
 
@@ -46,11 +52,18 @@ class ResourcesSpec(CrdModel):
             check=lambda r: quantity_value(r.memory) > 0,
             field_path=".memory",
         ),
-        # The CRD cannot constrain map keys; this bounds them (pydantic also checks the label-key grammar).
+        # The CRD cannot constrain map keys in its schema (no patternProperties): these rules do, so a bad key is
+        # refused by the API server rather than found by the operator.
         CelRule(
             rule="!has(self.nodeSelector) || self.nodeSelector.all(k, k.size() <= 317)",
             message="nodeSelector keys are label keys: at most 317 characters",
             check=lambda r: r.node_selector is None or all(len(k) <= 317 for k in r.node_selector),
+            field_path=".nodeSelector",
+        ),
+        CelRule(
+            rule="!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches('" + _cel_quoted(LABEL_KEY) + "'))",
+            message="nodeSelector keys must be label keys such as example.com/name",
+            check=lambda r: r.node_selector is None or all(re.fullmatch(LABEL_KEY, k) for k in r.node_selector),
             field_path=".nodeSelector",
         ),
     )

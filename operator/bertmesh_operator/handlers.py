@@ -1,0 +1,209 @@
+"""The kopf handlers: when the operator reconciles a ModelDeployment, and how reconciles are kept apart.
+
+- `on.create` / `on.update` / `on.resume` reconcile at once when a ModelDeployment appears, changes (spec,
+  labels or annotations, including `bertmesh rollout`'s command), or is found at start-up.
+- A timer re-checks every ModelDeployment (level-based) every `resync` seconds; a second one, running only
+  while a rollout is in flight, reconciles every few seconds: that is what notices a ready canary and runs
+  the canary analysis when its interval is due.
+- Watches of every labelled child (`serving.bertmesh.io/model-deployment`, selected by the API server) keep
+  a `ChildRegistry`, filled by one LIST per kind before kopf starts: the reconcile gets the children as they
+  are now without a request (readiness for the rollout, what to prune, what was edited or deleted since it
+  was applied: only that is applied again). Not a kopf index: kopf pre-populates indexes with one toggle per
+  listed object, each waking every waiting handler, which is quadratic (minutes at 1,000 ModelDeployments).
+
+One reconcile at a time per ModelDeployment (an asyncio lock in its memo); each runs in a thread pool,
+because the kubernetes client is synchronous. Errors that heal become `kopf.TemporaryError(delay=...)`; an
+invalid spec is a Degraded condition written by the reconcile and, in change handlers, a PermanentError
+(an Event, no retries); the timer does not raise for it, so a bad spec is never a retry storm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from bertmesh_operator.kube import TransientApiError
+from bertmesh_operator.observe import ChildRegistry
+from bertmesh_operator.permissions import CHILD_RESOURCES
+from bertmesh_operator.reconcile import ObjectMemory, Outcome, Reconciler
+from bertmesh_operator.render.context import MD_LABEL
+from bertmesh_operator.resource import GROUP, PLURAL, VERSION
+
+# While a rollout is in flight the timer reconciles at least this often (seconds): a canary's readiness and
+# its analysis interval (10s at least) are noticed within this much.
+ROLLOUT_TICK_SECONDS = 5.0
+FINALIZER = "serving.bertmesh.io/operator"
+ANNOTATION_PREFIX = "serving.bertmesh.io"
+IN_FLIGHT_PHASES = frozenset({"Progressing", "Promoting"})
+CHILD_EVENTS = "children"  # the id of the handler of the children's watch events
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ObjectSlot:
+    """Per-ModelDeployment handler state, kept in its kopf memo."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    memory: ObjectMemory = field(default_factory=ObjectMemory)
+    last_reconciled: float = -math.inf  # event-loop time of the last completed reconcile
+
+
+@dataclass
+class Runtime:
+    """What the handlers share: the reconciler, its thread pool and the timing."""
+
+    reconciler: Reconciler
+    executor: ThreadPoolExecutor
+    resync_seconds: float
+    children: ChildRegistry = field(default_factory=ChildRegistry)
+
+    @property
+    def rollout_tick_seconds(self) -> float:
+        """How often a ModelDeployment with a rollout in flight is reconciled."""
+        return min(self.resync_seconds, ROLLOUT_TICK_SECONDS)
+
+
+def _slot(memo: kopf.Memo) -> ObjectSlot:
+    slot = memo.get("bertmesh")
+    if not isinstance(slot, ObjectSlot):
+        slot = ObjectSlot()
+        memo["bertmesh"] = slot
+    return slot
+
+
+async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> Outcome:
+    """Run one reconcile of the object in the thread pool (after any other reconcile of it); post its events."""
+    slot = _slot(memo)
+    loop = asyncio.get_running_loop()
+    async with slot.lock:
+        # Copied in the event loop: kopf keeps updating the live body, and the watches the registry, meanwhile.
+        snapshot = copy.deepcopy(dict(body))
+        meta = snapshot["metadata"]
+        children = runtime.children.children(meta.get("namespace", ""), meta["name"])
+        try:
+            outcome = await loop.run_in_executor(
+                runtime.executor, runtime.reconciler.reconcile, snapshot, children, slot.memory
+            )
+        except TransientApiError as error:
+            raise kopf.TemporaryError(str(error), delay=error.delay) from None
+        slot.last_reconciled = loop.time()
+    for uid in outcome.vanished:
+        runtime.children.discard(uid)
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+    if outcome.applied or outcome.pruned or outcome.status_written:
+        log.info(
+            "%s/%s: phase %s, %d applied, %d pruned, status %s",
+            snapshot["metadata"].get("namespace"),
+            snapshot["metadata"]["name"],
+            outcome.phase,
+            outcome.applied,
+            outcome.pruned,
+            "written" if outcome.status_written else "unchanged",
+        )
+    return outcome
+
+
+def _rollout_in_flight(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") in IN_FLIGHT_PHASES
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    """Every handler of the operator, registered on a registry of its own (nothing happens at import)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """The kubeconfig or the in-cluster service account, as the kubernetes client finds them."""
+        return kopf.login_via_client(**kwargs)
+
+    async def on_child_event(type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002 - kopf's name
+        if type == "DELETED":
+            runtime.children.discard(body.get("metadata", {}).get("uid", ""))
+        else:
+            runtime.children.upsert(body)
+
+    for api_version, kind in CHILD_RESOURCES:
+        group, _, version = api_version.rpartition("/")
+        plural = CHILD_RESOURCES[(api_version, kind)][1]
+        kopf.on.event(
+            group=group,
+            version=version,
+            plural=plural,
+            id=CHILD_EVENTS,
+            labels={MD_LABEL: kopf.PRESENT},
+            registry=registry,
+        )(on_child_event)
+
+    async def on_change(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        outcome = await reconcile(runtime, body, memo)
+        if outcome.invalid is not None:
+            raise kopf.PermanentError(outcome.invalid)
+        if outcome.retry is not None:
+            raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
+
+    async def on_recheck(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        # Right after a change handler's reconcile, a re-check has nothing to find.
+        if asyncio.get_running_loop().time() - _slot(memo).last_reconciled < runtime.resync_seconds / 2:
+            return
+        outcome = await reconcile(runtime, body, memo)
+        if outcome.retry is not None:
+            raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
+
+    async def on_rollout_tick(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        outcome = await reconcile(runtime, body, memo)
+        if outcome.retry is not None:
+            raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
+
+    kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-created", registry=registry)(on_change)
+    kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-updated", registry=registry)(on_change)
+    kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resumed", registry=registry)(on_change)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="recheck",
+        interval=runtime.resync_seconds,
+        initial_delay=runtime.resync_seconds,
+        registry=registry,
+    )(on_recheck)
+    # Only while a rollout is in flight (kopf starts and stops this timer as the phase changes).
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="rollout",
+        interval=runtime.rollout_tick_seconds,
+        initial_delay=runtime.rollout_tick_seconds,
+        when=_rollout_in_flight,
+        registry=registry,
+    )(on_rollout_tick)
+    return registry
+
+
+def operator_settings(*, workers: int) -> kopf.OperatorSettings:
+    """kopf's settings for bertmesh: its own finalizer and annotations, label-selected child watches."""
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # Watch only the operator's children (the API server filters), not every Service in the cluster.
+    for api_version, kind in CHILD_RESOURCES:
+        group, _, version = api_version.rpartition("/")
+        settings.watching.label_selectors[group, version, CHILD_RESOURCES[(api_version, kind)][1]] = MD_LABEL
+    # Only the resources present at start-up: no list/watch of CRDs or namespaces (not in permissions.RULES).
+    settings.scanning.disabled = True
+    settings.posting.reporting_component = "bertmesh-operator"
+    settings.execution.max_workers = workers
+    # Unexpected errors (bugs) are retried, but not in a hot loop.
+    settings.execution.default_backoff = 30
+    return settings

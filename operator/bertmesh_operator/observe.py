@@ -1,0 +1,231 @@
+"""What the operator sees of a ModelDeployment's children, as plain data, and what it concludes from it. Pure.
+
+The operator watches every object carrying the `serving.bertmesh.io/model-deployment` label and keeps one small
+`Child` per object in memory (a `ChildRegistry`). From those it reads the tracks' readiness (the rollout's
+observation), which children are no longer rendered (prune), and whether a child changed since the operator
+applied it (so an unchanged child is not applied again on every re-check: status updates do not count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bertmesh_operator.render.context import MD_LABEL, REVISION_LABEL, TRACK_LABEL
+from bertmesh_operator.rollout import Phase, RolloutState
+from bertmesh_operator.spec import CanarySpec
+
+# (API group, kind, name): a child's identity whatever API version it is read or written with.
+ChildKey = tuple[str, str, str]
+
+
+def child_key(api_version: str, kind: str, name: str) -> ChildKey:
+    """The identity of a child object."""
+    group = api_version.rpartition("/")[0]
+    return (group, kind, name)
+
+
+def content_version(body: Mapping[str, Any]) -> str:
+    """What changes when someone changes an object, and not when a controller updates its status.
+
+    The generation (bumped by spec changes) plus the labels, annotations and owner references, for kinds that
+    have a generation; the resourceVersion (any change at all) for those that do not.
+    """
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    if not isinstance(generation, int):
+        return f"rv:{meta.get('resourceVersion', '')}"
+    tracked = [meta.get("labels"), meta.get("annotations"), meta.get("ownerReferences")]
+    fingerprint = hashlib.sha256(json.dumps(tracked, sort_keys=True).encode()).hexdigest()[:16]
+    return f"gen:{generation}:{fingerprint}"
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """The fields of a Deployment that say which revision it runs and how far it got."""
+
+    revision: str | None  # the pod template's serving.bertmesh.io/revision label
+    generation: int
+    observed_generation: int
+    desired: int  # spec.replicas (1 when unset, as the API server defaults it)
+    replicas: int  # status.replicas: pods of every revision
+    updated: int
+    ready: int
+    available: int
+
+    @property
+    def current(self) -> bool:
+        """Whether the Deployment controller has seen the latest spec."""
+        return self.observed_generation >= self.generation
+
+    def ready_of(self, revision: str) -> int:
+        """Ready pods certainly running `revision` (old pods are counted as ready first: a lower bound)."""
+        if self.revision != revision or not self.current:
+            return 0
+        old = max(0, self.replicas - self.updated)
+        return max(0, min(self.updated, self.ready - old))
+
+    def rolled_out(self, revision: str) -> bool:
+        """Whether every pod runs `revision` and is available (what `kubectl rollout status` waits for)."""
+        return (
+            self.revision == revision
+            and self.current
+            and self.updated >= self.desired
+            and self.replicas == self.updated
+            and self.available >= self.updated
+        )
+
+
+@dataclass(frozen=True)
+class Child:
+    """One object a ModelDeployment owns, as the operator's watch last saw it."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+    version: str  # content_version(): changes when the object is edited, not when its status is
+    owner_uid: str | None  # the uid of its controller owner reference
+    track: str | None = None
+    deployment: DeploymentState | None = None
+
+    @property
+    def key(self) -> ChildKey:
+        """The object's identity."""
+        return child_key(self.api_version, self.kind, self.name)
+
+
+def _int(value: Any, default: int = 0) -> int:
+    return value if isinstance(value, int) else default
+
+
+def _deployment_state(body: Mapping[str, Any]) -> DeploymentState:
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    return DeploymentState(
+        revision=template_labels.get(REVISION_LABEL),
+        generation=_int(body["metadata"].get("generation"), 1),
+        observed_generation=_int(status.get("observedGeneration")),
+        desired=_int(spec.get("replicas"), 1),
+        replicas=_int(status.get("replicas")),
+        updated=_int(status.get("updatedReplicas")),
+        ready=_int(status.get("readyReplicas")),
+        available=_int(status.get("availableReplicas")),
+    )
+
+
+def child_of(body: Mapping[str, Any]) -> tuple[tuple[str, str], Child] | None:
+    """The (namespace, ModelDeployment name) an object belongs to and its `Child`; None if not labelled."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    owner = labels.get(MD_LABEL)
+    if not owner:
+        return None
+    controller = next((ref for ref in meta.get("ownerReferences") or () if ref.get("controller")), None)
+    kind = body.get("kind", "")
+    child = Child(
+        api_version=body.get("apiVersion", ""),
+        kind=kind,
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        version=content_version(body),
+        owner_uid=controller.get("uid") if controller else None,
+        track=labels.get(TRACK_LABEL),
+        deployment=_deployment_state(body) if kind == "Deployment" else None,
+    )
+    return (meta.get("namespace", ""), owner), child
+
+
+class ChildRegistry:
+    """Every labelled child as last seen, by (namespace, ModelDeployment name). Not thread-safe: one writer.
+
+    Keyed by uid, so an object whose label moves to another ModelDeployment moves with it.
+    """
+
+    def __init__(self) -> None:
+        self._by_owner: dict[tuple[str, str], dict[str, Child]] = {}
+        self._owner_of: dict[str, tuple[str, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._owner_of)
+
+    def upsert(self, body: Mapping[str, Any]) -> None:
+        """Record an object as it is now (one no longer labelled is forgotten)."""
+        uid = (body.get("metadata") or {}).get("uid", "")
+        found = child_of(body)
+        if found is None:
+            self.discard(uid)
+            return
+        owner, child = found
+        if self._owner_of.get(uid) not in (None, owner):
+            self.discard(uid)
+        self._by_owner.setdefault(owner, {})[uid] = child
+        self._owner_of[uid] = owner
+
+    def discard(self, uid: str) -> None:
+        """Forget a deleted object."""
+        owner = self._owner_of.pop(uid, None)
+        if owner is None:
+            return
+        children = self._by_owner.get(owner, {})
+        children.pop(uid, None)
+        if not children:
+            self._by_owner.pop(owner, None)
+
+    def children(self, namespace: str, name: str) -> list[Child]:
+        """A copy of the ModelDeployment's children."""
+        return list(self._by_owner.get((namespace, name), {}).values())
+
+
+@dataclass(frozen=True)
+class TracksSeen:
+    """What the Deployments say about the tracks of a rollout state."""
+
+    stable_ready_replicas: int = 0  # ready pods of the stable Deployment, whatever their revision
+    canary_ready_replicas: int = 0  # ready pods of the state's canary revision
+    stable_rolled_out: bool = False  # the stable Deployment runs the state's stable revision everywhere
+
+
+def _deployment(children: Iterable[Child], track: str, owner_uid: str) -> DeploymentState | None:
+    for child in children:
+        if child.deployment is not None and child.track == track and child.owner_uid == owner_uid:
+            return child.deployment
+    return None
+
+
+def observe_tracks(children: Iterable[Child], state: RolloutState, owner_uid: str) -> TracksSeen:
+    """Read the tracks' readiness for `state` from the ModelDeployment's Deployments."""
+    children = list(children)
+    stable = _deployment(children, "stable", owner_uid)
+    canary = _deployment(children, "canary", owner_uid)
+    canary_revision = state.canary_revision
+    return TracksSeen(
+        stable_ready_replicas=stable.ready if stable is not None else 0,
+        canary_ready_replicas=canary.ready_of(canary_revision) if canary and canary_revision else 0,
+        stable_rolled_out=stable is not None and stable.rolled_out(state.stable_revision),
+    )
+
+
+def analysis_due(state: RolloutState, policy: CanarySpec, now: datetime) -> bool:
+    """Whether this reconcile checks the canary's metrics (so the operator must ask Prometheus)."""
+    if state.phase is not Phase.PROGRESSING or state.step == 0:
+        return False
+    started = state.step_started_at or now
+    return (now - started).total_seconds() >= policy.interval_seconds
+
+
+def stale_children(children: Iterable[Child], rendered: Iterable[Mapping[str, Any]], owner_uid: str) -> list[Child]:
+    """Children this ModelDeployment controls that the latest render no longer has (to delete).
+
+    Only objects whose controller owner reference is this very ModelDeployment are ever pruned: a labelled
+    object someone else made, or one left by a deleted namesake, is not ours to delete.
+    """
+    wanted = {child_key(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in rendered}
+    return sorted(
+        (c for c in children if c.owner_uid == owner_uid and c.key not in wanted),
+        key=lambda c: c.key,
+    )

@@ -1,0 +1,287 @@
+"""One reconcile of one ModelDeployment: the imperative shell around the pure core.
+
+read (a fresh object, its children as the watch last saw them, the canary's metrics when a check is due) →
+step the rollout → render → server-side apply what changed → prune what is no longer rendered → write the
+status when it changed. Every step is idempotent and the status (the rollout's memory) is written last, so a
+process killed anywhere in between redoes the same reconcile when it comes back, with the same names: no
+duplicates. Synchronous, like the kubernetes client; the kopf handlers run it in a thread pool, one at a time
+per object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from bertmesh_operator.analysis import canary_target
+from bertmesh_operator.kube import ApiRejectedError
+from bertmesh_operator.observe import (
+    Child,
+    ChildKey,
+    analysis_due,
+    child_key,
+    content_version,
+    observe_tracks,
+    stale_children,
+)
+from bertmesh_operator.prometheus import MetricsSource, MetricsUnavailableError
+from bertmesh_operator.render import RenderOptions, grpc_endpoint, render
+from bertmesh_operator.resource import InvalidSpecError, ModelDeployment, parse_model_deployment
+from bertmesh_operator.rollout import COMMAND_ANNOTATION, Command, Observation, RolloutState, step
+from bertmesh_operator.spec import CanarySpec
+from bertmesh_operator.status import ModelDeploymentStatus, degraded_status_patch, rollout_state, status_patch
+
+# Reasons that tell a person something went wrong (Warning events); the rest are Normal.
+WARNING_REASONS = frozenset({"CheckFailed", "CanaryAborted", "AnalysisDeferred", "InvalidSpec", "ApplyFailed"})
+
+
+class ClusterClient(Protocol):
+    """The API calls a reconcile makes (`kube.KubeClient`; a fake in tests)."""
+
+    def get_model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ModelDeployment as stored now, or None."""
+        ...
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply one child; returns it as stored."""
+        ...
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> bool:
+        """Delete one child if it is still `uid`."""
+        ...
+
+    def patch_model_deployment_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch the status; returns the stored object."""
+        ...
+
+
+@dataclass
+class ObjectMemory:
+    """What this process remembers of one ModelDeployment between reconciles; losing it costs only API calls."""
+
+    # The newest resourceVersion known of the ModelDeployment: a handler's body older than our own status
+    # write would rewind the rollout, so a body with another version is read afresh first.
+    known_resource_version: str | None = None
+    # Per child: the digest of what was last applied and the content_version of the API server's answer. A
+    # child the watch still shows at that version is unchanged (neither edited nor deleted): not applied again.
+    applied: dict[ChildKey, tuple[str, str]] = field(default_factory=dict)
+    # When every child was last applied regardless (monotonic seconds): a safety net for a watch event lost.
+    applied_all_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the ModelDeployment."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile did, and whether to come back sooner than the next re-check."""
+
+    gone: bool = False
+    invalid: str | None = None  # the InvalidSpec message
+    phase: str | None = None
+    applied: int = 0
+    pruned: int = 0
+    vanished: tuple[str, ...] = ()  # uids of children found already deleted (the watch had not said so)
+    status_written: bool = False
+    events: tuple[Event, ...] = ()
+    retry: str | None = None  # why to come back early (metrics unavailable, objects refused)
+    retry_delay: float = 0.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def digest(obj: Mapping[str, Any]) -> str:
+    """A stable fingerprint of a rendered object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class Reconciler:
+    """Reconciles ModelDeployments through one API client and one metrics source."""
+
+    def __init__(
+        self,
+        kube: ClusterClient,
+        metrics: MetricsSource,
+        options: RenderOptions | None = None,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+        rejected_retry_seconds: float = 60.0,
+        metrics_retry_seconds: float = 5.0,
+        full_apply_seconds: float = 600.0,
+    ) -> None:
+        self.kube = kube
+        self.metrics = metrics
+        self.options = options or RenderOptions()
+        self.clock = clock
+        self.monotonic = monotonic
+        self.full_apply_seconds = full_apply_seconds
+        self.rejected_retry_seconds = rejected_retry_seconds
+        self.metrics_retry_seconds = metrics_retry_seconds
+
+    def reconcile(self, body: Mapping[str, Any], children: Iterable[Child], memory: ObjectMemory) -> Outcome:
+        """Bring one ModelDeployment's children and status in line with its spec and rollout."""
+        fresh = self._fresh(body, memory)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return Outcome(gone=True)
+        children = list(children)
+        now = self.clock()
+        try:
+            md = parse_model_deployment(fresh)
+        except InvalidSpecError as error:
+            written = self._write_degraded(fresh, memory, "InvalidSpec", str(error), now)
+            events = (Event("Warning", "InvalidSpec", str(error)),) if written else ()
+            return Outcome(invalid=str(error), status_written=written, events=events)
+
+        uid = md.metadata.uid or ""
+        spec, policy = md.spec, md.spec.traffic.policy
+        before = rollout_state(md.status, spec)
+        observation = self._observe(md, before, policy, children, now)
+        command = Command.parse((md.metadata.annotations or {}).get(COMMAND_ANNOTATION))
+        state, _ = step(before, observation, spec, now, command)
+
+        objects = render(md, state=state, options=self.options)
+        try:
+            applied = self._apply(objects, children, memory)
+            pruned, vanished = self._prune(objects, children, uid, md.namespace, memory)
+        except ApiRejectedError as error:
+            written = self._write_degraded(fresh, memory, "ApplyFailed", str(error), now)
+            return Outcome(
+                phase=before.phase.value,
+                status_written=written,
+                events=(Event("Warning", "ApplyFailed", str(error)),) if written else (),
+                retry=str(error),
+                retry_delay=self.rejected_retry_seconds,
+            )
+
+        seen = observe_tracks(children, state, uid)
+        patch = status_patch(
+            state,
+            spec,
+            generation=md.metadata.generation,
+            stable_ready_replicas=seen.stable_ready_replicas,
+            canary_ready_replicas=seen.canary_ready_replicas,
+            grpc_endpoint=grpc_endpoint(md.name, md.namespace, self.options.cluster_domain),
+            now=now,
+            previous=md.status,
+        )
+        written = self._write_status(md, fresh.get("status"), patch, memory)
+        return Outcome(
+            phase=state.phase.value,
+            applied=applied,
+            pruned=pruned,
+            vanished=vanished,
+            status_written=written,
+            events=_transition_events(before, state),
+            retry=observation.metrics_error,
+            retry_delay=self.metrics_retry_seconds if observation.metrics_error else 0.0,
+        )
+
+    def _fresh(self, body: Mapping[str, Any], memory: ObjectMemory) -> Mapping[str, Any] | None:
+        version = body["metadata"].get("resourceVersion")
+        if memory.known_resource_version in (None, version):
+            memory.known_resource_version = version
+            return body
+        meta = body["metadata"]
+        fresh = self.kube.get_model_deployment(meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
+            return None
+        memory.known_resource_version = fresh["metadata"].get("resourceVersion")
+        return fresh
+
+    def _observe(
+        self, md: ModelDeployment, state: RolloutState, policy: CanarySpec, children: list[Child], now: datetime
+    ) -> Observation:
+        seen = observe_tracks(children, state, md.metadata.uid or "")
+        observation = Observation(canary_ready_replicas=seen.canary_ready_replicas, stable_ready=seen.stable_rolled_out)
+        if not analysis_due(state, policy, now) or seen.canary_ready_replicas == 0:
+            return observation
+        try:
+            measured = self.metrics.canary_metrics(canary_target(md.name, md.namespace, policy.interval))
+        except MetricsUnavailableError as error:
+            return replace(observation, metrics_error=str(error))
+        return replace(observation, success_rate=measured.success_rate, p99_latency_ms=measured.p99_latency_ms)
+
+    def _apply(self, objects: list[dict[str, Any]], children: list[Child], memory: ObjectMemory) -> int:
+        live = {child.key: child for child in children}
+        started = self.monotonic()
+        everything = memory.applied_all_at is None or started - memory.applied_all_at >= self.full_apply_seconds
+        count = 0
+        for obj in objects:
+            key = child_key(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+            fingerprint = digest(obj)
+            child = live.get(key)
+            if not everything and child is not None and memory.applied.get(key) == (fingerprint, child.version):
+                continue
+            stored = self.kube.apply(obj)
+            memory.applied[key] = (fingerprint, content_version(stored))
+            count += 1
+        if everything:
+            memory.applied_all_at = started
+        return count
+
+    def _prune(
+        self, objects: list[dict[str, Any]], children: list[Child], uid: str, namespace: str, memory: ObjectMemory
+    ) -> tuple[int, tuple[str, ...]]:
+        count, vanished = 0, []
+        for child in stale_children(children, objects, uid):
+            if self.kube.delete(child.api_version, child.kind, namespace, child.name, child.uid):
+                count += 1
+            else:
+                vanished.append(child.uid)
+            memory.applied.pop(child.key, None)
+        return count, tuple(vanished)
+
+    def _write_status(self, md: ModelDeployment, current: Any, patch: dict[str, Any], memory: ObjectMemory) -> bool:
+        current = current if isinstance(current, dict) else {}
+        if all(current.get(key) == value for key, value in patch.items()):
+            return False
+        stored = self.kube.patch_model_deployment_status(md.namespace, md.name, patch)
+        memory.known_resource_version = stored.get("metadata", {}).get("resourceVersion")
+        return True
+
+    def _write_degraded(
+        self, body: Mapping[str, Any], memory: ObjectMemory, reason: str, message: str, now: datetime
+    ) -> bool:
+        meta = body["metadata"]
+        current = body.get("status")
+        try:
+            previous = ModelDeploymentStatus.model_validate(current or {}, by_alias=True)
+        except ValueError:
+            previous = None
+        patch = degraded_status_patch(
+            previous, reason=reason, message=message, generation=meta.get("generation"), now=now
+        )
+        current = current if isinstance(current, dict) else {}
+        if all(current.get(key) == value for key, value in patch.items()):
+            return False
+        stored = self.kube.patch_model_deployment_status(meta["namespace"], meta["name"], patch)
+        memory.known_resource_version = stored.get("metadata", {}).get("resourceVersion")
+        return True
+
+
+def _transition_events(before: RolloutState, after: RolloutState) -> tuple[Event, ...]:
+    """One event per rollout transition (a new phase, reason, step or failed check), none while it waits."""
+    if (before.phase, before.reason, before.step, before.failed_checks, before.canary_revision) == (
+        after.phase,
+        after.reason,
+        after.step,
+        after.failed_checks,
+        after.canary_revision,
+    ):
+        return ()
+    kind: Literal["Normal", "Warning"] = "Warning" if after.reason in WARNING_REASONS else "Normal"
+    return (Event(kind, after.reason, after.message or after.reason),)

@@ -1,0 +1,173 @@
+"""`bertmesh rollout status|promote|abort NAME [-n NAMESPACE]`: read and steer a canary rollout.
+
+`status` prints what the operator wrote in the ModelDeployment's status. `promote` and `abort` set the
+rollout-command annotation for the canary revision being rolled out; the operator acts on it at its next
+reconcile (at once: an annotation change is an update) and ignores it for any later rollout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from bertmesh_operator.resource import InvalidSpecError, parse_model_deployment
+from bertmesh_operator.rollout import COMMAND_ANNOTATION, Command
+
+# The phases in which each command does something (see rollout._apply_command).
+ACTIONABLE: dict[str, frozenset[str]] = {
+    "promote": frozenset({"Progressing", "Aborted"}),
+    "abort": frozenset({"Progressing"}),
+}
+
+
+FIELD_MANAGER = "bertmesh-rollout"
+
+
+class RolloutCommandError(Exception):
+    """A command that cannot apply to the ModelDeployment as it is; the message says why."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertmesh rollout", description="Read and steer a canary rollout.")
+    parser.add_argument("action", choices=("status", "promote", "abort"))
+    parser.add_argument("name", help="the ModelDeployment")
+    parser.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config, or the pod's service account")
+    parser.add_argument("-o", "--output", choices=("text", "json"), default="text", help="status format")
+    return parser
+
+
+def _age(stamp: str | None, now: datetime) -> str:
+    if not stamp:
+        return "-"
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return "-"
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _track(track: Mapping[str, Any] | None) -> str:
+    if not track:
+        return "-"
+    model = track.get("model") or {}
+    label = model.get("revision") or model.get("storageUri") or "?"
+    return f"{label} (revision {track.get('revision', '?')}), {track.get('readyReplicas', 0)} ready"
+
+
+def format_status(md: Mapping[str, Any], now: datetime | None = None) -> str:
+    """The rollout as a person reads it: phase, weights, step, failed checks, revisions, conditions."""
+    now = now or datetime.now(UTC)
+    meta, status = md.get("metadata") or {}, md.get("status") or {}
+    threshold = steps = None
+    try:
+        policy = parse_model_deployment(md).spec.traffic.policy
+        threshold, steps = policy.threshold, len(policy.schedule)
+    except InvalidSpecError:
+        pass
+    canary = status.get("canary")
+    weight = canary.get("weight", 0) if canary else 0
+    lines = [
+        f"ModelDeployment {meta.get('namespace', 'default')}/{meta.get('name')} "
+        f"(generation {meta.get('generation', '?')}, observed {status.get('observedGeneration', '-')})",
+        f"Phase:         {status.get('phase') or 'not reconciled yet'}",
+        f"Weights:       stable {100 - weight}%, canary {weight}%",
+    ]
+    if canary:
+        of_steps = canary.get("steps") or steps or "?"
+        of_threshold = f"/{threshold}" if threshold is not None else ""
+        lines.append(f"Step:          {canary.get('step', 0)}/{of_steps} (0: waiting for a ready canary)")
+        lines.append(f"Failed checks: {canary.get('failedChecks', 0)}{of_threshold}")
+    lines.append(f"Stable:        {_track(status.get('stable'))}")
+    lines.append(f"Canary:        {_track(canary)}")
+    if status.get("grpcEndpoint"):
+        lines.append(f"Endpoint:      {status['grpcEndpoint']}")
+    if status.get("message"):
+        lines.append(f"Message:       {status['message']}")
+    conditions = status.get("conditions") or []
+    if conditions:
+        lines.append("Conditions:")
+        rows = [("TYPE", "STATUS", "REASON", "AGE", "MESSAGE")]
+        rows += [
+            (
+                c.get("type", ""),
+                c.get("status", ""),
+                c.get("reason", ""),
+                _age(c.get("lastTransitionTime"), now),
+                c.get("message", ""),
+            )
+            for c in conditions
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            lines.append("  " + "  ".join([*cells, row[4]]).rstrip())
+    return "\n".join(lines)
+
+
+def command_for(md: Mapping[str, Any], action: Literal["promote", "abort"]) -> Command:
+    """The command to write for `action`, or RolloutCommandError saying why there is nothing to act on."""
+    meta, status = md.get("metadata") or {}, md.get("status") or {}
+    where = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
+    phase = status.get("phase") or "not reconciled yet"
+    canary = status.get("canary") or {}
+    if not canary.get("revision"):
+        raise RolloutCommandError(f"no rollout in progress for {where} (phase {phase}): nothing to {action}")
+    if phase not in ACTIONABLE[action]:
+        hint = {
+            "Promoting": "it is already being promoted",
+            "Aborted": "it is already aborted (promote it, or change the spec)",
+        }.get(phase, f"phase {phase}")
+        raise RolloutCommandError(f"cannot {action} canary {canary['revision']} of {where}: {hint}")
+    return Command(action, str(canary["revision"]))
+
+
+def main(argv: list[str]) -> int:
+    """Run `bertmesh rollout ...`; return the exit status."""
+    args = _parser().parse_args(argv)
+    # Imported here so that `--help` works without credentials or the kubernetes client configured.
+    from bertmesh_operator.kube import (
+        ApiRejectedError,
+        KubeClient,
+        TransientApiError,
+        kubeconfig_namespace,
+        load_api_client,
+    )
+
+    try:
+        api_client = load_api_client(args.kubeconfig)
+    except Exception as error:  # kubernetes.config's ConfigException, a missing file
+        print(f"bertmesh rollout: no Kubernetes credentials: {error}", file=sys.stderr)
+        return 1
+    namespace = args.namespace or kubeconfig_namespace(args.kubeconfig)
+    with api_client:
+        kube = KubeClient(api_client, field_manager=FIELD_MANAGER)
+        try:
+            md = kube.get_model_deployment(namespace, args.name)
+            if md is None:
+                print(f"bertmesh rollout: modeldeployment {namespace}/{args.name} not found", file=sys.stderr)
+                return 1
+            if args.action == "status":
+                print(json.dumps(md.get("status") or {}, indent=2) if args.output == "json" else format_status(md))
+                return 0
+            command = command_for(md, args.action)
+            kube.annotate_model_deployment(namespace, args.name, {COMMAND_ANNOTATION: command.annotation()})
+        except RolloutCommandError as error:
+            print(f"bertmesh rollout: {error}", file=sys.stderr)
+            return 1
+        except (TransientApiError, ApiRejectedError) as error:
+            print(f"bertmesh rollout: {error}", file=sys.stderr)
+            return 1
+    print(
+        f"{command.action} of canary revision {command.revision} requested for {namespace}/{args.name}; "
+        f"the operator acts on it at its next reconcile (bertmesh rollout status {args.name} -n {namespace})"
+    )
+    return 0

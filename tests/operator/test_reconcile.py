@@ -1,0 +1,367 @@
+"""One reconcile, against an in-memory API (no cluster): what it applies, prunes and writes, and when not."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from bertmesh_operator.analysis import AnalysisTarget
+from bertmesh_operator.kube import ApiRejectedError
+from bertmesh_operator.observe import Child, child_of
+from bertmesh_operator.prometheus import CanaryMetrics, MetricsUnavailableError
+from bertmesh_operator.reconcile import ObjectMemory, Reconciler
+from bertmesh_operator.rollout import COMMAND_ANNOTATION
+
+MakeManifest = Callable[..., dict[str, Any]]
+UID = "0b0e5c1e-0000-4000-8000-000000000001"
+CANARY = {"model": {"storageUri": "pvc://models/v2"}, "steps": [20, 60], "interval": "10s", "threshold": 1}
+
+
+def _merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+class FakeCluster:
+    """The API calls of a reconcile, in memory; Deployments report every pod ready at once (as kwok does)."""
+
+    def __init__(self, md: dict[str, Any]) -> None:
+        self.md = md
+        self.version = 1
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.applied: list[tuple[str, str]] = []
+        self.deleted: list[tuple[str, str]] = []
+        self.status_writes = 0
+        self.gets = 0
+        self.reject: str | None = None
+
+    def _bump(self, meta: dict[str, Any]) -> None:
+        self.version += 1
+        meta["resourceVersion"] = str(self.version)
+
+    def get_model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.gets += 1
+        return copy.deepcopy(self.md) if self.md else None
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        if self.reject is not None and obj["kind"] == self.reject:
+            raise ApiRejectedError(403, f"{obj['kind']} is forbidden")
+        key = (obj["kind"], obj["metadata"]["name"])
+        stored = copy.deepcopy(dict(obj))
+        old = self.objects.get(key)
+        generation = (old or {}).get("metadata", {}).get("generation", 0)
+        stored["metadata"]["uid"] = f"uid-{key[1]}-{key[0]}"
+        if old is None or old.get("spec") != stored.get("spec"):
+            generation += 1
+        if obj["kind"] not in ("Service", "ServiceAccount"):
+            stored["metadata"]["generation"] = generation
+        if obj["kind"] == "Deployment":
+            replicas = stored["spec"].get("replicas", 1)
+            stored["status"] = {
+                "observedGeneration": generation,
+                "replicas": replicas,
+                "updatedReplicas": replicas,
+                "readyReplicas": replicas,
+                "availableReplicas": replicas,
+            }
+        self._bump(stored["metadata"])
+        self.objects[key] = stored
+        self.applied.append(key)
+        return copy.deepcopy(stored)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> bool:
+        self.deleted.append((kind, name))
+        return self.objects.pop((kind, name), None) is not None
+
+    def patch_model_deployment_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        self.status_writes += 1
+        self.md.setdefault("status", {})
+        _merge(self.md["status"], status)
+        self._bump(self.md["metadata"])
+        return copy.deepcopy(self.md)
+
+    def children(self) -> list[Child]:
+        """What the operator's watch index holds."""
+        found = [child_of(obj) for obj in self.objects.values()]
+        return [c for _, c in (f for f in found if f is not None)]
+
+    def edit_spec(self, spec: dict[str, Any]) -> None:
+        self.md["spec"] = spec
+        self.md["metadata"]["generation"] += 1
+        self._bump(self.md["metadata"])
+
+
+class FakeMetrics:
+    """A metrics source whose answer the test sets."""
+
+    def __init__(self) -> None:
+        self.answer: CanaryMetrics | Exception = CanaryMetrics(success_rate=1.0, p99_latency_ms=5.0)
+        self.asked: list[AnalysisTarget] = []
+
+    def canary_metrics(self, target: AnalysisTarget) -> CanaryMetrics:
+        self.asked.append(target)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def stored(make_md: MakeManifest) -> dict[str, Any]:
+    md = make_md()
+    md["metadata"].update(uid=UID, generation=1, resourceVersion="1")
+    return md
+
+
+@pytest.fixture
+def world(stored: dict[str, Any], t0: datetime) -> tuple[FakeCluster, FakeMetrics, Clock, Reconciler]:
+    cluster, metrics, clock = FakeCluster(stored), FakeMetrics(), Clock(t0)
+    return cluster, metrics, clock, Reconciler(cluster, metrics, clock=clock)
+
+
+World = tuple[FakeCluster, FakeMetrics, Clock, Reconciler]
+
+
+def run(world: World, memory: ObjectMemory) -> Any:
+    cluster, _, _, reconciler = world
+    return reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
+
+
+def test_a_new_model_deployment_gets_every_child_and_a_status(world: World) -> None:
+    cluster, _, _, _ = world
+    memory = ObjectMemory()
+    outcome = run(world, memory)
+    assert outcome.applied == 9 and outcome.pruned == 0 and outcome.status_written
+    assert {kind for kind, _ in cluster.applied} >= {"Deployment", "Service", "VirtualService", "DestinationRule"}
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == UID for o in cluster.objects.values())
+    status = cluster.md["status"]
+    assert status["phase"] == "Stable" and status["observedGeneration"] == 1
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
+
+
+def test_a_re_check_of_an_unchanged_model_deployment_makes_no_write(world: World) -> None:
+    cluster, _, _, _ = world
+    memory = ObjectMemory()
+    run(world, memory)
+    run(world, memory)  # the children are now seen (ready): the status says so
+    writes, applied = cluster.status_writes, len(cluster.applied)
+    outcome = run(world, memory)
+    assert (outcome.applied, outcome.pruned, outcome.status_written) == (0, 0, False)
+    assert (cluster.status_writes, len(cluster.applied), cluster.gets) == (writes, applied, 0)
+
+
+def test_an_edited_or_deleted_child_is_applied_again_and_only_that(world: World) -> None:
+    cluster, _, _, _ = world
+    memory = ObjectMemory()
+    run(world, memory)
+    run(world, memory)
+    cluster.objects[("VirtualService", "minilm")]["metadata"]["generation"] += 1  # someone edited its spec
+    del cluster.objects[("Service", "minilm")]
+    cluster.applied.clear()
+    run(world, memory)
+    assert sorted(cluster.applied) == [("Service", "minilm"), ("VirtualService", "minilm")]
+
+
+def test_a_restarted_operator_applies_everything_once_more_and_changes_nothing(world: World) -> None:
+    cluster, _, _, _ = world
+    run(world, ObjectMemory())
+    before = copy.deepcopy(cluster.objects)
+    cluster.applied.clear()
+    outcome = run(world, ObjectMemory())  # a new process: nothing remembered
+    assert outcome.applied == len(before)
+    assert set(cluster.objects) == set(before)
+
+
+def test_a_canary_steps_on_good_metrics_then_promotes_and_prunes(world: World, t0: datetime) -> None:
+    cluster, metrics, clock, _ = world
+    memory = ObjectMemory()
+    run(world, memory)
+    cluster.edit_spec({**cluster.md["spec"], "traffic": {"canary": CANARY}})
+    run(world, memory)  # canary created, weight 0
+    assert ("Deployment", "minilm-canary") in cluster.objects
+    run(world, memory)  # the canary is ready: step 1
+    assert cluster.md["status"]["canary"]["weight"] == 20
+    vs = cluster.objects[("VirtualService", "minilm")]
+    assert [r["name"] for r in vs["spec"]["http"]] == ["canary-pin", "weighted"]
+    clock.now = t0 + timedelta(seconds=10)
+    run(world, memory)
+    assert cluster.md["status"]["canary"]["weight"] == 60
+    assert metrics.asked[-1].workload == "minilm-canary" and metrics.asked[-1].window == "10s"
+    clock.now = t0 + timedelta(seconds=20)
+    run(world, memory)
+    assert cluster.md["status"]["phase"] == "Promoting"
+    run(world, memory)  # the stable Deployment rolled out the candidate
+    assert cluster.md["status"]["phase"] == "Stable"
+    # The reconcile that found it rolled out no longer renders the canary, and pruned it.
+    assert sorted(cluster.deleted) == [("Deployment", "minilm-canary"), ("HorizontalPodAutoscaler", "minilm-canary")]
+    assert cluster.md["status"]["stable"]["model"]["storageUri"] == "pvc://models/v2"
+
+
+def test_bad_metrics_abort_the_canary_to_zero_replicas_and_100_percent_stable(world: World, t0: datetime) -> None:
+    cluster, metrics, clock, _ = world
+    memory = ObjectMemory()
+    run(world, memory)
+    cluster.edit_spec({**cluster.md["spec"], "traffic": {"canary": CANARY}})
+    run(world, memory)
+    run(world, memory)
+    metrics.answer = CanaryMetrics(success_rate=0.5, p99_latency_ms=5.0)
+    clock.now = t0 + timedelta(seconds=10)
+    outcome = run(world, memory)
+    assert cluster.md["status"]["phase"] == "Aborted"
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "CanaryAborted")]
+    vs = cluster.objects[("VirtualService", "minilm")]
+    assert [r["name"] for r in vs["spec"]["http"]] == ["weighted"]
+    assert [d["weight"] for d in vs["spec"]["http"][0]["route"]] == [100]
+    assert cluster.objects[("Deployment", "minilm-canary")]["spec"]["replicas"] == 0
+    assert ("HorizontalPodAutoscaler", "minilm-canary") in cluster.deleted
+    degraded = next(c for c in cluster.md["status"]["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "CanaryAborted")
+
+
+def test_unreachable_prometheus_defers_the_check_and_asks_for_an_early_retry(world: World, t0: datetime) -> None:
+    cluster, metrics, clock, _ = world
+    memory = ObjectMemory()
+    run(world, memory)
+    cluster.edit_spec({**cluster.md["spec"], "traffic": {"canary": CANARY}})
+    run(world, memory)
+    run(world, memory)
+    metrics.answer = MetricsUnavailableError("Prometheus at http://p:9090 is unreachable: refused")
+    clock.now = t0 + timedelta(seconds=10)
+    outcome = run(world, memory)
+    assert outcome.retry is not None and "unreachable" in outcome.retry and outcome.retry_delay > 0
+    status = cluster.md["status"]
+    assert (status["phase"], status["canary"]["weight"], status["canary"]["failedChecks"]) == ("Progressing", 20, 0)
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "AnalysisDeferred"
+
+
+def test_no_metrics_are_asked_for_before_a_check_is_due(world: World) -> None:
+    cluster, metrics, _, _ = world
+    memory = ObjectMemory()
+    run(world, memory)
+    cluster.edit_spec({**cluster.md["spec"], "traffic": {"canary": CANARY}})
+    for _ in range(3):
+        run(world, memory)
+    assert metrics.asked == []
+
+
+def test_an_abort_command_for_the_current_canary_aborts_it(world: World) -> None:
+    cluster, _, _, _ = world
+    memory = ObjectMemory()
+    run(world, memory)
+    cluster.edit_spec({**cluster.md["spec"], "traffic": {"canary": CANARY}})
+    run(world, memory)
+    revision = cluster.md["status"]["canary"]["revision"]
+    cluster.md["metadata"]["annotations"] = {COMMAND_ANNOTATION: "abort:0000"}  # another rollout's: ignored
+    run(world, memory)
+    assert cluster.md["status"]["phase"] == "Progressing"
+    cluster.md["metadata"]["annotations"] = {COMMAND_ANNOTATION: f"abort:{revision}"}
+    run(world, memory)
+    assert cluster.md["status"]["phase"] == "Aborted"
+    assert "rollout abort command" in cluster.md["status"]["message"]
+
+
+def test_an_invalid_spec_is_degraded_once_and_nothing_is_applied(world: World) -> None:
+    cluster, _, _, _ = world
+    memory = ObjectMemory()
+    run(world, memory)
+    applied = len(cluster.applied)
+    spec = copy.deepcopy(cluster.md["spec"])
+    spec["traffic"] = {"canary": {"runtime": {"maxBatchTokens": 300000}}}
+    cluster.edit_spec(spec)
+    outcome = run(world, memory)
+    assert outcome.invalid is not None and "maxQueuedTokens" in outcome.invalid
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "InvalidSpec")]
+    degraded = next(c for c in cluster.md["status"]["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"], degraded["observedGeneration"]) == ("True", "InvalidSpec", 2)
+    assert cluster.md["status"]["observedGeneration"] == 2
+    writes = cluster.status_writes
+    again = run(world, memory)
+    assert again.invalid is not None and not again.status_written and again.events == ()
+    assert (len(cluster.applied), cluster.status_writes) == (applied, writes)
+
+
+def test_a_refused_object_is_degraded_and_the_rollout_does_not_advance(world: World) -> None:
+    cluster, _, _, _ = world
+    cluster.reject = "VirtualService"
+    outcome = run(world, ObjectMemory())
+    assert outcome.retry is not None and "forbidden" in outcome.retry
+    assert outcome.retry_delay >= 30
+    status = cluster.md["status"]
+    assert "phase" not in status  # no rollout state written for objects that were not applied
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
+
+
+def test_a_body_older_than_our_own_status_write_is_read_afresh(world: World) -> None:
+    cluster, _, _, reconciler = world
+    memory = ObjectMemory()
+    stale = copy.deepcopy(cluster.md)
+    run(world, memory)
+    assert cluster.gets == 0
+    reconciler.reconcile(stale, cluster.children(), memory)  # the watch had not caught up yet
+    assert cluster.gets == 1
+
+
+def test_a_deleted_or_deleting_model_deployment_is_left_alone(world: World) -> None:
+    cluster, _, _, reconciler = world
+    body = copy.deepcopy(cluster.md)
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert reconciler.reconcile(body, [], ObjectMemory()).gone
+    del body["metadata"]["deletionTimestamp"]
+    cluster.md = {}  # gone from the API server; the handler's body is older than what this process wrote
+    assert reconciler.reconcile(body, [], ObjectMemory(known_resource_version="999")).gone
+    assert cluster.gets == 1
+    assert cluster.applied == []
+
+
+def test_every_child_is_applied_again_after_a_while_whatever_the_watch_says(world: World) -> None:
+    cluster, metrics, clock, _ = world
+    ticks = iter(range(0, 10_000, 100))
+    reconciler = Reconciler(cluster, metrics, clock=clock, monotonic=lambda: float(next(ticks)), full_apply_seconds=250)
+    memory = ObjectMemory()
+    for _ in range(3):  # at 0, 100, 200 s: everything once, then nothing
+        reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
+    assert len(cluster.applied) == 9
+    reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)  # 300 s: a lost event is repaired
+    assert len(cluster.applied) == 18
+
+
+def test_a_child_already_gone_is_reported_so_the_registry_forgets_it(world: World) -> None:
+    cluster, _, _, _ = world
+    memory = ObjectMemory()
+    run(world, memory)
+    children = cluster.children()
+    stale = next(c for c in children if c.kind == "Deployment")
+    ghost = Child(
+        api_version=stale.api_version,
+        kind="Deployment",
+        name="minilm-canary",
+        uid="ghost-uid",
+        version="rv:1",
+        owner_uid=UID,
+        track="canary",
+    )
+    outcome = cluster_reconcile(world, [*children, ghost], memory)
+    assert outcome.vanished == ("ghost-uid",) and outcome.pruned == 0
+
+
+def cluster_reconcile(world: World, children: list[Child], memory: ObjectMemory) -> Any:
+    cluster, _, _, reconciler = world
+    return reconciler.reconcile(copy.deepcopy(cluster.md), children, memory)
