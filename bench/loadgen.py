@@ -85,7 +85,7 @@ async def open_loop(
     arrivals: Sequence[float],
     warmup_s: float,
     measure_s: float,
-    timeout_s: float = 60.0,
+    timeout_s: float = 30.0,
 ) -> Window:
     """Starts request i at arrivals[i] seconds; counts requests that arrive and complete inside the window.
 

@@ -15,6 +15,7 @@ from collections import Counter
 
 from bench import corpus, promscrape
 from bench.loadgen import closed_loop
+from bench.procs import machine_cpu_seconds
 from bench.run import RESULTS
 from bench.systems import ROOT, Bertmesh, Settings
 
@@ -47,9 +48,9 @@ def summarize_collapsed(text: str) -> dict[str, dict[str, float]]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = stack.split(";")
-        thread = frames[0].split(" (", 1)[0].strip("\"'") if frames else "?"
-        thread = "".join(ch for ch in thread if not ch.isdigit()).rstrip("_-") or thread
+        head, _, rest = stack.partition(": ")  # "thread (1234): bertmesh-model_0;frame;frame"
+        frames = rest.split(";")
+        thread = frames[0] if head.startswith("thread") else "?"
         per_thread.setdefault(thread, Counter())[bucket(frames[1:])] += int(count)
     out = {}
     for thread, counts in per_thread.items():
@@ -91,15 +92,18 @@ def profile(concurrency: int, seconds: int) -> int:
                     "--duration",
                     str(seconds),
                     "--rate",
-                    "200",
+                    "100",
                     "--threads",
                     "--idle",
                     "--native",
-                    "--nonblocking",
                 ]
             )
             before = promscrape.scrape(system.metrics_url())
+            busy0, _ = machine_cpu_seconds()
+            cpu0 = system.cpu_seconds()
             window = await closed_loop(system.call, requests, concurrency, 0.5, float(seconds))
+            busy1, _ = machine_cpu_seconds()
+            server_cores = (system.cpu_seconds() - cpu0) / (seconds + 0.5)
             stats = promscrape.window_stats(before, promscrape.scrape(system.metrics_url()), seconds + 0.5)
             spy.wait(timeout=120)
             threads = summarize_collapsed(raw.read_text()) if raw.exists() else {}
@@ -107,6 +111,8 @@ def profile(concurrency: int, seconds: int) -> int:
                 "concurrency": concurrency,
                 "req_per_s": len(window.latencies_s) / window.seconds,
                 "batches": stats,
+                "server_cores": server_cores,
+                "foreign_cores": (busy1 - busy0) / (seconds + 0.5) - server_cores,
                 "threads": threads,
                 "pyspy_stderr": (spy.stderr.read().decode() if spy.stderr else "")[-500:],
             }
