@@ -3,6 +3,8 @@
 python -m bench run [--quick] [--systems bertmesh,in-process,triton,infinity] ...
 python -m bench corpus            regenerate bench/corpus/texts.tsv
 python -m bench profile           py-spy profile of bertmesh under load
+python -m bench micro             A/B micro-benchmarks of the serving path (ratios)
+python -m bench contention        each system next to a one-core CPU burner; bertmesh thread/spin variants
 python -m bench echo-server --port N / oip-shim --port N --upstream HOST:PORT   (used by `run`)
 """
 
@@ -50,6 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     r.add_argument("--quick", action="store_true", help="smoke run: c=1,8,32, 1 repeat, short windows")
     sub.add_parser("corpus", help="regenerate the corpus")
+    co = sub.add_parser("contention", help="throughput kept next to a one-core CPU burner, bertmesh variants")
+    co.add_argument("--concurrency", type=int, default=8)
+    co.add_argument("--rounds", type=int, default=3)
+    co.add_argument("--seconds", type=float, default=6.0)
+    co.add_argument("--variants", default="bertmesh,bertmesh+omp-passive,bertmesh+tok-serial")
+    mi = sub.add_parser("micro", help="in-process A/B micro-benchmarks of the serving path")
+    mi.add_argument("--rounds", type=int, default=120)
     pr = sub.add_parser("profile", help="py-spy profile of bertmesh under closed-loop load")
     pr.add_argument("--concurrency", type=int, default=32)
     pr.add_argument("--seconds", type=int, default=20)
@@ -76,6 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.oip_shim import serve
 
         asyncio.run(serve(a.port, a.upstream, a.model))
+        return 0
+    if a.command == "contention":
+        from bench.contention import contention
+
+        contention(a.concurrency, a.rounds, a.seconds, [v for v in a.variants.split(",") if v])
+        return 0
+    if a.command == "micro":
+        from bench.micro import micro
+
+        micro(a.rounds)
         return 0
     if a.command == "profile":
         from bench.profile import profile

@@ -122,8 +122,15 @@ def _health_check(port: int) -> Any:
 class Bertmesh(_ServerSystem):
     """`bertmesh serve` as a subprocess (result cache off), called over bertmesh.v1 Embed with grpc.aio."""
 
-    def __init__(self, settings: Settings, extra_args: Sequence[str] = (), name: str = "bertmesh") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        extra_args: Sequence[str] = (),
+        name: str = "bertmesh",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
+        self.env = env or {}
         self.settings = settings
         self.extra_args = list(extra_args)
         self.port = free_port()
@@ -156,7 +163,8 @@ class Bertmesh(_ServerSystem):
             "WARNING",
             *self.extra_args,
         ]
-        self.server = ServerProcess(self.name, argv, logs / f"{self.name}.log", _thread_env(s.threads), ROOT)
+        env = _thread_env(s.threads) | self.env
+        self.server = ServerProcess(self.name, argv, logs / f"{self.name}.log", env, ROOT)
         await _poll_ready(self.server, _health_check(self.port), 300)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}", options=_CHANNEL_OPTIONS)
         self.stub = pb_grpc.InferenceServiceStub(self.channel)
