@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=FLAGS",
-        help="an extra bertmesh system with extra serve flags, e.g. 'bertmesh-b1024=--max-batch-tokens 1024'",
+        help="an extra bertmesh system with extra serve flags and env:KEY=VALUE settings, e.g. "
+        "'bertmesh-b1024=--max-batch-tokens 1024' or 'bertmesh+omp-passive=env:OMP_WAIT_POLICY=PASSIVE'",
     )
     r.add_argument("--quick", action="store_true", help="smoke run: c=1,8,32, 1 repeat, short windows")
     sub.add_parser("corpus", help="regenerate the corpus")

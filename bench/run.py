@@ -45,7 +45,8 @@ class Plan:
     perf_analyzer: bool = True
     pa_concurrency: list[int] = field(default_factory=lambda: [1, 8, 32])
     pa_texts: int = 4
-    variants: dict[str, list[str]] = field(default_factory=dict)  # extra bertmesh systems: name -> serve flags
+    # extra bertmesh systems: name -> serve flags; "env:KEY=VALUE" items set the server's environment instead
+    variants: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _peer_venv(script: str) -> Path:
@@ -64,7 +65,10 @@ def build_systems(plan: Plan, settings: Settings, notes: dict[str, str]) -> list
             if name == "bertmesh":
                 systems.append(Bertmesh(settings))
             elif name in plan.variants:
-                systems.append(Bertmesh(settings, plan.variants[name], name=name))
+                items = plan.variants[name]
+                env = dict(i[4:].split("=", 1) for i in items if i.startswith("env:"))
+                flags = [i for i in items if not i.startswith("env:")]
+                systems.append(Bertmesh(settings, flags, name=name, env=env))
             elif name == "in-process":
                 systems.append(InProcess(settings))
             elif name == "triton":
