@@ -5,6 +5,7 @@ python -m bench corpus            regenerate bench/corpus/texts.tsv
 python -m bench profile           py-spy profile of bertmesh under load
 python -m bench micro             A/B micro-benchmarks of the serving path (ratios)
 python -m bench contention        each system next to a one-core CPU burner; bertmesh thread/spin variants
+python -m bench gc                GC time inside bertmesh under load, with and without gc.freeze()
 python -m bench echo-server --port N / oip-shim --port N --upstream HOST:PORT   (used by `run`)
 """
 
@@ -58,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     co.add_argument("--rounds", type=int, default=3)
     co.add_argument("--seconds", type=float, default=6.0)
     co.add_argument("--variants", default="bertmesh,bertmesh+omp-passive,bertmesh+tok-serial")
+    gp = sub.add_parser("gc", help="Python GC time inside bertmesh under load, with and without gc.freeze()")
+    gp.add_argument("--concurrency", type=int, default=16)
+    gp.add_argument("--rounds", type=int, default=4)
+    gp.add_argument("--seconds", type=float, default=8.0)
+    rb = sub.add_parser("report", help="rebuild summary.md and the figures of a finished run")
+    rb.add_argument("dir")
     mi = sub.add_parser("micro", help="in-process A/B micro-benchmarks of the serving path")
     mi.add_argument("--rounds", type=int, default=120)
     pr = sub.add_parser("profile", help="py-spy profile of bertmesh under closed-loop load")
@@ -91,6 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.contention import contention
 
         contention(a.concurrency, a.rounds, a.seconds, [v for v in a.variants.split(",") if v])
+        return 0
+    if a.command == "gc":
+        from bench.gcprobe import gc_probe
+
+        gc_probe(a.concurrency, a.rounds, a.seconds)
+        return 0
+    if a.command == "report":
+        from pathlib import Path
+
+        from bench.report import rebuild
+
+        print(rebuild(Path(a.dir)))
         return 0
     if a.command == "micro":
         from bench.micro import micro

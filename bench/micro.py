@@ -90,7 +90,7 @@ def micro(rounds: int = 120, threads: int = 2) -> dict[str, Any]:
             response.embeddings.add().values.extend(row)
         response.SerializeToString()
 
-    t_tolist, t_array = _interleave(tolist, from_array, rounds * 5)
+    t_tolist, t_array = _interleave(lambda i: tolist(i % rounds), lambda i: from_array(i % rounds), rounds * 5)
     result: dict[str, Any] = {
         "rounds": rounds,
         "split_vs_whole": {

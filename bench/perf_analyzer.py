@@ -98,7 +98,7 @@ async def sweep(
         target = system.oip()
         if target is None:
             continue
-        if system.name == "bertmesh":
+        if system.name.startswith("bertmesh"):
             port = free_port()
             argv = [sys.executable, "-m", "bench", "oip-shim", "--port", str(port), "--upstream", target.url]
             shim = ServerProcess("oip-shim", argv, out / "logs" / "oip-shim.log", {}, ROOT)

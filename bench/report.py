@@ -241,7 +241,8 @@ def plot_overhead(pts: Sequence[Point], path: Path, title: str) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
     series = {}
-    for system in ("bertmesh", "in-process"):
+    names = ["in-process", *sorted({p.system for p in pts if p.system.startswith("bertmesh")})]
+    for system in names:
         mine = sorted((p for p in pts if p.system == system and p.mode == "closed"), key=lambda p: p.load)
         series[system] = {p.load: p.tokens_per_s for p in mine}
         left.plot([p.load for p in mine], [p.tokens_per_s for p in mine], marker="o", label=system)
@@ -250,8 +251,12 @@ def plot_overhead(pts: Sequence[Point], path: Path, title: str) -> None:
     left.set_ylabel("real tokens/s")
     left.legend()
     left.grid(True, alpha=0.3)
-    common = sorted(set(series["bertmesh"]) & set(series["in-process"]))
-    right.bar([f"{c:g}" for c in common], [ratio(series["bertmesh"][c], series["in-process"][c]) for c in common])
+    width = 0.8 / max(len(names) - 1, 1)
+    for k, system in enumerate(names[1:]):
+        common = sorted(set(series[system]) & set(series["in-process"]))
+        xs = [i + k * width for i in range(len(common))]
+        right.bar(xs, [ratio(series[system][c], series["in-process"][c]) for c in common], width, label=system)
+        right.set_xticks([i + 0.4 - width / 2 for i in range(len(common))], [f"{c:g}" for c in common])
     right.axhline(0.9, color="red", linestyle="--", linewidth=1, label="target 0.90 (overhead <= 10%)")
     right.set_xlabel("concurrent requests")
     right.set_ylabel("bertmesh / in-process throughput")
@@ -260,3 +265,26 @@ def plot_overhead(pts: Sequence[Point], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def rebuild(result_dir: Path) -> str:
+    """Re-derives the tables and figures of a finished run from its results.json; returns the Markdown."""
+    import json
+
+    from bench.stats import RunSummary
+
+    data = json.loads((result_dir / "results.json").read_text())
+    fields = set(RunSummary.__dataclass_fields__)
+    summaries = [RunSummary(**{k: v for k, v in s.items() if k in fields}) for s in data["summaries"]]
+    peak = float(data["gemm_peak_flops"]["used"])
+    fractions = list(data["plan"]["fractions"])
+    names = list(dict.fromkeys(s.system for s in summaries))
+    pts = points(summaries, peak)
+    rows = summary_table(pts, names, fractions)
+    md = markdown(rows, ratios(rows), fractions, paired_capacity_ratios(summaries))
+    title = f"MiniLM-L6 fp32, {data['plan']['threads']} threads, {result_dir.name}"
+    plot(pts, names, result_dir / "throughput_vs_p99.png", title)
+    if "bertmesh" in names and "in-process" in names:
+        plot_overhead(pts, result_dir / "bertmesh_vs_inprocess.png", title)
+    (result_dir / "summary.md").write_text(md + "\n")
+    return md
