@@ -1,0 +1,1 @@
+"""bertmesh benchmarks: workload generation, peer systems, interleaved runs and reports (never in the test run)."""

@@ -1,0 +1,165 @@
+"""`python -m bench` (or `make bench ARGS=...`): run the interleaved benchmark, or one of its helpers.
+
+python -m bench run [--quick] [--systems bertmesh,in-process,triton,infinity] ...
+python -m bench corpus            regenerate bench/corpus/texts.tsv
+python -m bench profile           py-spy profile of bertmesh under load
+python -m bench micro             A/B micro-benchmarks of the serving path (ratios)
+python -m bench contention        each system next to a one-core CPU burner; bertmesh thread/spin variants
+python -m bench gc                GC time inside bertmesh under load, with and without gc.freeze()
+python -m bench echo-server --port N / oip-shim --port N --upstream HOST:PORT   (used by `run`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+
+def _ints(value: str) -> list[int]:
+    return [int(x) for x in value.split(",") if x]
+
+
+def _floats(value: str) -> list[float]:
+    return [float(x) for x in value.split(",") if x]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="the interleaved benchmark (default)")
+    r.add_argument("--systems", default="bertmesh,in-process,triton,infinity")
+    r.add_argument("--concurrency", type=_ints, default=None, help="closed-loop sweep (default 1,2,4,8,16,32,64)")
+    r.add_argument("--fractions", type=_floats, default=None, help="open-loop load, fractions of capacity")
+    r.add_argument("--repeats", type=int, default=2)
+    r.add_argument("--open-repeats", type=int, default=1)
+    r.add_argument("--warmup", type=float, default=2.0, help="seconds before each window")
+    r.add_argument("--measure", type=float, default=8.0, help="seconds of each closed-loop window")
+    r.add_argument("--open-measure", type=float, default=15.0, help="seconds of each open-loop window")
+    r.add_argument("--texts", default="1-8", help="texts per request, uniform (default 1-8)")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--seed", type=int, default=6)
+    r.add_argument("--no-perf-analyzer", action="store_true")
+    r.add_argument("--pa-concurrency", type=_ints, default=None)
+    r.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="an extra bertmesh system with extra serve flags and env:KEY=VALUE settings, e.g. "
+        "'bertmesh-b1024=--max-batch-tokens 1024' or 'bertmesh+omp-passive=env:OMP_WAIT_POLICY=PASSIVE'",
+    )
+    r.add_argument("--quick", action="store_true", help="smoke run: c=1,8,32, 1 repeat, short windows")
+    sub.add_parser("corpus", help="regenerate the corpus")
+    co = sub.add_parser("contention", help="throughput kept next to a one-core CPU burner, bertmesh variants")
+    co.add_argument("--concurrency", type=int, default=8)
+    co.add_argument("--rounds", type=int, default=3)
+    co.add_argument("--seconds", type=float, default=6.0)
+    co.add_argument("--variants", default="bertmesh,bertmesh+omp-passive,bertmesh+tok-serial")
+    gp = sub.add_parser("gc", help="Python GC time inside bertmesh under load, with and without gc.freeze()")
+    gp.add_argument("--concurrency", type=int, default=16)
+    gp.add_argument("--rounds", type=int, default=4)
+    gp.add_argument("--seconds", type=float, default=8.0)
+    rb = sub.add_parser("report", help="rebuild summary.md and the figures of a finished run")
+    rb.add_argument("dir")
+    mi = sub.add_parser("micro", help="in-process A/B micro-benchmarks of the serving path")
+    mi.add_argument("--rounds", type=int, default=120)
+    pr = sub.add_parser("profile", help="py-spy profile of bertmesh under closed-loop load")
+    pr.add_argument("--concurrency", type=int, default=32)
+    pr.add_argument("--seconds", type=int, default=20)
+    e = sub.add_parser("echo-server")
+    e.add_argument("--port", type=int, required=True)
+    s = sub.add_parser("oip-shim")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--upstream", required=True)
+    s.add_argument("--model", default="all-MiniLM-L6-v2")
+    a = p.parse_args(list(argv) if argv is not None else (sys.argv[1:] or ["run"]))
+
+    if a.command == "corpus":
+        from bench.corpus import CORPUS_PATH
+        from bench.corpus.generate import write
+
+        print(f"{write(CORPUS_PATH)} texts written to {CORPUS_PATH}")
+        return 0
+    if a.command == "echo-server":
+        from bench.systems import serve_echo
+
+        asyncio.run(serve_echo(a.port))
+        return 0
+    if a.command == "oip-shim":
+        from bench.oip_shim import serve
+
+        asyncio.run(serve(a.port, a.upstream, a.model))
+        return 0
+    if a.command == "contention":
+        from bench.contention import contention
+
+        contention(a.concurrency, a.rounds, a.seconds, [v for v in a.variants.split(",") if v])
+        return 0
+    if a.command == "gc":
+        from bench.gcprobe import gc_probe
+
+        gc_probe(a.concurrency, a.rounds, a.seconds)
+        return 0
+    if a.command == "report":
+        from pathlib import Path
+
+        from bench.report import rebuild
+
+        print(rebuild(Path(a.dir)))
+        return 0
+    if a.command == "micro":
+        from bench.micro import micro
+
+        micro(a.rounds)
+        return 0
+    if a.command == "profile":
+        from bench.profile import profile
+
+        return profile(a.concurrency, a.seconds)
+
+    from bench.run import Plan, run_sync
+
+    low, _, high = a.texts.partition("-")
+    plan = Plan(
+        systems=[s for s in a.systems.split(",") if s],
+        repeats=a.repeats,
+        open_repeats=a.open_repeats,
+        warmup_s=a.warmup,
+        measure_s=a.measure,
+        open_measure_s=a.open_measure,
+        min_texts=int(low),
+        max_texts=int(high or low),
+        threads=a.threads,
+        seed=a.seed,
+        perf_analyzer=not a.no_perf_analyzer,
+    )
+    for variant in a.variant:
+        name, _, flags = variant.partition("=")
+        plan.variants[name] = flags.split()
+        if name not in plan.systems:
+            plan.systems.append(name)
+    if a.quick:
+        plan.concurrency, plan.repeats, plan.warmup_s, plan.measure_s, plan.open_measure_s = (
+            [1, 8, 32],
+            1,
+            1.0,
+            3.0,
+            5.0,
+        )
+        plan.pa_concurrency = [8]
+    if a.concurrency:
+        plan.concurrency = a.concurrency
+    if a.fractions:
+        plan.fractions = a.fractions
+    if a.pa_concurrency:
+        plan.pa_concurrency = a.pa_concurrency
+    run_sync(plan)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
