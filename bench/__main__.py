@@ -6,7 +6,7 @@ python -m bench profile           py-spy profile of bertmesh under load
 python -m bench micro             A/B micro-benchmarks of the serving path (ratios)
 python -m bench contention        each system next to a one-core CPU burner; bertmesh thread/spin variants
 python -m bench gc                GC time inside bertmesh under load, with and without gc.freeze()
-python -m bench echo-server --port N / oip-shim --port N --upstream HOST:PORT   (used by `run`)
+python -m bench echo-server --port N   (used by `run`)
 """
 
 from __future__ import annotations
@@ -72,10 +72,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr.add_argument("--seconds", type=int, default=20)
     e = sub.add_parser("echo-server")
     e.add_argument("--port", type=int, required=True)
-    s = sub.add_parser("oip-shim")
-    s.add_argument("--port", type=int, required=True)
-    s.add_argument("--upstream", required=True)
-    s.add_argument("--model", default="all-MiniLM-L6-v2")
     a = p.parse_args(list(argv) if argv is not None else (sys.argv[1:] or ["run"]))
 
     if a.command == "corpus":
@@ -88,11 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.systems import serve_echo
 
         asyncio.run(serve_echo(a.port))
-        return 0
-    if a.command == "oip-shim":
-        from bench.oip_shim import serve
-
-        asyncio.run(serve(a.port, a.upstream, a.model))
         return 0
     if a.command == "contention":
         from bench.contention import contention

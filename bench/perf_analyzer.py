@@ -2,8 +2,8 @@
 
 Each request carries `pa_texts` texts from the corpus (perf_analyzer cycles through the data entries), the
 same for bertmesh and Triton. Triton's model has a batch dimension, so it gets -b N with one text per entry
-row; bertmesh's has none, so each entry is a [N] tensor. bertmesh is reached through bench/oip_shim.py
-(see there why).
+row; bertmesh's has none, so each entry is a [N] tensor. perf_analyzer reads each model's configuration with
+Triton's ModelConfig RPC, which bertmesh answers too.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import asyncio
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from bench.corpus import Text
-from bench.procs import ServerProcess, free_port
-from bench.systems import MODEL_NAME, ROOT, OipTarget, System
+from bench.systems import ROOT, OipTarget, System
 
 _ENTRIES = 200
 
@@ -93,44 +91,32 @@ async def sweep(
         notes["perf_analyzer"] = f"setup failed: {getattr(exc, 'stderr', '') or exc}"[-800:]
         return {}
     targets: dict[str, OipTarget] = {}
-    shim: ServerProcess | None = None
     for system in systems:
         target = system.oip()
-        if target is None:
-            continue
-        if system.name.startswith("bertmesh"):
-            port = free_port()
-            argv = [sys.executable, "-m", "bench", "oip-shim", "--port", str(port), "--upstream", target.url]
-            shim = ServerProcess("oip-shim", argv, out / "logs" / "oip-shim.log", {}, ROOT)
-            await asyncio.sleep(2.0)
-            target = OipTarget(f"127.0.0.1:{port}", MODEL_NAME, batched=False)
-        targets[system.name] = target
+        if target is not None:
+            targets[system.name] = target
     results: dict[str, Any] = {"per_request_texts": plan.pa_texts, "runs": []}
     loop = asyncio.get_running_loop()
-    try:
-        for concurrency in plan.pa_concurrency:
-            for name, target in targets.items():
-                data = out / f"pa-input-{'batched' if target.batched else 'flat'}.json"
-                if not data.exists():
-                    data.write_text(json.dumps(input_data(texts, plan.pa_texts, target.batched)))
-                csv_out = out / f"pa-{name}-c{concurrency}.csv"
-                try:
-                    stdout = await loop.run_in_executor(
-                        None, _run, binary, target, data, concurrency, plan.pa_texts, csv_out
+    for concurrency in plan.pa_concurrency:
+        for name, target in targets.items():
+            data = out / f"pa-input-{'batched' if target.batched else 'flat'}.json"
+            if not data.exists():
+                data.write_text(json.dumps(input_data(texts, plan.pa_texts, target.batched)))
+            csv_out = out / f"pa-{name}-c{concurrency}.csv"
+            try:
+                stdout = await loop.run_in_executor(
+                    None, _run, binary, target, data, concurrency, plan.pa_texts, csv_out
+                )
+                (out / "logs" / f"pa-{name}-c{concurrency}.txt").write_text(stdout)
+                for row in parse_csv(csv_out):
+                    entry = {"system": name, "concurrency": concurrency, **row}
+                    results["runs"].append(entry)
+                    print(
+                        f"bench: perf_analyzer {name:8s} c={concurrency}: {row.get('Inferences/Second', 0):.1f} "
+                        f"infer/s p99 {row.get('p99 latency', 0) / 1000:.1f} ms",
+                        flush=True,
                     )
-                    (out / "logs" / f"pa-{name}-c{concurrency}.txt").write_text(stdout)
-                    for row in parse_csv(csv_out):
-                        entry = {"system": name, "concurrency": concurrency, **row}
-                        results["runs"].append(entry)
-                        print(
-                            f"bench: perf_analyzer {name:8s} c={concurrency}: {row.get('Inferences/Second', 0):.1f} "
-                            f"infer/s p99 {row.get('p99 latency', 0) / 1000:.1f} ms",
-                            flush=True,
-                        )
-                except Exception as exc:
-                    notes[f"perf_analyzer/{name}/c{concurrency}"] = str(exc)[-1500:]
-                    print(f"bench: perf_analyzer {name} c={concurrency} failed: {exc}", flush=True)
-    finally:
-        if shim is not None:
-            shim.stop()
+            except Exception as exc:
+                notes[f"perf_analyzer/{name}/c{concurrency}"] = str(exc)[-1500:]
+                print(f"bench: perf_analyzer {name} c={concurrency} failed: {exc}", flush=True)
     return results

@@ -9,8 +9,10 @@ process exits 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -78,17 +80,18 @@ def load_model(config: ServerConfig) -> tuple[ModelDescription, TextTokenizer, B
     path = config.model.path or bundled_model_path()
     checkpoint = inspect_checkpoint(Path(path), config.model.task)
     tokenizer = TextTokenizer.from_dir(checkpoint.path)
-    limits, batching = resolve_limits(config, checkpoint.default_max_tokens, checkpoint.max_positions)
+    from model_server.backend.torch_backend import TorchBackend, resolve_device
+
+    device = resolve_device(config.model.device)
+    limits, batching = resolve_limits(config, checkpoint.default_max_tokens, checkpoint.max_positions, device)
     tokenizer.configure_truncation(limits.max_tokens_per_input)
     if checkpoint.task is Task.FILL_MASK and tokenizer.mask_id is None:
         raise ConfigError(f"{checkpoint.path}: fill-mask needs a mask token, and the tokenizer has none")
     if checkpoint.task is Task.SEQUENCE_CLASSIFICATION and not checkpoint.labels:
         raise ConfigError(f"{checkpoint.path}: sequence classification needs id2label in config.json")
-    from model_server.backend.torch_backend import TorchBackend
-
     backend = TorchBackend(
         checkpoint,
-        device=config.model.device,
+        device=device,
         precision=config.model.precision,
         threads=config.model.threads,
         pad_id=tokenizer.pad_id,
@@ -224,6 +227,10 @@ async def serve(
         loaded = await _load_unless_stopped(config, stop)
         if loaded is not None:
             description, tokenizer, backend, seconds = loaded
+            # The model and its libraries are ~400k long-lived objects: move them out of the collector's sight,
+            # or each full collection stalls the event loop for ~200 ms (measured under load).
+            gc.collect()
+            gc.freeze()
             plane = DataPlane(description, tokenizer, backend, cache_entries=config.cache_entries, metrics=metrics)
             plane.start()
             state.plane = plane
@@ -286,6 +293,9 @@ async def _load_unless_stopped(
 
 def main(argv: Sequence[str]) -> int:
     """Entry point of `bertmesh serve`; returns the process exit status."""
+    # Before torch loads OpenMP: idle compute threads sleep instead of spinning. Spinning threads steal the
+    # cores the event loop, gRPC and the tokenizer need; beside other load, throughput fell 3-6x (docs/benchmarks.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     config = parse_args(argv)
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -34,8 +34,9 @@ def supports(config: Any) -> bool:
 
 @dataclass(frozen=True)
 class AttentionBlock:
-    """Sequences attended together: `gather` picks packed rows into [count, longest] (pad rows point at the
-    zero row appended after the real tokens), `valid` marks real positions, `rows` lists their packed rows."""
+    """Sequences attended together: `gather` picks packed rows into [count, longest] (pad positions repeat a
+    real row: the key mask hides them and their outputs are dropped), `valid` lists the real positions of that
+    grid and `rows` their packed rows."""
 
     count: int
     longest: int
@@ -84,11 +85,10 @@ def plan(lengths: Sequence[int], device: torch.device) -> Packing:
     starts_list = [0]
     for length in lengths[:-1]:
         starts_list.append(starts_list[-1] + length)
-    total = sum(lengths)
     blocks = []
     for group in _block_groups(lengths):
         longest = max(lengths[i] for i in group)
-        gather = torch.full((len(group), longest), total, dtype=torch.long)
+        gather = torch.full((len(group), longest), starts_list[group[0]], dtype=torch.long)
         valid = torch.zeros((len(group), longest), dtype=torch.bool)
         for row, i in enumerate(group):
             gather[row, : lengths[i]] = torch.arange(starts_list[i], starts_list[i] + lengths[i])
@@ -101,7 +101,7 @@ def plan(lengths: Sequence[int], device: torch.device) -> Packing:
                 gather=gather.reshape(-1).to(device),
                 # SDPA's boolean mask: True where a key may be attended to.
                 key_mask=valid[:, None, None, :].to(device) if needs_mask else None,
-                valid=valid.reshape(-1).to(device),
+                valid=valid.reshape(-1).nonzero().squeeze(1).to(device),
                 rows=gather[valid].to(device),
             )
         )
@@ -116,6 +116,39 @@ def plan(lengths: Sequence[int], device: torch.device) -> Packing:
     )
 
 
+# transformers' hidden_act -> oneDNN's fused post-op (attr, algorithm).
+_ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "relu": ("relu", "")}
+
+
+def onednn_available() -> bool:
+    """Whether torch was built with oneDNN (mkldnn), whose CPU matrix kernels the packed engine prefers."""
+    available = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+    return bool(available) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class OneDnnLinear(nn.Module):
+    """A Linear layer computed by oneDNN on CPU, its weight reordered once into oneDNN's blocked layout.
+
+    Measured on this project's CI machine (2 AMD EPYC cores): 2.0-2.5x the speed of torch's default (MKL) path
+    for BERT's projection shapes, and ~2x end to end, because MKL keeps to narrower vector code on AMD processors.
+    """
+
+    def __init__(self, linear: Any, attr: str = "none", algorithm: str = "") -> None:
+        super().__init__()
+        weight = linear.weight.detach()
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        self.bias = linear.bias.detach() if linear.bias is not None else None
+        self.attr = attr
+        self.algorithm = algorithm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W.T + b, then the fused activation, if any."""
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+            x, self.packed_weight, self.bias, self.attr, [], self.algorithm
+        )
+        return out
+
+
 class _Layer(nn.Module):
     """One BERT layer on packed tokens, with query, key and value fused into one projection."""
 
@@ -126,28 +159,40 @@ class _Layer(nn.Module):
         hidden = q.in_features
         self.heads = heads
         self.head_dim = hidden // heads
-        self.qkv = nn.Linear(hidden, 3 * hidden, dtype=q.weight.dtype, device=q.weight.device)
+        qkv = nn.Linear(hidden, 3 * hidden, dtype=q.weight.dtype, device=q.weight.device)
         with torch.no_grad():
-            self.qkv.weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
-            self.qkv.bias.copy_(torch.cat([q.bias, k.bias, v.bias]))
-        self.out = attention.output.dense
+            qkv.weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
+            qkv.bias.copy_(torch.cat([q.bias, k.bias, v.bias]))
+        self.qkv: nn.Module = qkv
+        self.out: nn.Module = attention.output.dense
         self.norm1 = attention.output.LayerNorm
-        self.up = hf_layer.intermediate.dense
-        self.act = hf_layer.intermediate.intermediate_act_fn
-        self.down = hf_layer.output.dense
+        self.up: nn.Module = hf_layer.intermediate.dense
+        self.act: nn.Module = hf_layer.intermediate.intermediate_act_fn
+        self.down: nn.Module = hf_layer.output.dense
         self.norm2 = hf_layer.output.LayerNorm
+
+    def use_onednn(self, hidden_act: str) -> None:
+        """Runs the four projections with oneDNN, weights packed once, the feed-forward activation fused."""
+        fused = _ONEDNN_ACTIVATIONS.get(hidden_act)
+        self.qkv = OneDnnLinear(self.qkv)
+        self.out = OneDnnLinear(self.out)
+        self.down = OneDnnLinear(self.down)
+        if fused is not None:
+            self.up = OneDnnLinear(self.up, *fused)
+            self.act = nn.Identity()
+        else:
+            self.up = OneDnnLinear(self.up)
 
     def attend(self, qkv: torch.Tensor, packing: Packing) -> torch.Tensor:
         """Scaled-dot-product attention per block of similar-length sequences; returns [tokens, hidden]."""
         hidden = self.heads * self.head_dim
-        padded_qkv = torch.cat([qkv, qkv.new_zeros(1, qkv.shape[1])])  # the zero row pads gather
         context = qkv.new_empty(qkv.shape[0], hidden)
         for block in packing.blocks:
-            x = padded_qkv.index_select(0, block.gather)
+            x = qkv.index_select(0, block.gather)
             x = x.view(block.count, block.longest, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
             out = F.scaled_dot_product_attention(x[0], x[1], x[2], attn_mask=block.key_mask)
             out = out.transpose(1, 2).reshape(block.count * block.longest, hidden)
-            context.index_copy_(0, block.rows, out[block.valid])
+            context.index_copy_(0, block.rows, out.index_select(0, block.valid))
         return context
 
     def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
@@ -169,6 +214,13 @@ class PackedBertEncoder(nn.Module):
         self.token_type = embeddings.token_type_embeddings
         self.norm = embeddings.LayerNorm
         self.layers = nn.ModuleList(_Layer(layer, config.num_attention_heads) for layer in bert.encoder.layer)
+        self.hidden_act = str(config.hidden_act)
+
+    def use_onednn(self) -> None:
+        """Switches every layer's projections to oneDNN (CPU, fp32); call once after loading."""
+        for layer in self.layers:
+            assert isinstance(layer, _Layer)
+            layer.use_onednn(self.hidden_act)
 
     def forward(self, ids: torch.Tensor, packing: Packing) -> torch.Tensor:
         """Hidden states [tokens, hidden] of packed token ids [tokens] (token type 0 throughout)."""

@@ -23,6 +23,7 @@ from model_server.tasks import (
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_TRITON_TYPES = {"FP32": oip.TYPE_FP32, "BYTES": oip.TYPE_STRING}
 SERVER_NAME = "bertmesh"
 PLATFORM = "bertmesh_pytorch"
 _OUTPUTS: dict[Task, list[tuple[str, str, list[int]]]] = {
@@ -82,6 +83,15 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         for name, datatype, shape in _OUTPUTS[plane.model.task]:
             meta.outputs.add(name=name, datatype=datatype, shape=shape)
         return meta
+
+    async def ModelConfig(self, request: oip.ModelConfigRequest, context: Context) -> oip.ModelConfigResponse:
+        """Triton's ModelConfig: max_batch_size 0 (bertmesh batches itself), the same tensors as ModelMetadata."""
+        plane = self._model(request.name, request.version)
+        config = oip.ModelConfig(name=plane.model.name, platform=PLATFORM, backend="bertmesh", max_batch_size=0)
+        config.input.add(name=codec.INPUT_NAME, data_type=oip.TYPE_STRING, dims=[-1])
+        for name, datatype, shape in _OUTPUTS[plane.model.task]:
+            config.output.add(name=name, data_type=_TRITON_TYPES[datatype], dims=shape)
+        return oip.ModelConfigResponse(config=config)
 
     async def ModelInfer(self, request: oip.ModelInferRequest, context: Context) -> oip.ModelInferResponse:
         """Runs the model's task on the texts of the 'text' input."""

@@ -40,6 +40,11 @@ def test_server_and_model_metadata(triton_client: triton.InferenceServerClient) 
     meta = triton_client.get_model_metadata("all-MiniLM-L6-v2")
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("text", "BYTES", [-1])]
     assert [(t.name, t.datatype) for t in meta.outputs] == [("embedding", "FP32")]
+    # Triton's ModelConfig extension, parsed by tritonclient with Triton's own (full) message definitions.
+    config = triton_client.get_model_config("all-MiniLM-L6-v2").config
+    assert (config.name, config.max_batch_size) == ("all-MiniLM-L6-v2", 0)
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [("text", 13, [-1])]  # TYPE_STRING
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [("embedding", 11, [-1, -1])]
 
 
 def test_model_infer_round_trip_equals_the_task_api(

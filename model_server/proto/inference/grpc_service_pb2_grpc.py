@@ -73,6 +73,12 @@ class GRPCInferenceServiceStub:
             response_deserializer=inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
             _registered_method=True,
         )
+        self.ModelConfig = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelConfig",
+            request_serializer=inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            response_deserializer=inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            _registered_method=True,
+        )
 
 
 class GRPCInferenceServiceServicer:
@@ -114,6 +120,12 @@ class GRPCInferenceServiceServicer:
         context.set_details("Method not implemented!")
         raise NotImplementedError("Method not implemented!")
 
+    def ModelConfig(self, request, context):
+        """ModelConfig (Triton extension): the model's configuration in Triton's terms."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("Method not implemented!")
+        raise NotImplementedError("Method not implemented!")
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +158,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
             servicer.ModelInfer,
             request_deserializer=inference_dot_grpc__service__pb2.ModelInferRequest.FromString,
             response_serializer=inference_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+        ),
+        "ModelConfig": grpc.unary_unary_rpc_method_handler(
+            servicer.ModelConfig,
+            request_deserializer=inference_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+            response_serializer=inference_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
         ),
     }
     generic_handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", rpc_method_handlers)
@@ -326,6 +343,36 @@ class GRPCInferenceService:
             "/inference.GRPCInferenceService/ModelInfer",
             inference_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             inference_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True,
+        )
+
+    @staticmethod
+    def ModelConfig(
+        request,
+        target,
+        options=(),
+        channel_credentials=None,
+        call_credentials=None,
+        insecure=False,
+        compression=None,
+        wait_for_ready=None,
+        timeout=None,
+        metadata=None,
+    ):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            "/inference.GRPCInferenceService/ModelConfig",
+            inference_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            inference_dot_grpc__service__pb2.ModelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,8 @@ The Open Inference Protocol v2 (KServe "predict v2", as spoken by Triton), the s
 
 Package, service, message names and field numbers are those of the protocol, so tritonclient, the KServe
 client and perf_analyzer work unmodified. The repository RPCs (model load/unload) are deliberately absent:
-a bertmesh server serves the one model it started with.
+a bertmesh server serves the one model it started with. ModelConfig is Triton's extension, answered with the
+subset of Triton's ModelConfig that clients read (perf_analyzer needs it).
 """
 
 from collections import abc as _abc
@@ -56,6 +57,10 @@ class GRPCInferenceServiceStub:
     """ModelMetadata: the model's input and output tensors."""
     ModelInfer: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]
     """ModelInfer: tensors in, tensors out."""
+    ModelConfig: _grpc.UnaryUnaryMultiCallable[
+        _grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse
+    ]
+    """ModelConfig (Triton extension): the model's configuration in Triton's terms."""
 
 @_typing.type_check_only
 class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
@@ -80,6 +85,10 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     """ModelMetadata: the model's input and output tensors."""
     ModelInfer: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]  # type: ignore[assignment]
     """ModelInfer: tensors in, tensors out."""
+    ModelConfig: _aio.UnaryUnaryMultiCallable[
+        _grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse
+    ]  # type: ignore[assignment]
+    """ModelConfig (Triton extension): the model's configuration in Triton's terms."""
 
 class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """GRPCInferenceService: liveness, readiness, metadata and tensor inference."""
@@ -135,6 +144,14 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_grpc_service_pb2.ModelInferResponse, _abc.Awaitable[_grpc_service_pb2.ModelInferResponse]]:
         """ModelInfer: tensors in, tensors out."""
+
+    @_abc_1.abstractmethod
+    def ModelConfig(
+        self,
+        request: _grpc_service_pb2.ModelConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelConfigResponse, _abc.Awaitable[_grpc_service_pb2.ModelConfigResponse]]:
+        """ModelConfig (Triton extension): the model's configuration in Triton's terms."""
 
 def add_GRPCInferenceServiceServicer_to_server(
     servicer: GRPCInferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]

@@ -1,0 +1,54 @@
+"""The packed engine against transformers itself, with torch's default kernels and with oneDNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from hypothesis import given
+from hypothesis import strategies as st
+
+from model_server.backend.packed_bert import OneDnnLinear, PackedModel, mean_pool, onednn_available, plan
+
+TEXTS = ["john lives in paris", "the weather is really good today in london", "berlin", "a b c d e f g h i j"]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=80))
+def test_attention_blocks_cover_every_token_exactly_once(lengths: list[int]) -> None:
+    packing = plan(lengths, torch.device("cpu"))
+    rows = torch.cat([block.rows for block in packing.blocks])
+    assert sorted(rows.tolist()) == list(range(sum(lengths)))
+    for block in packing.blocks:
+        assert block.valid.numel() == block.rows.numel() <= block.count * block.longest
+    assert packing.positions.tolist() == [p for n in lengths for p in range(n)]
+
+
+def hidden_states(model: Any, tokenizer: Any) -> torch.Tensor:
+    encodings = [tokenizer(t)["input_ids"] for t in TEXTS]
+    packing = plan([len(e) for e in encodings], torch.device("cpu"))
+    ids = torch.tensor([t for e in encodings for t in e])
+    with torch.inference_mode():
+        return mean_pool(model.encoder(ids, packing), packing)
+
+
+@pytest.mark.parametrize("kernels", ["default", "onednn"])
+def test_packed_encoder_equals_transformers(tiny_models: dict[str, Path], kernels: str) -> None:
+    path = str(tiny_models["embedding"])
+    tokenizer: Any = transformers.AutoTokenizer.from_pretrained(path)
+    reference: Any = transformers.BertModel.from_pretrained(path)
+    reference.train(False)
+    packed = PackedModel(transformers.BertModel.from_pretrained(path), "embedding")
+    if kernels == "onednn":
+        if not onednn_available():
+            pytest.fail("this torch build has no oneDNN: the CPU fast path cannot be tested")
+        packed.encoder.use_onednn()
+        assert all(isinstance(layer.up, OneDnnLinear) for layer in packed.encoder.layers)
+    ours = hidden_states(packed, tokenizer)
+    with torch.inference_mode():
+        expected = torch.stack(
+            [reference(**tokenizer(t, return_tensors="pt")).last_hidden_state[0].mean(0) for t in TEXTS]
+        )
+    assert torch.allclose(ours, expected, atol=1e-5)
