@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from model_server.backend import BackendInfo, ModelInput
-from model_server.backend.packed_bert import PackedModel, first_tokens, mean_pool, onednn_available, plan, supports
+from model_server.backend.onednn import onednn_available
+from model_server.backend.packed_bert import PackedModel, first_tokens, mean_pool, plan, supports
 from model_server.checkpoint import Checkpoint
 from model_server.errors import ConfigError
 from model_server.tasks import FloatArray, Pooling, Task
@@ -118,10 +119,10 @@ class TorchBackend:
         self._head: tuple[Any, Any] | None = None
         if self._engine == "packed":
             packed = PackedModel(model, self._task.value).eval().to(self._device)
-            if precision == "int8":
+            if self._device.type == "cpu" and onednn_available():
+                packed.encoder.use_onednn(int8=precision == "int8")
+            elif precision == "int8":
                 packed = _quantize_int8(packed)
-            elif self._device.type == "cpu" and precision == "fp32" and onednn_available():
-                packed.encoder.use_onednn()
             self._packed = packed
         else:
             self._model = (_quantize_int8(model) if precision == "int8" else model).to(self._device)

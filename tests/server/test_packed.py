@@ -11,7 +11,8 @@ import transformers
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model_server.backend.packed_bert import OneDnnLinear, PackedModel, mean_pool, onednn_available, plan
+from model_server.backend.onednn import OneDnnInt8Linear, OneDnnLinear, onednn_available
+from model_server.backend.packed_bert import PackedModel, mean_pool, plan
 
 TEXTS = ["john lives in paris", "the weather is really good today in london", "berlin", "a b c d e f g h i j"]
 
@@ -52,3 +53,20 @@ def test_packed_encoder_equals_transformers(tiny_models: dict[str, Path], kernel
             [reference(**tokenizer(t, return_tensors="pt")).last_hidden_state[0].mean(0) for t in TEXTS]
         )
     assert torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_int8_rows_do_not_depend_on_their_batch() -> None:
+    if not onednn_available():
+        pytest.fail("this torch build has no oneDNN: the CPU int8 path cannot be tested")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    int8 = OneDnnInt8Linear(linear)
+    rows = torch.randn(10, 64)
+    rows[3] *= 50  # an outlier token would set a shared scale for everyone else
+    with torch.inference_mode():
+        together = int8(rows)
+        alone = torch.cat([int8(rows[i : i + 1]) for i in range(10)])
+        expected = linear(rows)
+    assert torch.equal(together, alone)
+    relative = (together - expected).norm(dim=1) / expected.norm(dim=1)
+    assert relative.max() < 0.02
