@@ -39,7 +39,9 @@ class OipTarget:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """What every system is configured with (same model, precision, threads, batch budget)."""
+    """What every system is configured with: same model, precision and threads. The batch budget is the peers'
+    (Triton's dynamic batcher and callable); bertmesh runs with its own defaults, which the in-process ceiling
+    reads from it."""
 
     threads: int = 2
     max_batch_tokens: int = 16_384
@@ -153,12 +155,6 @@ class Bertmesh(_ServerSystem):
             str(s.threads),
             "--cache-entries",
             "0",
-            "--max-batch-tokens",
-            str(s.max_batch_tokens),
-            "--max-batch-requests",
-            str(s.max_batch_inputs),
-            "--max-batch-delay-ms",
-            str(s.max_batch_delay_ms),
             "--log-level",
             "WARNING",
             *self.extra_args,
@@ -341,48 +337,55 @@ class Infinity(_ServerSystem):
 
 
 class InProcess:
-    """The ceiling: the same model in this process, no network, no serialisation, no batching delay.
+    """The ceiling: bertmesh's own model in this process, no network, no serialisation, no batching delay.
 
-    Inputs of all callers wait in one queue; whenever the model is free the next batch is chosen exactly as
-    bertmesh chooses it (model_server.batcher.select_batch, same token budget and input cap) and computed in
-    one worker thread. What bertmesh adds on top of this is its serving path.
+    The model is loaded by bertmesh's loading code with `bertmesh serve`'s defaults (same engine, kernels,
+    precision and batch limits), inputs of all callers wait in one queue, and whenever the model is free the
+    next batch is chosen by bertmesh's own selection for that engine and computed in one worker thread. What
+    bertmesh adds on top of this is its serving path: gRPC, protobuf, its event loop and admission.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.name = "in-process"
         self.settings = settings
-        self._queue: list[tuple[list[int], _Pending]] = []
+        self._queue: list[tuple[tuple[int, ...], _Pending]] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, logs: Path) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from bench.model import Embedder
+        import torch
 
-        s = self.settings
-        self.embedder = Embedder(
-            threads=s.threads, max_batch_tokens=s.max_batch_tokens, max_batch_inputs=s.max_batch_inputs
-        )
-        self.embedder.embed(["warm up", "warm up the kernels with a longer text " * 10])
+        from model_server.config import parse_args
+        from model_server.server import load_model
+
+        torch.set_num_threads(self.settings.threads)
+        config = parse_args(["--precision", "fp32", "--device", "cpu", "--threads", str(self.settings.threads)])
+        self.model, self.tokenizer, self.backend = load_model(config)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ceiling")
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
-        from model_server.batcher import select_batch
+        from model_server.backend import ModelInput
+        from model_server.batcher import select_batch, select_packed
 
         loop = asyncio.get_running_loop()
-        s = self.settings
+        limits = self.model.batching
+        select = select_packed if self.backend.info.packed else select_batch
         while True:
             await self._arrived.wait()
             self._arrived.clear()
             while self._queue:
-                chosen = select_batch([len(ids) for ids, _ in self._queue], s.max_batch_tokens, s.max_batch_inputs)
+                chosen = select(
+                    [len(ids) for ids, _ in self._queue], limits.max_batch_tokens, limits.max_batch_requests
+                )
                 taken = set(chosen)
                 batch = [self._queue[i] for i in chosen]
                 self._queue = [item for k, item in enumerate(self._queue) if k not in taken]
+                inputs = [ModelInput(ids, self.model.default_pooling) for ids, _ in batch]
                 try:
-                    await loop.run_in_executor(self._pool, self.embedder.forward, [ids for ids, _ in batch])
+                    await loop.run_in_executor(self._pool, self.backend.run, inputs)
                 except Exception as exc:
                     for _, pending in batch:
                         if not pending.future.done():
@@ -395,15 +398,20 @@ class InProcess:
 
     async def call(self, request: Request) -> None:
         pending = _Pending(asyncio.get_running_loop().create_future(), len(request.texts))
-        for ids in self.embedder.tokenize(request.strings):
-            self._queue.append((ids, pending))
+        for encoded in self.tokenizer.encode(request.strings, truncate=True):
+            self._queue.append((encoded.ids, pending))
         self._arrived.set()
         await pending.future
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        from model_server.backend import ModelInput
+        from model_server.postprocess import l2_normalize
+
         loop = asyncio.get_running_loop()
-        matrix = await loop.run_in_executor(self._pool, self.embedder.embed, list(texts))
-        return [list(map(float, row)) for row in matrix]
+        encoded = self.tokenizer.encode(list(texts), truncate=True)
+        inputs = [ModelInput(e.ids, self.model.default_pooling) for e in encoded]
+        vectors = await loop.run_in_executor(self._pool, self.backend.run, inputs)
+        return [list(map(float, l2_normalize(v))) for v in vectors]
 
     def cpu_seconds(self) -> float:
         return 0.0

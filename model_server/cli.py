@@ -19,6 +19,7 @@ commands:
   render      print the objects the operator would apply for a ModelDeployment (offline)
   operator    run the operator against the current kubeconfig
   rollout     status|promote|abort a canary rollout
+  bench       capacity report: throughput, latency, memory and fidelity per precision, replicas for a target
 
 Run `bertmesh <command> --help` for the options of one command.
 """
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from model_server.server import main as serve_main
 
         return serve_main(rest)
+    if command == "bench":
+        from model_server.capacity import main as bench_main
+
+        return bench_main(rest)
     if command in ("embed", "classify", "info"):
         from model_server.client_cli import main as client_main
 

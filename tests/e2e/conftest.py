@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,10 +110,25 @@ def sim_cluster(kube_api: KubeApi) -> Iterator[SimCluster]:
 
 @pytest.fixture
 def namespace(kube_api: KubeApi) -> Iterator[str]:
-    """A fresh namespace (e2e-xxxxxx) for one test, deleted (without waiting) afterwards."""
+    """A fresh namespace (e2e-xxxxxx) for one test, deleted afterwards with its pods force-removed.
+
+    The pods go at once because a Pending pod left behind in a Terminating namespace is still a scheduling
+    candidate: a later test's fake GPU node would be filled by it (seen in CI: a previous test's classifier
+    pods took 3 of the 4 GPUs of the next test's L4 node). The namespace itself finishes in the background.
+    """
     name = kube_api.create_namespace()
     yield name
     kube_api.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    # Terminating now, so no controller can create new pods in it; clear the ones there (bounded).
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        kube_api.kubectl(
+            "delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", "--wait=false", check=False
+        )
+        left = kube_api.kubectl("get", "pods", "-n", name, "-o", "name", check=False)
+        if left.returncode == 0 and not left.stdout.strip():
+            break
+        time.sleep(0.5)
 
 
 @pytest.fixture

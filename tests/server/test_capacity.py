@@ -1,0 +1,82 @@
+"""`bertmesh bench --report`: a real, short capacity run on tiny checkpoints (fp32 and int8 in child processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_server.capacity import fidelity, recommend
+
+
+@pytest.mark.parametrize("task", ["embedding", "sequence-classification"])
+def test_capacity_report_measures_every_precision(tiny_models: dict[str, Path], tmp_path: Path, task: str) -> None:
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model_server.cli",
+            "bench",
+            "--report",
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_models[task]),
+            "--seconds",
+            "0.6",
+            "--target-rps",
+            "40",
+            "--target-p99-ms",
+            "2000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert [r["precision"] for r in results] == ["fp32", "int8"]
+    for r in results:
+        assert r["capacity"]["rps"] > 0 and r["unloaded"]["p99_ms"] > 0
+        assert len(r["loaded"]) == 4 and all(m["offered_rps"] > 0 for m in r["loaded"])
+        assert r["max_batch_tokens"] in (512, 1024, 2048, 4096)
+        assert r["memory_mib"] > 0
+        assert r["recommendation"]["replicas"] >= 1
+    fidelity = results[1]["fidelity"]
+    if task == "embedding":
+        assert 0.9 <= fidelity["cosine_min"] <= fidelity["cosine_mean"] <= 1.0
+    else:
+        assert 0.0 <= fidelity["agreement"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert report.startswith(f"# Capacity report: {task} ({task}) on cpu")
+    assert "Recommended: `--precision" in report and report in done.stdout
+    assert (out / "latency_vs_load.png").stat().st_size > 1000
+
+
+def test_recommend_picks_the_highest_load_meeting_the_p99_and_rounds_replicas_up() -> None:
+    result = {
+        "capacity": {"rps": 100.0},
+        "unloaded": {"p99_ms": 20.0},
+        "loaded": [
+            {"offered_rps": 25.0, "p99_ms": 30.0, "shed": 0},
+            {"offered_rps": 50.0, "p99_ms": 45.0, "shed": 0},
+            {"offered_rps": 75.0, "p99_ms": 90.0, "shed": 0},  # misses a 50 ms target
+            {"offered_rps": 90.0, "p99_ms": 40.0, "shed": 3},  # shed requests never count as meeting it
+        ],
+    }
+    rec = recommend(result, target_rps=120.0, target_p99_ms=50.0)
+    assert rec["replicas"] == 3 and rec["per_replica_rps"] == 50.0 and rec["load_fraction"] == 0.5
+    unmet = recommend(result, target_rps=120.0, target_p99_ms=10.0)
+    assert unmet["replicas"] is None and "10 ms is not met" in unmet["why"]
+
+
+def test_fidelity_is_cosine_for_embeddings_and_agreement_for_labels() -> None:
+    same = fidelity("embedding", [[1.0, 0.0], [0.0, 2.0]], [[2.0, 0.0], [0.0, 1.0]])
+    assert same == {"cosine_min": 1.0, "cosine_mean": 1.0}
+    turned = fidelity("embedding", [[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]])
+    assert turned == {"cosine_min": 0.0, "cosine_mean": 0.5}
+    assert fidelity("classification", ["a", "b", "c", "d"], ["a", "b", "x", "d"]) == {"agreement": 0.75}
