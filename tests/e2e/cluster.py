@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from kubernetes import config as k8s_config
 from tests.e2e.manifests import Manifests, as_objects, as_path, to_yaml
 from tests.e2e.processes import ManagedProcess, free_port, http_ok, run_command, wait_until
 from tests.e2e.toolchain import Toolchain
+
+NewNamespace = Callable[[], str]
+"""The `new_namespace` fixture: `new_namespace() -> name`, a fresh namespace removed after the test."""
 
 ADMIN_USER = "e2e-admin"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
-from tests.e2e.cluster import KubeApi
+from tests.e2e.cluster import KubeApi, NewNamespace
 from tests.e2e.istio import IstioAnalyze, Istioctl, IstioValidate
 from tests.e2e.operator_process import OperatorProcess, StartOperator, install_crd, operator_kubeconfig
 from tests.e2e.prometheus import MetricsExporter, Prometheus, StartPrometheus
@@ -108,17 +108,14 @@ def sim_cluster(kube_api: KubeApi) -> Iterator[SimCluster]:
     sim.stop()
 
 
-@pytest.fixture
-def namespace(kube_api: KubeApi) -> Iterator[str]:
-    """A fresh namespace (e2e-xxxxxx) for one test, deleted afterwards with its pods force-removed.
+def remove_namespace(kube_api: KubeApi, name: str) -> None:
+    """Delete a namespace without waiting for it, but force-remove its pods at once.
 
-    The pods go at once because a Pending pod left behind in a Terminating namespace is still a scheduling
-    candidate: a later test's fake GPU node would be filled by it (seen in CI: a previous test's classifier
-    pods took 3 of the 4 GPUs of the next test's L4 node). The namespace itself finishes in the background.
+    A Pending pod left in a Terminating namespace is still a scheduling candidate: a later test's fake GPU
+    node would be filled by it (seen in CI: an earlier test's classifier pods took 3 of the 4 GPUs of the
+    next test's L4 node). The namespace itself finishes in the background.
     """
-    name = kube_api.create_namespace()
-    yield name
-    kube_api.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    kube_api.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
     # Terminating now, so no controller can create new pods in it; clear the ones there (bounded).
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -127,8 +124,28 @@ def namespace(kube_api: KubeApi) -> Iterator[str]:
         )
         left = kube_api.kubectl("get", "pods", "-n", name, "-o", "name", check=False)
         if left.returncode == 0 and not left.stdout.strip():
-            break
+            return
         time.sleep(0.5)
+
+
+@pytest.fixture
+def new_namespace(kube_api: KubeApi) -> Iterator[NewNamespace]:
+    """`new_namespace() -> name`: fresh namespaces for one test, all removed (`remove_namespace`) afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(kube_api.create_namespace())
+        return made[-1]
+
+    yield make
+    for name in made:
+        remove_namespace(kube_api, name)
+
+
+@pytest.fixture
+def namespace(new_namespace: NewNamespace) -> str:
+    """A fresh namespace (e2e-xxxxxx) for one test, removed afterwards (see `remove_namespace`)."""
+    return new_namespace()
 
 
 @pytest.fixture

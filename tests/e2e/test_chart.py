@@ -13,7 +13,6 @@ import http.server
 import json
 import math
 import re
-import secrets
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from bertmesh_operator.crd import CRD_NAME, CRD_PATH
 from bertmesh_operator.permissions import CHILD_RESOURCES, RULES
 from model_server.metrics import Metrics
 from tests.charts.chart import CHART, REPO, one
-from tests.e2e.cluster import KubeApi
+from tests.e2e.cluster import KubeApi, NewNamespace
 from tests.e2e.processes import CommandError
 from tests.e2e.prometheus import StartPrometheus, wait_for_scrape
 from tests.e2e.toolchain import REQUIRE_ENV, e2e_required
@@ -114,11 +113,6 @@ def install(api: KubeApi, release: str, namespace: str, values: dict[str, Any], 
     )  # fmt: skip
 
 
-def release_namespace() -> str:
-    """A fresh name for a release's namespace (helm creates it)."""
-    return f"bm-{secrets.token_hex(3)}"
-
-
 def render_children(namespace: str, tmp_path: Path) -> list[dict[str, Any]]:
     """`bertmesh render -f <examples>` with the examples placed in `namespace`: what the operator applies."""
     mds = [yaml.safe_load(path.read_text()) for path in EXAMPLES]
@@ -195,8 +189,8 @@ def third_party_crds() -> Path:
     pytest.skip(reason)
 
 
-def test_cluster_scope_install(kube_api: KubeApi, namespace: str, tmp_path: Path) -> None:
-    release, release_ns = "bertmesh", release_namespace()
+def test_cluster_scope_install(kube_api: KubeApi, namespace: str, new_namespace: NewNamespace, tmp_path: Path) -> None:
+    release, release_ns = "bertmesh", new_namespace()
     install(kube_api, release, release_ns, yaml.safe_load((CHART / "ci" / "cluster-values.yaml").read_text()), tmp_path)
     assert_crd_served(kube_api)
     deployment = json.loads(kube_api.kubectl("get", "deployment", "bertmesh", "-n", release_ns, "-o", "json").stdout)
@@ -217,10 +211,12 @@ def test_cluster_scope_install(kube_api: KubeApi, namespace: str, tmp_path: Path
     assert kube_api.kubectl("get", "clusterrole", "bertmesh", check=False).returncode != 0
 
 
-def test_namespaced_scope_install(kube_api: KubeApi, namespace: str, tmp_path: Path) -> None:
+def test_namespaced_scope_install(
+    kube_api: KubeApi, namespace: str, new_namespace: NewNamespace, tmp_path: Path
+) -> None:
     kube_api.apply_manifests(CRD_PATH)  # installed outside the release: crds.enabled=false
-    watched = [kube_api.create_namespace(), kube_api.create_namespace()]
-    release, release_ns = "platform", release_namespace()
+    watched = [new_namespace(), new_namespace()]
+    release, release_ns = "platform", new_namespace()
     values = {"scope": "namespaced", "namespaces": watched, "crds": {"enabled": False}}
     install(kube_api, release, release_ns, values, tmp_path)
     assert_crd_served(kube_api)
@@ -255,19 +251,19 @@ def test_namespaced_scope_install(kube_api: KubeApi, namespace: str, tmp_path: P
 
 
 def test_mesh_and_monitoring_objects_pass_server_side_validation(
-    kube_api: KubeApi, third_party_crds: Path, tmp_path: Path
+    kube_api: KubeApi, third_party_crds: Path, new_namespace: NewNamespace, tmp_path: Path
 ) -> None:
     kube_api.apply_manifests(third_party_crds / "prometheus-operator" / "monitoring.coreos.com_podmonitors.yaml")
     kube_api.apply_manifests(CRD_PATH)
-    locked = [kube_api.create_namespace(), kube_api.create_namespace()]
-    monitoring = kube_api.create_namespace()
+    locked = [new_namespace(), new_namespace()]
+    monitoring = new_namespace()
     values = yaml.safe_load((CHART / "ci" / "monitoring-mesh-values.yaml").read_text())
     values["mesh"]["peerAuthentication"]["namespaces"] = locked
     values["monitoring"]["podMonitor"]["namespace"] = monitoring
     values["monitoring"]["dashboard"]["namespace"] = monitoring
     values["operator"].pop("priorityClassName")  # no such PriorityClass here
     values["crds"] = {"enabled": False}
-    release_ns = release_namespace()
+    release_ns = new_namespace()
     install(kube_api, "observed", release_ns, values, tmp_path)
 
     for ns in locked:
