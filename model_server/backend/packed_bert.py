@@ -17,7 +17,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model_server.backend.onednn import FUSED_ACTIVATIONS, OneDnnInt8Linear, OneDnnLinear
+from model_server.backend.onednn import (
+    FUSED_ACTIVATIONS,
+    INT8_ACTIVATIONS,
+    Int8Stages,
+    OneDnnInt8Linear,
+    OneDnnLinear,
+)
 
 # Sequences share an attention block while the block's padded size stays within this share of real tokens...
 BLOCK_PAD_TOLERANCE = 0.10
@@ -139,14 +145,17 @@ class _Layer(nn.Module):
         self.act: nn.Module = hf_layer.intermediate.intermediate_act_fn
         self.down: nn.Module = hf_layer.output.dense
         self.norm2 = hf_layer.output.LayerNorm
+        # Set by use_onednn(int8=True): the four int8 projections and the activation, for the staged forward.
+        self.int8: tuple[OneDnnInt8Linear, OneDnnInt8Linear, OneDnnInt8Linear, OneDnnInt8Linear] | None = None
+        self.int8_activation: str = "gelu"
 
     def use_onednn(self, hidden_act: str, *, int8: bool) -> None:
         """Runs the four projections with oneDNN, weights packed once: fp32 with the feed-forward activation
         fused, or int8 with every token quantised on its own (see model_server.backend.onednn)."""
         if int8:
-            self.qkv, self.out, self.up, self.down = (
-                OneDnnInt8Linear(m) for m in (self.qkv, self.out, self.up, self.down)
-            )
+            qkv, out, up, down = (OneDnnInt8Linear(m) for m in (self.qkv, self.out, self.up, self.down))
+            self.qkv, self.out, self.up, self.down = qkv, out, up, down
+            self.int8 = (qkv, out, up, down)
             return
         fused = FUSED_ACTIVATIONS.get(hidden_act)
         self.qkv, self.out, self.down = (OneDnnLinear(m) for m in (self.qkv, self.out, self.down))
@@ -174,6 +183,24 @@ class _Layer(nn.Module):
         out: torch.Tensor = self.norm2(self.down(self.act(self.up(x))) + x)
         return out
 
+    def forward_int8(
+        self, x: torch.Tensor, quantised: torch.Tensor, magnitude: torch.Tensor, packing: Packing, stages: Int8Stages
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` with int8 projections, taking and returning the hidden states also quantised: each
+        quantisation is done once, fused with the work before it (see Int8Stages)."""
+        assert self.int8 is not None
+        qkv, out, up, down = self.int8
+        context = self.attend(stages.scale_back(qkv.product(quantised), magnitude, qkv.bias), packing)
+        quantised, magnitude = stages.quantise(context)
+        x, quantised, magnitude = stages.norm(
+            out.product(quantised), magnitude, out.bias, x, self.norm1.weight, self.norm1.bias, self.norm1.eps
+        )
+        quantised, magnitude = stages.activation(up.product(quantised), magnitude, up.bias, self.int8_activation)
+        result: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = stages.norm(
+            down.product(quantised), magnitude, down.bias, x, self.norm2.weight, self.norm2.bias, self.norm2.eps
+        )
+        return result
+
 
 class PackedBertEncoder(nn.Module):
     """BERT embeddings and encoder layers from a loaded transformers BertModel, run on packed tokens."""
@@ -188,18 +215,50 @@ class PackedBertEncoder(nn.Module):
         self.norm = embeddings.LayerNorm
         self.layers = nn.ModuleList(_Layer(layer, config.num_attention_heads) for layer in bert.encoder.layer)
         self.hidden_act = str(config.hidden_act)
+        self.hidden_size = int(config.hidden_size)
+        self.intermediate_size = int(config.intermediate_size)
+        self.int8_stages: Int8Stages | None = None
 
-    def use_onednn(self, *, int8: bool = False) -> None:
-        """Switches every layer's projections to oneDNN kernels (CPU; fp32, or int8); call once after loading."""
-        for layer in self.layers:
-            assert isinstance(layer, _Layer)
+    def use_onednn(self, *, int8: bool = False, fuse: bool = True) -> str:
+        """Switches every layer's projections to oneDNN kernels (CPU; fp32, or int8); call once after loading.
+
+        For int8 the element-wise work between products runs as staged kernels, compiled when `fuse` and a
+        compiler allow. Returns what runs, for the startup log.
+        """
+        layers = self._layers()
+        for layer in layers:
             layer.use_onednn(self.hidden_act, int8=int8)
+        activation = INT8_ACTIVATIONS.get(self.hidden_act)
+        if not int8:
+            return "oneDNN fp32"
+        if activation is None:
+            return "oneDNN int8 (unstaged)"
+        for layer in layers:
+            layer.int8_activation = activation
+        stages = Int8Stages()
+        self.int8_stages = stages
+        eps = float(layers[0].norm1.eps)
+        if fuse and stages.compile(self.hidden_size, self.intermediate_size, activation, eps):
+            return "oneDNN int8, stages fused by torch.compile"
+        return "oneDNN int8, stages eager"
+
+    def _layers(self) -> list[_Layer]:
+        """The layers, typed."""
+        layers = [layer for layer in self.layers if isinstance(layer, _Layer)]
+        assert len(layers) == len(self.layers)
+        return layers
 
     def forward(self, ids: torch.Tensor, packing: Packing) -> torch.Tensor:
         """Hidden states [tokens, hidden] of packed token ids [tokens] (token type 0 throughout)."""
         x: torch.Tensor = self.norm(self.word(ids) + self.position(packing.positions) + self.token_type.weight[0])
-        for layer in self.layers:
-            x = layer(x, packing)
+        stages = self.int8_stages
+        if stages is not None:
+            quantised, magnitude = stages.quantise(x)
+            for layer in self._layers():
+                x, quantised, magnitude = layer.forward_int8(x, quantised, magnitude, packing, stages)
+            return x
+        for module in self.layers:
+            x = module(x, packing)
         return x
 
 

@@ -120,7 +120,8 @@ class TorchBackend:
         if self._engine == "packed":
             packed = PackedModel(model, self._task.value).eval().to(self._device)
             if self._device.type == "cpu" and onednn_available():
-                packed.encoder.use_onednn(int8=precision == "int8")
+                kernels = packed.encoder.use_onednn(int8=precision == "int8")
+                log.info("packed engine: projections by %s", kernels)
             elif precision == "int8":
                 packed = _quantize_int8(packed)
             self._packed = packed

@@ -27,8 +27,9 @@ def test_attention_blocks_cover_every_token_exactly_once(lengths: list[int]) -> 
     assert packing.positions.tolist() == [p for n in lengths for p in range(n)]
 
 
-def hidden_states(model: Any, tokenizer: Any) -> torch.Tensor:
-    encodings = [tokenizer(t)["input_ids"] for t in TEXTS]
+def hidden_states(model: Any, tokenizer: Any, texts: list[str] = TEXTS) -> torch.Tensor:
+    """Mean-pooled packed-engine outputs for `texts`, packed together in one batch."""
+    encodings = [tokenizer(t)["input_ids"] for t in texts]
     packing = plan([len(e) for e in encodings], torch.device("cpu"))
     ids = torch.tensor([t for e in encodings for t in e])
     with torch.inference_mode():
@@ -70,3 +71,42 @@ def test_int8_rows_do_not_depend_on_their_batch() -> None:
     assert torch.equal(together, alone)
     relative = (together - expected).norm(dim=1) / expected.norm(dim=1)
     assert relative.max() < 0.02
+
+
+def test_int8_stages_fused_eager_and_per_projection_agree(tiny_models: dict[str, Path]) -> None:
+    """The staged int8 forward (quantise once per stage, compiled or not) computes what quantising at each
+    projection computes, close to fp32; and the compiled stages really are in use."""
+    if not onednn_available():
+        pytest.fail("this torch build has no oneDNN: the CPU int8 path cannot be tested")
+    path = str(tiny_models["embedding"])
+    tokenizer: Any = transformers.AutoTokenizer.from_pretrained(path)
+
+    def loaded(**onednn: bool) -> tuple[PackedModel, str]:
+        model = PackedModel(transformers.BertModel.from_pretrained(path), "embedding")
+        return model, model.encoder.use_onednn(**onednn)
+
+    fp32, _ = loaded()
+    fused, fused_kind = loaded(int8=True)
+    eager, eager_kind = loaded(int8=True, fuse=False)
+    per_projection, _ = loaded(int8=True)
+    per_projection.encoder.int8_stages = None  # every OneDnnInt8Linear quantises its own input
+    assert fused_kind == "oneDNN int8, stages fused by torch.compile", "torch.compile is expected to work here"
+    assert eager_kind == "oneDNN int8, stages eager"
+    assert fused.encoder.int8_stages is not None and fused.encoder.int8_stages.compiled
+    reference = hidden_states(per_projection, tokenizer)
+    for model in (fused, eager):
+        assert torch.allclose(hidden_states(model, tokenizer), reference, atol=1e-4)
+    cosine = torch.nn.functional.cosine_similarity(reference, hidden_states(fp32, tokenizer))
+    assert cosine.min() > 0.98
+
+
+def test_staged_int8_sequences_do_not_depend_on_their_batch(tiny_models: dict[str, Path]) -> None:
+    if not onednn_available():
+        pytest.fail("this torch build has no oneDNN: the CPU int8 path cannot be tested")
+    path = str(tiny_models["embedding"])
+    tokenizer: Any = transformers.AutoTokenizer.from_pretrained(path)
+    model = PackedModel(transformers.BertModel.from_pretrained(path), "embedding")
+    model.encoder.use_onednn(int8=True)
+    together = hidden_states(model, tokenizer)
+    alone = torch.cat([hidden_states(model, tokenizer, [text]) for text in TEXTS])
+    assert torch.allclose(together, alone, atol=1e-5)
