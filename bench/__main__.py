@@ -73,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     e = sub.add_parser("echo-server")
     e.add_argument("--port", type=int, required=True)
     a = p.parse_args(list(argv) if argv is not None else (sys.argv[1:] or ["run"]))
+    # The in-process ceiling and the GEMM peak run in this process: the same MKL as bertmesh's, so before torch.
+    from model_server import mkl_amd
+
+    mkl_amd.enable()
 
     if a.command == "corpus":
         from bench.corpus import CORPUS_PATH

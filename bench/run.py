@@ -55,6 +55,18 @@ def _peer_venv(script: str) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def _mkl_library(settings: Settings) -> Path:
+    """model_server.mkl_amd's library, built once into the cache for peers to LD_PRELOAD."""
+    from model_server import mkl_amd
+
+    directory = settings.cache_dir / "bench-mkl-vendor"
+    directory.mkdir(parents=True, exist_ok=True)
+    library = mkl_amd.build(directory)
+    if isinstance(library, str):
+        raise OSError(library)
+    return library
+
+
 def build_systems(plan: Plan, settings: Settings, notes: dict[str, str]) -> list[System]:
     """The requested systems; a peer whose setup fails is left out with the reason in `notes`."""
     from bench.model import bundled_model_path
@@ -75,6 +87,14 @@ def build_systems(plan: Plan, settings: Settings, notes: dict[str, str]) -> list
                 systems.append(Triton(settings, _peer_venv("triton.sh")))
             elif name == "infinity":
                 systems.append(Infinity(settings, _peer_venv("infinity.sh"), bundled_model_path()))
+            elif name in ("triton+mkl", "infinity+mkl"):
+                # The peer with the same MKL vendor answer bertmesh loads (model_server.mkl_amd), by LD_PRELOAD.
+                env = {"LD_PRELOAD": str(_mkl_library(settings))}
+                if name == "triton+mkl":
+                    systems.append(Triton(settings, _peer_venv("triton.sh"), name=name, env=env))
+                else:
+                    model = bundled_model_path()
+                    systems.append(Infinity(settings, _peer_venv("infinity.sh"), model, name=name, env=env))
             else:
                 raise ValueError(f"unknown system {name!r}")
         except (subprocess.CalledProcessError, OSError) as exc:

@@ -193,10 +193,11 @@ def _bytes_tensor(texts: Sequence[str]) -> bytes:
 class Triton(_ServerSystem):
     """Triton through nvidia-pytriton (bench/peers/triton_server.py in its own venv), called over OIP v2."""
 
-    def __init__(self, settings: Settings, venv: Path) -> None:
-        self.name = "triton"
+    def __init__(self, settings: Settings, venv: Path, name: str = "triton", env: dict[str, str] | None = None) -> None:
+        self.name = name
         self.settings = settings
         self.venv = venv
+        self.env = env or {}
         self.port = free_port()
 
     async def start(self, logs: Path) -> None:
@@ -207,6 +208,7 @@ class Triton(_ServerSystem):
         # The Python-backend stub is linked against libpython: the interpreter's own must be found.
         env["LD_LIBRARY_PATH"] = ":".join(x for x in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if x)
         env["PYTHONPATH"] = str(ROOT)
+        env |= self.env
         argv = [
             str(python),
             str(ROOT / "bench" / "peers" / "triton_server.py"),
@@ -266,8 +268,17 @@ class Triton(_ServerSystem):
 class Infinity(_ServerSystem):
     """infinity-emb (torch engine, fp32, CPU) in its own venv, called over its OpenAI-style HTTP /embeddings."""
 
-    def __init__(self, settings: Settings, venv: Path, model_path: Path, batch_size: int = 32) -> None:
-        self.name = "infinity"
+    def __init__(
+        self,
+        settings: Settings,
+        venv: Path,
+        model_path: Path,
+        batch_size: int = 32,
+        name: str = "infinity",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.env = env or {}
         self.settings = settings
         self.venv = venv
         self.model_path = model_path
@@ -304,6 +315,7 @@ class Infinity(_ServerSystem):
         env = _thread_env(self.settings.threads)
         env["INFINITY_ANONYMOUS_USAGE_STATS"] = "0"
         env["DO_NOT_TRACK"] = "1"
+        env |= self.env
         self.server = ServerProcess(self.name, argv, logs / f"{self.name}.log", env, ROOT)
         url = f"http://127.0.0.1:{self.port}/health"
 

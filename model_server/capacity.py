@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from model_server import mkl_amd
+
 LOAD_FRACTIONS = (0.3, 0.5, 0.7, 0.9)
 BUDGETS = {"cpu": (512, 1024, 2048, 4096), "cuda": (4096, 8192, 16384, 32768)}
 FIDELITY_SAMPLE = 64
@@ -259,6 +261,7 @@ def main(argv: Sequence[str]) -> int:
         result = asyncio.run(_measure(json.loads(args.worker)))
         print(json.dumps(result))
         return 0
+    mkl_amd.enable()  # the workers load the model after it too (model_server.server.load_model)
     from model_server.backend.torch_backend import resolve_device
 
     device = resolve_device(args.device)

@@ -29,6 +29,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from model_server import mkl_amd
 from model_server.backend import Backend
 from model_server.checkpoint import inspect_checkpoint
 from model_server.config import DEFAULT_MODEL_NAME, ServerConfig, bundled_model_path, parse_args, resolve_limits
@@ -80,6 +81,7 @@ def load_model(config: ServerConfig) -> tuple[ModelDescription, TextTokenizer, B
     path = config.model.path or bundled_model_path()
     checkpoint = inspect_checkpoint(Path(path), config.model.task)
     tokenizer = TextTokenizer.from_dir(checkpoint.path)
+    mkl_amd.enable()  # before torch's first import, or never (see model_server.mkl_amd)
     from model_server.backend.torch_backend import TorchBackend, resolve_device
 
     device = resolve_device(config.model.device)

@@ -1,0 +1,90 @@
+"""Lets torch's bundled Intel MKL run its fast code paths on AMD processors (before torch is imported).
+
+Why: MKL picks its vectorised kernels only when it believes the processor is Intel's, through one internal
+function, `mkl_serv_intel_cpu_true`. On AMD it falls back to generic code; torch's attention (flash attention
+on CPU calls MKL's sgemm) and plain matrix products then run 2-2.5x slower than the hardware allows. Measured
+on this project's CI machine (2 AMD EPYC cores with AVX-512): attention blocks 1.9-2.7x faster, the packed
+engine +20% fp32 and +30% int8 end to end, outputs unchanged. MKL still checks the instruction sets itself:
+only the vendor test is answered.
+
+How: a one-line C library defining that function is compiled with the system's C compiler into a private
+temporary directory and loaded with RTLD_GLOBAL before torch, so the dynamic linker resolves MKL's lookup to it.
+Nothing is done on Intel processors, when torch is already imported, without a C compiler, or when
+BERTMESH_MKL_AMD=0. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ENV = "BERTMESH_MKL_AMD"
+_SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
+_state: dict[str, str] = {}
+
+
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's vendor id (e.g. AuthenticAMD, GenuineIntel); empty where /proc/cpuinfo says nothing."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def enable() -> str:
+    """Loads the vendor answer when it applies; returns what was done, in words, for the startup log.
+
+    Idempotent: the first call decides.
+    """
+    if "result" in _state:
+        return _state["result"]
+    _state["result"] = result = _enable()
+    log.info("MKL on AMD: %s", result)
+    return result
+
+
+def _enable() -> str:
+    if os.environ.get(ENV, "1") == "0":
+        return f"off ({ENV}=0)"
+    vendor = cpu_vendor()
+    if vendor != "AuthenticAMD":
+        return f"not needed (processor vendor {vendor or 'unknown'})"
+    if "torch" in sys.modules:
+        return "not applied (torch was imported first)"
+    with tempfile.TemporaryDirectory(prefix="bertmesh-mkl-") as private:  # 0700: nobody else can swap it
+        library = build(Path(private))
+        if isinstance(library, str):
+            return f"not applied ({library})"
+        # Loaded into the global scope ahead of torch; the file may go once it is mapped.
+        ctypes.CDLL(str(library), mode=os.RTLD_GLOBAL)
+    return "applied (MKL uses its vectorised kernels)"
+
+
+def build(directory: Path) -> Path | str:
+    """Compiles the vendor answer into `directory` (also usable with LD_PRELOAD); the library, or why not."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        return "no C compiler; MKL keeps its generic code on this AMD processor"
+    source, library = directory / "vendor.c", directory / "libbertmesh_mkl_vendor.so"
+    source.write_text(_SOURCE)
+    built = subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if built.returncode != 0:
+        return f"{compiler} failed: {built.stderr.strip()[:200]}"
+    return library

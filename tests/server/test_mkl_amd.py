@@ -1,0 +1,60 @@
+"""model_server.mkl_amd: MKL's vendor test answered on AMD, so torch's MKL picks its vectorised code paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_server.mkl_amd import ENV, cpu_vendor
+
+# Prints what enable() did, then MKL's own answer to "which code path?" (0: generic; AVX2 and AVX-512 above).
+PROBE = """
+import ctypes, os, sys
+from model_server import mkl_amd
+print(mkl_amd.enable())
+import torch
+lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+print(lib.mkl_serv_cpu_detect())
+print(float((torch.ones(64, 64) @ torch.ones(64, 64)).sum()))
+"""
+
+
+def probe(*, first: str = "", env: dict[str, str] | None = None) -> tuple[str, int, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", first + PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=True,
+    )
+    what, branch, total = done.stdout.strip().splitlines()[-3:]
+    return what, int(branch), float(total)
+
+
+def test_cpu_vendor_reads_proc_cpuinfo(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n")
+    assert cpu_vendor(info) == "AuthenticAMD"
+    assert cpu_vendor(tmp_path / "missing") == ""
+
+
+@pytest.mark.skipif(cpu_vendor() != "AuthenticAMD", reason="the vendor answer applies to AMD processors only")
+def test_on_amd_mkl_takes_its_vectorised_path_and_computes_the_same() -> None:
+    applied = probe()
+    assert applied[0] == "applied (MKL uses its vectorised kernels)"
+    off = probe(env={ENV: "0"})
+    assert off[0] == f"off ({ENV}=0)"
+    assert applied[1] > off[1] == 0  # MKL's code branch: generic without, vectorised with
+    assert applied[2] == off[2] == 64 * 64 * 64
+    late = probe(first="import torch\n")
+    assert late[0] == "not applied (torch was imported first)" and late[1] == 0
+
+
+@pytest.mark.skipif(cpu_vendor() == "AuthenticAMD", reason="checks the non-AMD answer")
+def test_elsewhere_nothing_is_loaded() -> None:
+    assert probe()[0].startswith("not needed (processor vendor")
