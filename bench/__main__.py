@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     co.add_argument("--concurrency", type=int, default=8)
     co.add_argument("--rounds", type=int, default=3)
     co.add_argument("--seconds", type=float, default=6.0)
-    co.add_argument("--variants", default="bertmesh,bertmesh+omp-passive,bertmesh+tok-serial")
+    co.add_argument("--variants", default="bertmesh,bertmesh+omp-passive,bertmesh+spin300k")
     gp = sub.add_parser("gc", help="Python GC time inside bertmesh under load, with and without gc.freeze()")
     gp.add_argument("--concurrency", type=int, default=16)
     gp.add_argument("--rounds", type=int, default=4)
@@ -74,8 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--port", type=int, required=True)
     a = p.parse_args(list(argv) if argv is not None else (sys.argv[1:] or ["run"]))
     # The in-process ceiling and the GEMM peak run in this process: the same MKL as bertmesh's, so before torch.
+    # and the server's OpenMP waiting policy for the same reason (peers keep their own defaults).
     from model_server import mkl_amd
+    from model_server.config import openmp_defaults
 
+    openmp_defaults(os.environ)
     mkl_amd.enable()
 
     if a.command == "corpus":

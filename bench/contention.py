@@ -31,6 +31,12 @@ VARIANTS: dict[str, dict[str, str]] = {
     # the Rust tokenizer computes on the calling thread instead of its own rayon pool
     "bertmesh+tok-serial": {"TOKENIZERS_PARALLELISM": "false"},
     "bertmesh+both": {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"},
+    # libgomp spins this many times (~0.1 ms) before sleeping; an explicit count overrides the wait policy
+    "bertmesh+spin1k": {"GOMP_SPINCOUNT": "1000"},
+    "bertmesh+spin3k": {"GOMP_SPINCOUNT": "3000"},
+    "bertmesh+spin10k": {"GOMP_SPINCOUNT": "10000"},
+    # libgomp's own default when no policy is set (~3 ms of spinning)
+    "bertmesh+spin300k": {"GOMP_SPINCOUNT": "300000"},
 }
 
 

@@ -51,8 +51,9 @@ def encoder_shape(model: object) -> EncoderShape:
 def gemm_peak_flops(threads: int, size: int = 1536, seconds: float = 2.0) -> float:
     """Best fp32 matmul rate (FLOP/s) torch reaches on `threads` threads: square GEMMs, best of repeated timings,
     the faster of its two CPU matrix libraries (the default BLAS through torch.mm, and oneDNN, which bertmesh's
-    packed engine uses and which runs ~2x faster than MKL on AMD processors). Measuring only torch.mm would let
-    a system using oneDNN exceed "100%" of the peak."""
+    packed engine uses). On AMD processors MKL is as fast as oneDNN only with its vendor test answered
+    (model_server.mkl_amd, which `python -m bench` applies before torch loads); measuring one library alone
+    could let a system using the other exceed "100%" of the peak."""
     import torch
 
     previous = torch.get_num_threads()

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from model_server import mkl_amd
+from model_server.config import openmp_defaults
 
 LOAD_FRACTIONS = (0.3, 0.5, 0.7, 0.9)
 BUDGETS = {"cpu": (512, 1024, 2048, 4096), "cuda": (4096, 8192, 16384, 32768)}
@@ -135,7 +136,8 @@ async def _measure(args: dict[str, Any]) -> dict[str, Any]:
 
 def _run_worker(args: dict[str, Any]) -> dict[str, Any]:
     """Measures one precision in a child process; returns its results."""
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env = dict(os.environ)
+    openmp_defaults(env)  # as `bertmesh serve` runs
     done = subprocess.run(
         [sys.executable, "-m", "model_server.capacity", "--worker", json.dumps(args)],
         capture_output=True,

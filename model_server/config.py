@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,3 +257,16 @@ def resolve_limits(
         Limits(lim.max_inputs_per_request, lim.max_chars_per_input, max_tokens, lim.max_message_bytes),
         BatchLimits(batch_tokens, bat.max_batch_requests, bat.max_batch_delay_ms / 1000.0, queued),
     )
+
+
+# How libgomp's compute threads wait between parallel regions: spin ~1000 times (microseconds), then sleep.
+# Measured (docs/benchmarks.md): sleeping at once (PASSIVE) loses 4% fp32 / 12% int8 to wake-ups on a quiet
+# machine; libgomp's default (~3 ms of spinning) collapses 20x beside other load; 1000 spins keep the quiet
+# machine's throughput and lose 6% beside a busy core.
+OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"}
+
+
+def openmp_defaults(env: MutableMapping[str, str]) -> None:
+    """Sets OPENMP_DEFAULTS in `env` (before torch loads OpenMP) unless the operator set either variable."""
+    if not any(key in env for key in OPENMP_DEFAULTS):
+        env.update(OPENMP_DEFAULTS)

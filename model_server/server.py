@@ -32,7 +32,14 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from model_server import mkl_amd
 from model_server.backend import Backend
 from model_server.checkpoint import inspect_checkpoint
-from model_server.config import DEFAULT_MODEL_NAME, ServerConfig, bundled_model_path, parse_args, resolve_limits
+from model_server.config import (
+    DEFAULT_MODEL_NAME,
+    ServerConfig,
+    bundled_model_path,
+    openmp_defaults,
+    parse_args,
+    resolve_limits,
+)
 from model_server.dataplane import DataPlane, ModelDescription
 from model_server.errors import ConfigError, NotReady
 from model_server.metrics import Metrics
@@ -295,9 +302,9 @@ async def _load_unless_stopped(
 
 def main(argv: Sequence[str]) -> int:
     """Entry point of `bertmesh serve`; returns the process exit status."""
-    # Before torch loads OpenMP: idle compute threads sleep instead of spinning. Spinning threads steal the
-    # cores the event loop, gRPC and the tokenizer need; beside other load, throughput fell 3-6x (docs/benchmarks.md).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Before torch loads OpenMP: idle compute threads spin briefly, then sleep. Long spinning steals the cores
+    # the event loop, gRPC and the tokenizer need; beside other load, throughput fell 3-20x (docs/benchmarks.md).
+    openmp_defaults(os.environ)
     config = parse_args(argv)
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -11,7 +11,7 @@ import pytest
 
 from model_server.cache import CacheKey, ResultCache
 from model_server.checkpoint import inspect_checkpoint
-from model_server.config import parse_args, resolve_limits
+from model_server.config import OPENMP_DEFAULTS, openmp_defaults, parse_args, resolve_limits
 from model_server.errors import ConfigError, InvalidArgument
 from model_server.tasks import Pooling, Task
 from model_server.validation import Limits, check_texts
@@ -106,3 +106,13 @@ def test_l2_normalize_scales_to_unit_length_and_keeps_zero_vectors() -> None:
 
     assert np.allclose(l2_normalize(np.array([3.0, 4.0], dtype=np.float32)), [0.6, 0.8])
     assert np.allclose(l2_normalize(np.zeros(3, dtype=np.float32)), 0.0)
+
+
+def test_openmp_defaults_apply_only_when_the_operator_set_neither_variable() -> None:
+    env: dict[str, str] = {}
+    openmp_defaults(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"} == OPENMP_DEFAULTS
+    for mine in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "0"}):
+        env = dict(mine)
+        openmp_defaults(env)
+        assert env == mine
