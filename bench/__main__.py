@@ -71,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr = sub.add_parser("profile", help="py-spy profile of bertmesh under closed-loop load")
     pr.add_argument("--concurrency", type=int, default=32)
     pr.add_argument("--seconds", type=int, default=20)
+    gb = sub.add_parser("gpu", help="BERT-base at fp16/bf16 on the GPU: throughput and MFU (bench/gpu.py)")
+    gb.add_argument("--precisions", default="fp16,bf16")
+    gb.add_argument("--device", default="cuda")
+    gb.add_argument("--seconds", type=float, default=20.0)
+    gb.add_argument("--tiny", action="store_true", help="a tiny random BERT instead of BERT-base (smoke runs)")
+    gb.add_argument("--out", default=None, help="results folder (default bench/results/gpu-<time>)")
     e = sub.add_parser("echo-server")
     e.add_argument("--port", type=int, required=True)
     a = p.parse_args(list(argv) if argv is not None else (sys.argv[1:] or ["run"]))
@@ -114,6 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.micro import micro
 
         micro(a.rounds)
+        return 0
+    if a.command == "gpu":
+        from pathlib import Path
+
+        from bench.gpu import gpu_bench
+
+        out = Path(a.out) if a.out else None
+        gpu_bench([p for p in a.precisions.split(",") if p], a.device, a.seconds, tiny=a.tiny, out=out)
         return 0
     if a.command == "profile":
         from bench.profile import profile
