@@ -9,8 +9,10 @@ only the vendor test is answered.
 
 How: a one-line C library defining that function is compiled with the system's C compiler into a private
 temporary directory and loaded with RTLD_GLOBAL before torch, so the dynamic linker resolves MKL's lookup to it.
-Nothing is done on Intel processors, when torch is already imported, without a C compiler, or when
-BERTMESH_MKL_AMD=0. This module never imports torch.
+Images without a compiler carry the library prebuilt at `<venv>/lib/bertmesh/` (`python -m model_server.mkl_amd
+--prebuild` in the image's build stage), root-owned and read-only to the server. Nothing is done on Intel
+processors, when torch is already imported, without either, or when BERTMESH_MKL_AMD=0. This module never
+imports torch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 ENV = "BERTMESH_MKL_AMD"
 _SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
+LIBRARY = "libbertmesh_mkl_vendor.so"
 _state: dict[str, str] = {}
 
 
@@ -62,6 +65,10 @@ def _enable() -> str:
         return f"not needed (processor vendor {vendor or 'unknown'})"
     if "torch" in sys.modules:
         return "not applied (torch was imported first)"
+    prebuilt = prebuilt_path()
+    if prebuilt.is_file():
+        ctypes.CDLL(str(prebuilt), mode=os.RTLD_GLOBAL)
+        return f"applied (prebuilt {prebuilt}; MKL uses its vectorised kernels)"
     with tempfile.TemporaryDirectory(prefix="bertmesh-mkl-") as private:  # 0700: nobody else can swap it
         library = build(Path(private))
         if isinstance(library, str):
@@ -71,12 +78,17 @@ def _enable() -> str:
     return "applied (MKL uses its vectorised kernels)"
 
 
+def prebuilt_path(prefix: Path | None = None) -> Path:
+    """Where an image's build stage leaves the library: inside the (root-owned) environment itself."""
+    return (prefix or Path(sys.prefix)) / "lib" / "bertmesh" / LIBRARY
+
+
 def build(directory: Path) -> Path | str:
     """Compiles the vendor answer into `directory` (also usable with LD_PRELOAD); the library, or why not."""
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
         return "no C compiler; MKL keeps its generic code on this AMD processor"
-    source, library = directory / "vendor.c", directory / "libbertmesh_mkl_vendor.so"
+    source, library = directory / "vendor.c", directory / LIBRARY
     source.write_text(_SOURCE)
     built = subprocess.run(
         [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source)],
@@ -85,6 +97,26 @@ def build(directory: Path) -> Path | str:
         timeout=60,
         check=False,
     )
+    source.unlink()
     if built.returncode != 0:
         return f"{compiler} failed: {built.stderr.strip()[:200]}"
     return library
+
+
+def main(argv: list[str]) -> int:
+    """`python -m model_server.mkl_amd --prebuild [PREFIX]`: builds the library into prebuilt_path(PREFIX)."""
+    if not argv or argv[0] != "--prebuild":
+        print("usage: python -m model_server.mkl_amd --prebuild [PREFIX]", file=sys.stderr)
+        return 2
+    target = prebuilt_path(Path(argv[1]) if len(argv) > 1 else None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    library = build(target.parent)
+    if isinstance(library, str):
+        print(f"model_server.mkl_amd: {library}", file=sys.stderr)
+        return 1
+    print(library)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -58,3 +59,19 @@ def test_on_amd_mkl_takes_its_vectorised_path_and_computes_the_same() -> None:
 @pytest.mark.skipif(cpu_vendor() == "AuthenticAMD", reason="checks the non-AMD answer")
 def test_elsewhere_nothing_is_loaded() -> None:
     assert probe()[0].startswith("not needed (processor vendor")
+
+
+def test_prebuild_leaves_a_loadable_library_where_images_look(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "model_server.mkl_amd", "--prebuild", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    library = tmp_path / "lib" / "bertmesh" / "libbertmesh_mkl_vendor.so"
+    assert done.stdout.strip() == str(library) and sorted(p.name for p in library.parent.iterdir()) == [library.name]
+    assert ctypes.CDLL(str(library)).mkl_serv_intel_cpu_true() == 1
+    usage = subprocess.run([sys.executable, "-m", "model_server.mkl_amd"], capture_output=True, text=True, check=False)
+    assert usage.returncode == 2 and "usage" in usage.stderr
