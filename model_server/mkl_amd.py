@@ -57,14 +57,21 @@ def enable() -> str:
     return result
 
 
-def _enable() -> str:
-    if os.environ.get(ENV, "1") == "0":
+def reason_not_to(setting: str | None, vendor: str, torch_loaded: bool) -> str | None:
+    """Why the vendor answer must not be loaded (in words), or None when it should be."""
+    if setting == "0":
         return f"off ({ENV}=0)"
-    vendor = cpu_vendor()
     if vendor != "AuthenticAMD":
         return f"not needed (processor vendor {vendor or 'unknown'})"
-    if "torch" in sys.modules:
+    if torch_loaded:
         return "not applied (torch was imported first)"
+    return None
+
+
+def _enable() -> str:
+    reason = reason_not_to(os.environ.get(ENV), cpu_vendor(), "torch" in sys.modules)
+    if reason is not None:
+        return reason
     prebuilt = prebuilt_path()
     if prebuilt.is_file():
         ctypes.CDLL(str(prebuilt), mode=os.RTLD_GLOBAL)

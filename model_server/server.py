@@ -34,6 +34,7 @@ from model_server.backend import Backend
 from model_server.checkpoint import inspect_checkpoint
 from model_server.config import (
     DEFAULT_MODEL_NAME,
+    OPENMP_DEFAULTS,
     ServerConfig,
     bundled_model_path,
     openmp_defaults,
@@ -309,6 +310,7 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    log.info("OpenMP waiting: " + " ".join(f"{key}={os.environ.get(key, '')}" for key in OPENMP_DEFAULTS))
 
     async def run() -> None:
         stop = asyncio.Event()

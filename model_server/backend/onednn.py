@@ -95,7 +95,7 @@ class OneDnnInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The projection of fp32 [tokens, in] to fp32 [tokens, out]."""
         quantised, magnitude = quantise_rows(x)
-        return self.product(quantised).mul_(magnitude).add_(self.bias)
+        return _scale_back(self.product(quantised), magnitude, self.bias)
 
 
 def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

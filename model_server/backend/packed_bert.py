@@ -213,7 +213,9 @@ class PackedBertEncoder(nn.Module):
         self.position = embeddings.position_embeddings
         self.token_type = embeddings.token_type_embeddings
         self.norm = embeddings.LayerNorm
-        self.layers = nn.ModuleList(_Layer(layer, config.num_attention_heads) for layer in bert.encoder.layer)
+        layers = [_Layer(layer, config.num_attention_heads) for layer in bert.encoder.layer]
+        self.layers = nn.ModuleList(layers)
+        self._typed_layers = layers  # the same modules, typed, for the int8 forward's loop
         self.hidden_act = str(config.hidden_act)
         self.hidden_size = int(config.hidden_size)
         self.intermediate_size = int(config.intermediate_size)
@@ -225,7 +227,7 @@ class PackedBertEncoder(nn.Module):
         For int8 the element-wise work between products runs as staged kernels, compiled when `fuse` and a
         compiler allow. Returns what runs, for the startup log.
         """
-        layers = self._layers()
+        layers = self._typed_layers
         for layer in layers:
             layer.use_onednn(self.hidden_act, int8=int8)
         activation = INT8_ACTIVATIONS.get(self.hidden_act)
@@ -242,19 +244,13 @@ class PackedBertEncoder(nn.Module):
             return "oneDNN int8, stages fused by torch.compile"
         return "oneDNN int8, stages eager"
 
-    def _layers(self) -> list[_Layer]:
-        """The layers, typed."""
-        layers = [layer for layer in self.layers if isinstance(layer, _Layer)]
-        assert len(layers) == len(self.layers)
-        return layers
-
     def forward(self, ids: torch.Tensor, packing: Packing) -> torch.Tensor:
         """Hidden states [tokens, hidden] of packed token ids [tokens] (token type 0 throughout)."""
         x: torch.Tensor = self.norm(self.word(ids) + self.position(packing.positions) + self.token_type.weight[0])
         stages = self.int8_stages
         if stages is not None:
             quantised, magnitude = stages.quantise(x)
-            for layer in self._layers():
+            for layer in self._typed_layers:
                 x, quantised, magnitude = layer.forward_int8(x, quantised, magnitude, packing, stages)
             return x
         for module in self.layers:

@@ -196,13 +196,7 @@ class TorchBackend:
             return [logits[start : start + length] for start, length in zip(starts, lengths, strict=True)]
         starts = packing.starts.tolist()
         rows = [starts[n] + pos for n, item in enumerate(inputs) for pos in item.positions or ()]
-        logits = model.mlm_head(hidden[rows]).float().cpu().numpy()
-        out, first = [], 0
-        for item in inputs:
-            count = len(item.positions or ())
-            out.append(logits[first : first + count])
-            first += count
-        return out
+        return _per_input(model.mlm_head(hidden[rows]).float().cpu().numpy(), inputs)
 
     def _embed(self, inputs: Sequence[ModelInput], ids: torch.Tensor, mask: torch.Tensor) -> list[FloatArray]:
         hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
@@ -220,12 +214,17 @@ class TorchBackend:
             logits = head(hidden[rows, cols]).float().cpu().numpy()
         else:
             logits = self._model(input_ids=ids, attention_mask=mask).logits[rows, cols].float().cpu().numpy()
-        out, start = [], 0
-        for item in inputs:
-            count = len(item.positions or ())
-            out.append(logits[start : start + count])
-            start += count
-        return out
+        return _per_input(logits, inputs)
+
+
+def _per_input(logits: FloatArray, inputs: Sequence[ModelInput]) -> list[FloatArray]:
+    """Fill-mask logits of every input's masked positions (rows in input order), split back per input."""
+    out, first = [], 0
+    for item in inputs:
+        count = len(item.positions or ())
+        out.append(logits[first : first + count])
+        first += count
+    return out
 
 
 def _quantize_int8(model: Any) -> Any:

@@ -18,6 +18,16 @@ from tests.e2e.processes import wait_until
 CHILD_KINDS = {kind: f"{plural}.{group}" if group else plural for (_, kind), (group, plural) in CHILD_RESOURCES.items()}
 
 
+def manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A ModelDeployment named `name` with this spec."""
+    return {
+        "apiVersion": "serving.bertmesh.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
 def tiny(name: str, revision: str = "v1", **spec: Any) -> dict[str, Any]:
     """A small CPU ModelDeployment: one replica, model downloaded by the storage initializer."""
     body: dict[str, Any] = {
@@ -25,13 +35,7 @@ def tiny(name: str, revision: str = "v1", **spec: Any) -> dict[str, Any]:
         "resources": {"cpu": "1", "memory": "1Gi"},
         "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "metric": "cpu"},
     }
-    body.update(spec)
-    return {
-        "apiVersion": "serving.bertmesh.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": body,
-    }
+    return manifest(name, body | spec)
 
 
 def ready(md: dict[str, Any]) -> bool:

@@ -12,20 +12,15 @@ import yaml
 
 from bertmesh_operator.crd import CRD_NAME
 from tests.e2e.cluster import KubeApi
+from tests.e2e.kube_objects import manifest
 from tests.e2e.operator_process import get_json
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
 
 def md(name: str = "minilm", **spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"model": {"storageUri": "pvc://models/minilm"}}
-    base.update(spec)
-    return {
-        "apiVersion": "serving.bertmesh.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": base,
-    }
+    """A ModelDeployment of the PVC model, with `spec` on top."""
+    return manifest(name, {"model": {"storageUri": "pvc://models/minilm"}} | spec)
 
 
 def test_the_crd_is_established_and_kubectl_prints_its_columns(md_crd: KubeApi, namespace: str) -> None:

@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from model_server.mkl_amd import ENV, cpu_vendor
+from model_server.mkl_amd import ENV, cpu_vendor, reason_not_to
 
 # Prints what enable() did, then MKL's own answer to "which code path?" (0: generic; AVX2 and AVX-512 above).
 PROBE = """
@@ -44,21 +42,26 @@ def test_cpu_vendor_reads_proc_cpuinfo(tmp_path: Path) -> None:
     assert cpu_vendor(tmp_path / "missing") == ""
 
 
-@pytest.mark.skipif(cpu_vendor() != "AuthenticAMD", reason="the vendor answer applies to AMD processors only")
-def test_on_amd_mkl_takes_its_vectorised_path_and_computes_the_same() -> None:
-    applied = probe()
-    assert applied[0] == "applied (MKL uses its vectorised kernels)"
-    off = probe(env={ENV: "0"})
+def test_mkl_takes_its_vectorised_path_on_amd_and_computes_the_same() -> None:
+    applied, off = probe(), probe(env={ENV: "0"})
     assert off[0] == f"off ({ENV}=0)"
-    assert applied[1] > off[1] == 0  # MKL's code branch: generic without, vectorised with
     assert applied[2] == off[2] == 64 * 64 * 64
+    if cpu_vendor() != "AuthenticAMD":  # elsewhere nothing is loaded and MKL keeps its own choice
+        assert applied[0].startswith("not needed (processor vendor") and applied[1] == off[1]
+        return
+    assert applied[0] == "applied (MKL uses its vectorised kernels)"
+    assert applied[1] > off[1] == 0  # MKL's code branch: generic without, vectorised with
     late = probe(first="import torch\n")
     assert late[0] == "not applied (torch was imported first)" and late[1] == 0
 
 
-@pytest.mark.skipif(cpu_vendor() == "AuthenticAMD", reason="checks the non-AMD answer")
-def test_elsewhere_nothing_is_loaded() -> None:
-    assert probe()[0].startswith("not needed (processor vendor")
+def test_the_answer_is_loaded_only_on_amd_before_torch_unless_turned_off() -> None:
+    assert reason_not_to(None, "AuthenticAMD", torch_loaded=False) is None
+    assert reason_not_to("1", "AuthenticAMD", torch_loaded=False) is None
+    assert reason_not_to("0", "AuthenticAMD", torch_loaded=False) == f"off ({ENV}=0)"
+    assert reason_not_to(None, "GenuineIntel", torch_loaded=False) == "not needed (processor vendor GenuineIntel)"
+    assert reason_not_to(None, "", torch_loaded=False) == "not needed (processor vendor unknown)"
+    assert reason_not_to(None, "AuthenticAMD", torch_loaded=True) == "not applied (torch was imported first)"
 
 
 def test_prebuild_leaves_a_loadable_library_where_images_look(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from model_server.client import BertmeshClient
+from model_server.config import OPENMP_DEFAULTS
+from model_server.mkl_amd import cpu_vendor
 from model_server.proto.bertmesh.v1 import inference_pb2 as pb
 from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
 from tests.server.harness import details, free_port
@@ -35,11 +37,13 @@ class Process:
 
 def start(*args: str, env: dict[str, str] | None = None) -> Process:
     port = free_port()
+    # The server's own OpenMP defaults apply only where the environment sets neither variable.
+    inherited = {k: v for k, v in os.environ.items() if k not in OPENMP_DEFAULTS}
     proc = subprocess.Popen(
         [*BERTMESH, "serve", "--port", str(port), "--metrics-port", "0", *args],
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**inherited, **(env or {})},
     )
     log: list[str] = []
     ready = threading.Event()
@@ -76,6 +80,11 @@ def test_startup_log_says_what_was_loaded_and_where(tiny_process: Process) -> No
     with grpc.insecure_channel(tiny_process.target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    # Set before torch loaded: OpenMP's waiting policy, and MKL's vendor answer where the processor is AMD's.
+    assert any("OpenMP waiting: OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=1000" in e for e in tiny_process.log)
+    mkl = next(entry for entry in tiny_process.log if "MKL on AMD:" in entry)
+    expected = "applied" if cpu_vendor() == "AuthenticAMD" else "not needed"
+    assert f"MKL on AMD: {expected}" in mkl, mkl
 
 
 def test_sigterm_finishes_every_in_flight_call_then_exits_zero(minilm_path: Path) -> None:
