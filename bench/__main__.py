@@ -77,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     gb.add_argument("--seconds", type=float, default=20.0)
     gb.add_argument("--tiny", action="store_true", help="a tiny random BERT instead of BERT-base (smoke runs)")
     gb.add_argument("--out", default=None, help="results folder (default bench/results/gpu-<time>)")
+    en = sub.add_parser("engine", help="in-process A/B of the CPU engine options (bench/engine.py)")
+    en.add_argument("--rounds", type=int, default=3)
+    en.add_argument("--seconds", type=float, default=8.0)
+    en.add_argument("--configs", default="", help="';'-separated names from bench/engine.py CONFIGS (default all)")
+    en.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     e = sub.add_parser("echo-server")
     e.add_argument("--port", type=int, required=True)
     a = p.parse_args(list(argv) if argv is not None else (sys.argv[1:] or ["run"]))
@@ -120,6 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.micro import micro
 
         micro(a.rounds)
+        return 0
+    if a.command == "engine":
+        import json
+
+        from bench.engine import engine_bench, worker
+
+        if a.worker is not None:
+            print(json.dumps(worker(a.worker, a.seconds)))
+        else:
+            engine_bench(a.rounds, a.seconds, [n for n in a.configs.split(";") if n])
         return 0
     if a.command == "gpu":
         from pathlib import Path

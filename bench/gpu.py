@@ -19,6 +19,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +74,25 @@ def measured_peak(device: str, seconds: float = 2.0) -> float:
     return best
 
 
-def measure(model_dir: Path, shape: EncoderShape, precision: str, device: str, seconds: float) -> dict[str, Any]:
-    """Saturated throughput and MFU of one precision."""
+def measure(
+    model_dir: Path,
+    shape: EncoderShape,
+    precision: str,
+    device: str,
+    seconds: float,
+    *,
+    profile: bool = False,
+    flags: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Saturated throughput and useful FLOP/s of one precision; with `profile`, also each kernel's share of the
+    time over one pass of the batches (torch.profiler, self CPU time)."""
     from model_server.backend import ModelInput
     from model_server.batcher import select_packed
     from model_server.config import parse_args
     from model_server.server import load_model
 
     config = parse_args(
-        ["--model", str(model_dir), "--task", "embedding", "--precision", precision, "--device", device]
+        ["--model", str(model_dir), "--task", "embedding", "--precision", precision, "--device", device, *flags]
     )
     model, tokenizer, backend = load_model(config)
     texts = corpus.load()
@@ -106,7 +117,19 @@ def measure(model_dir: Path, shape: EncoderShape, precision: str, device: str, s
         lengths.extend(len(ids) for ids in batch)
         count += 1
     elapsed = time.perf_counter() - start
+    shares: dict[str, float] = {}
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for batch in batches:
+                backend.run([ModelInput(ids, model.default_pooling) for ids in batch])
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        shares = {e.key: e.self_cpu_time_total / total for e in events if e.self_cpu_time_total / total >= 0.01}
     return {
+        "kernel_shares": shares,
         "precision": backend.info.precision,
         "engine": backend.info.engine,
         "max_batch_tokens": limits.max_batch_tokens,

@@ -2,10 +2,10 @@
 
 Why: MKL picks its vectorised kernels only when it believes the processor is Intel's, through one internal
 function, `mkl_serv_intel_cpu_true`. On AMD it falls back to generic code; torch's attention (flash attention
-on CPU calls MKL's sgemm) and plain matrix products then run 2-2.5x slower than the hardware allows. Measured
-on this project's CI machine (2 AMD EPYC cores with AVX-512): attention blocks 1.9-2.7x faster, the packed
-engine +20% fp32 and +30% int8 end to end, outputs unchanged. MKL still checks the instruction sets itself:
-only the vendor test is answered.
+on CPU calls MKL's sgemm) and plain matrix products then run well below what the hardware allows. Measured on
+this project's CI machine (2 AMD EPYC cores with AVX-512; `python -m bench engine`): attention's share of fp32
+time 23% -> 14%, the packed engine +7% fp32 and +24% int8 in-process, outputs unchanged. MKL still checks the
+instruction sets itself: only the vendor test is answered.
 
 How: a one-line C library defining that function is compiled with the system's C compiler into a private
 temporary directory and loaded with RTLD_GLOBAL before torch, so the dynamic linker resolves MKL's lookup to it.

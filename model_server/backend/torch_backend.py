@@ -120,7 +120,9 @@ class TorchBackend:
         if self._engine == "packed":
             packed = PackedModel(model, self._task.value).eval().to(self._device)
             if self._device.type == "cpu" and onednn_available():
-                kernels = packed.encoder.use_onednn(int8=precision == "int8")
+                # BERTMESH_INT8_FUSE=0 keeps the int8 stages eager (for A/B measurement: `python -m bench engine`).
+                fuse = os.environ.get("BERTMESH_INT8_FUSE", "1") != "0"
+                kernels = packed.encoder.use_onednn(int8=precision == "int8", fuse=fuse)
                 log.info("packed engine: projections by %s", kernels)
             elif precision == "int8":
                 packed = _quantize_int8(packed)

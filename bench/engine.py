@@ -1,0 +1,84 @@
+"""In-process A/B of bertmesh's CPU engine options on the bundled MiniLM: what each one is worth.
+
+  python -m bench engine [--rounds 3] [--seconds 8] [--configs 'NAME;NAME']   (names: bench/engine.py CONFIGS)
+
+Each configuration runs in its own process (the MKL vendor answer must be decided before torch loads),
+interleaved over rounds, through bertmesh's own loader and batch selection (bench.gpu.measure: 2 048-token
+batches from a never-empty queue of corpus texts, back to back, no gRPC). Reports real tokens/s (median over
+rounds), each configuration's ratio to fp32, and the share of time in attention and in the projections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench.flops import minilm_l6_shape
+from bench.systems import ROOT
+
+# name -> (precision, environment, serve flags)
+CONFIGS: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
+    "fp32": ("fp32", {}, ()),
+    "fp32 without the MKL answer": ("fp32", {"BERTMESH_MKL_AMD": "0"}, ()),
+    "fp32, transformers engine (padded batches)": ("fp32", {}, ("--engine", "transformers")),
+    "int8": ("int8", {}, ()),
+    "int8, stages eager": ("int8", {"BERTMESH_INT8_FUSE": "0"}, ()),
+    "int8 without the MKL answer": ("int8", {"BERTMESH_MKL_AMD": "0"}, ()),
+}
+ATTENTION = "aten::_scaled_dot_product_flash_attention_for_cpu"
+PROJECTIONS = ("mkldnn::_linear_pointwise", "onednn::qlinear_pointwise")
+
+
+def worker(name: str, seconds: float) -> dict[str, Any]:
+    """One configuration, measured in this process (started by engine_bench with its environment)."""
+    import torch
+
+    from bench.gpu import measure
+    from bench.model import bundled_model_path
+
+    torch.set_num_threads(2)
+    precision, _, flags = CONFIGS[name]
+    return measure(bundled_model_path(), minilm_l6_shape(), precision, "cpu", seconds, profile=True, flags=flags)
+
+
+def engine_bench(rounds: int, seconds: float, names: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
+    """The configurations `names` (default all; fp32 always) `rounds` times, interleaved; prints the table and
+    writes results.json."""
+    from model_server.config import OPENMP_DEFAULTS
+
+    chosen = ["fp32", *(n for n in names if n != "fp32")] if names else list(CONFIGS)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+    for r in range(rounds):
+        for name in chosen:
+            env = CONFIGS[name][1]
+            child_env = {**os.environ, **OPENMP_DEFAULTS, **env}  # as `bertmesh serve` runs
+            done = subprocess.run(
+                [sys.executable, "-m", "bench", "engine", "--worker", name, "--seconds", str(seconds)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env=child_env,
+                check=True,
+            )
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[name].append(row)
+            print(f"bench engine: round {r} {name}: {row['tokens_per_s']:,.0f} tokens/s", flush=True)
+    out = ROOT / "bench" / "results" / time.strftime("engine-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(runs, indent=1))
+    base = statistics.median(r["tokens_per_s"] for r in runs["fp32"])
+    print("| configuration | tokens/s (median) | / fp32 | attention share | projections share |")
+    print("|---|---|---|---|---|")
+    for name, rows in runs.items():
+        rate = statistics.median(r["tokens_per_s"] for r in rows)
+        attention = statistics.median(r["kernel_shares"].get(ATTENTION, 0.0) for r in rows)
+        projections = statistics.median(sum(r["kernel_shares"].get(k, 0.0) for k in PROJECTIONS) for r in rows)
+        print(f"| {name} | {rate:,.0f} | {rate / base:.2f} | {attention:.0%} | {projections:.0%} |")
+    print(f"results in {out}")
+    return runs
