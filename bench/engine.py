@@ -26,12 +26,14 @@ from bench.systems import ROOT
 CONFIGS: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
     "fp32": ("fp32", {}, ()),
     "fp32 without the MKL answer": ("fp32", {"BERTMESH_MKL_AMD": "0"}, ()),
+    "fp32, PyTorch attention": ("fp32", {"BERTMESH_ATTENTION": "torch"}, ()),
     "fp32, transformers engine (padded batches)": ("fp32", {}, ("--engine", "transformers")),
     "int8": ("int8", {}, ()),
     "int8, stages eager": ("int8", {"BERTMESH_INT8_FUSE": "0"}, ()),
     "int8 without the MKL answer": ("int8", {"BERTMESH_MKL_AMD": "0"}, ()),
+    "int8, PyTorch attention": ("int8", {"BERTMESH_ATTENTION": "torch"}, ()),
 }
-ATTENTION = "aten::_scaled_dot_product_flash_attention_for_cpu"
+ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "bertmesh::packed_attention")
 PROJECTIONS = ("mkldnn::_linear_pointwise", "onednn::qlinear_pointwise")
 
 
@@ -77,7 +79,7 @@ def engine_bench(rounds: int, seconds: float, names: Sequence[str] = ()) -> dict
     print("|---|---|---|---|---|")
     for name, rows in runs.items():
         rate = statistics.median(r["tokens_per_s"] for r in rows)
-        attention = statistics.median(r["kernel_shares"].get(ATTENTION, 0.0) for r in rows)
+        attention = statistics.median(sum(r["kernel_shares"].get(k, 0.0) for k in ATTENTION) for r in rows)
         projections = statistics.median(sum(r["kernel_shares"].get(k, 0.0) for k in PROJECTIONS) for r in rows)
         print(f"| {name} | {rate:,.0f} | {rate / base:.2f} | {attention:.0%} | {projections:.0%} |")
     print(f"results in {out}")

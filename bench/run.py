@@ -57,11 +57,11 @@ def _peer_venv(script: str) -> Path:
 
 def _mkl_library(settings: Settings) -> Path:
     """model_server.mkl_amd's library, built once into the cache for peers to LD_PRELOAD."""
-    from model_server import mkl_amd
+    from model_server import native
 
     directory = settings.cache_dir / "bench-mkl-vendor"
     directory.mkdir(parents=True, exist_ok=True)
-    library = mkl_amd.build(directory)
+    library = native.build(native.MKL_VENDOR, directory)
     if isinstance(library, str):
         raise OSError(library)
     return library

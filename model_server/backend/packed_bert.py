@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from model_server.backend.native_attention import NativeAttention
 from model_server.backend.onednn import (
     FUSED_ACTIVATIONS,
     INT8_ACTIVATIONS,
@@ -59,15 +61,21 @@ class Packing:
     """Where each sequence's tokens sit in the packed matrix, and how attention regroups them."""
 
     lengths: tuple[int, ...]
+    lengths_tensor: torch.Tensor  # int64 [sequences], for the native attention kernel
     starts: torch.Tensor
     sequence_of_token: torch.Tensor
     positions: torch.Tensor
-    blocks: tuple[AttentionBlock, ...]
 
     @property
     def tokens(self) -> int:
         """Real tokens in the batch."""
         return sum(self.lengths)
+
+    @cached_property
+    def blocks(self) -> tuple[AttentionBlock, ...]:
+        """Blocks of similar-length sequences for PyTorch's attention (planned on first use: the native kernel
+        needs none)."""
+        return _blocks(self.lengths, self.starts.tolist(), self.starts.device)
 
 
 def _block_groups(lengths: Sequence[int]) -> list[list[int]]:
@@ -93,6 +101,19 @@ def plan(lengths: Sequence[int], device: torch.device) -> Packing:
     starts_list = [0]
     for length in lengths[:-1]:
         starts_list.append(starts_list[-1] + length)
+    lengths_tensor = torch.tensor(lengths, dtype=torch.long)
+    sequence_of_token = torch.repeat_interleave(torch.arange(len(lengths)), lengths_tensor)
+    positions = torch.cat([torch.arange(length) for length in lengths])
+    return Packing(
+        lengths=tuple(lengths),
+        lengths_tensor=lengths_tensor.to(device),
+        starts=torch.tensor(starts_list, dtype=torch.long, device=device),
+        sequence_of_token=sequence_of_token.to(device),
+        positions=positions.to(device),
+    )
+
+
+def _blocks(lengths: Sequence[int], starts_list: Sequence[int], device: torch.device) -> tuple[AttentionBlock, ...]:
     blocks = []
     for group in _block_groups(lengths):
         longest = max(lengths[i] for i in group)
@@ -113,15 +134,7 @@ def plan(lengths: Sequence[int], device: torch.device) -> Packing:
                 rows=gather[valid].to(device),
             )
         )
-    sequence_of_token = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    positions = torch.cat([torch.arange(length) for length in lengths])
-    return Packing(
-        lengths=tuple(lengths),
-        starts=torch.tensor(starts_list, dtype=torch.long, device=device),
-        sequence_of_token=sequence_of_token.to(device),
-        positions=positions.to(device),
-        blocks=tuple(blocks),
-    )
+    return tuple(blocks)
 
 
 class _Layer(nn.Module):
@@ -148,6 +161,7 @@ class _Layer(nn.Module):
         # Set by use_onednn(int8=True): the four int8 projections and the activation, for the staged forward.
         self.int8: tuple[OneDnnInt8Linear, OneDnnInt8Linear, OneDnnInt8Linear, OneDnnInt8Linear] | None = None
         self.int8_activation: str = "gelu"
+        self.native: NativeAttention | None = None  # set by PackedBertEncoder.use_native_attention
 
     def use_onednn(self, hidden_act: str, *, int8: bool) -> None:
         """Runs the four projections with oneDNN, weights packed once: fp32 with the feed-forward activation
@@ -166,7 +180,10 @@ class _Layer(nn.Module):
             self.up = OneDnnLinear(self.up)
 
     def attend(self, qkv: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """Scaled-dot-product attention per block of similar-length sequences; returns [tokens, hidden]."""
+        """Scaled-dot-product attention within each sequence; returns [tokens, hidden]. Without the native
+        kernel: PyTorch's, per block of similar-length sequences."""
+        if self.native is not None:
+            return self.native.attend(qkv, packing.lengths_tensor, packing.starts, self.heads)
         hidden = self.heads * self.head_dim
         context = qkv.new_empty(qkv.shape[0], hidden)
         for block in packing.blocks:
@@ -243,6 +260,15 @@ class PackedBertEncoder(nn.Module):
         if fuse and stages.compile(self.hidden_size, self.intermediate_size, activation, eps):
             return "oneDNN int8, stages fused by torch.compile"
         return "oneDNN int8, stages eager"
+
+    def use_native_attention(self, kernel: NativeAttention) -> bool:
+        """Runs attention with the packed kernel where it supports this model's heads, precision and device."""
+        layer = self._typed_layers[0]
+        if not kernel.supports(layer.head_dim, self.word.weight.dtype, self.word.weight.device):
+            return False
+        for layer in self._typed_layers:
+            layer.native = kernel
+        return True
 
     def forward(self, ids: torch.Tensor, packing: Packing) -> torch.Tensor:
         """Hidden states [tokens, hidden] of packed token ids [tokens] (token type 0 throughout)."""

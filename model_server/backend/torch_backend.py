@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model_server.backend import BackendInfo, ModelInput
+from model_server.backend import BackendInfo, ModelInput, native_attention
 from model_server.backend.onednn import onednn_available
 from model_server.backend.packed_bert import PackedModel, first_tokens, mean_pool, plan, supports
 from model_server.checkpoint import Checkpoint
@@ -124,6 +124,11 @@ class TorchBackend:
                 fuse = os.environ.get("BERTMESH_INT8_FUSE", "1") != "0"
                 kernels = packed.encoder.use_onednn(int8=precision == "int8", fuse=fuse)
                 log.info("packed engine: projections by %s", kernels)
+            if self._device.type == "cpu":
+                kernel, how = native_attention.load()
+                if kernel is not None and not packed.encoder.use_native_attention(kernel):
+                    how = "PyTorch scaled-dot-product attention (the packed kernel takes fp32, head size 32 or 64)"
+                log.info("packed engine: attention by %s", how)
             elif precision == "int8":
                 packed = _quantize_int8(packed)
             self._packed = packed
