@@ -1,8 +1,8 @@
 """The packed attention kernel (packed_attention.c) for CPU fp32: each sequence attends within itself, read
 straight from the fused query/key/value matrix, with no padding and no gather or scatter.
 
-Measured on this project's CI machine (`python -m bench engine`, see docs/benchmarks.md): attention 1.6-2x
-faster than PyTorch's CPU flash attention over the packed engine's padded blocks for MiniLM (head_dim 32).
+Measured on this project's CI machine (`python -m bench engine`, docs/benchmarks.md): the bundled MiniLM (head_dim
+32) +8 % fp32 and +15 % int8 in process against PyTorch's CPU flash attention over the packed engine's blocks.
 Used for head dimensions 32 and 64 on CPU; elsewhere, without a C compiler or prebuilt library, or with
 BERTMESH_ATTENTION=torch, the packed engine keeps PyTorch's scaled-dot-product attention.
 """
