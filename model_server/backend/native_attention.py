@@ -28,7 +28,7 @@ class NativeAttention:
         self._supports.argtypes = [ctypes.c_int64]
         self._supports.restype = ctypes.c_int
         self._attend = library.bertmesh_packed_attention
-        self._attend.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_float]
+        self._attend.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_float, ctypes.c_int]
         self._attend.restype = ctypes.c_int
 
     def supports(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> bool:
@@ -37,7 +37,7 @@ class NativeAttention:
 
     def attend(self, qkv: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor, heads: int) -> torch.Tensor:
         """Softmax(q k^T / sqrt(head_dim)) v of every sequence; qkv [tokens, 3 * hidden] (queries, keys, values),
-        lengths and starts int64 [sequences]. ctypes releases the GIL for the call."""
+        lengths and starts int64 [sequences]. Runs on torch's thread count; ctypes releases the GIL for the call."""
         qkv = qkv.contiguous()
         hidden = qkv.shape[1] // 3
         head_dim = hidden // heads
@@ -52,6 +52,7 @@ class NativeAttention:
                 heads,
                 head_dim,
                 head_dim**-0.5,
+                torch.get_num_threads(),
             )
         if status != 0:  # -2: out of memory for the per-thread scratch (supports() was checked at load)
             raise MemoryError(f"packed attention kernel failed ({status})")

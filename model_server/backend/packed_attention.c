@@ -168,15 +168,16 @@ static void task(const float *qkv, float *out, int64_t start, int64_t len, int64
 /* Head dimensions this kernel handles (others use PyTorch's attention). */
 int bertmesh_attention_supports(int64_t head_dim) { return head_dim == 32 || head_dim == 64; }
 
-/* Attention of every sequence in the batch; 0 on success, -1 for an unsupported head_dim, -2 out of memory. */
+/* Attention of every sequence in the batch on `threads` threads (torch's setting: the calling thread's own
+ * OpenMP default may be every core of the node); 0 on success, -1 for an unsupported head_dim, -2 out of memory. */
 int bertmesh_packed_attention(const float *qkv, float *out, const int64_t *starts, const int64_t *lengths,
-                              int64_t sequences, int64_t heads, int64_t head_dim, float scale) {
+                              int64_t sequences, int64_t heads, int64_t head_dim, float scale, int threads) {
     if (!bertmesh_attention_supports(head_dim)) return -1;
     int64_t longest = 0;
     for (int64_t i = 0; i < sequences; i++) longest = lengths[i] > longest ? lengths[i] : longest;
     const int64_t lp = (longest + 31) & ~(int64_t)31;
     int failed = 0;
-#pragma omp parallel
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
     {
         /* Per-thread scratch: transposed keys (head_dim x lp) and scores (8 x lp). */
         float *kt = aligned_alloc(64, (size_t)(head_dim * lp * sizeof(float) + 64));
