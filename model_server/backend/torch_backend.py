@@ -124,13 +124,13 @@ class TorchBackend:
                 fuse = os.environ.get("BERTMESH_INT8_FUSE", "1") != "0"
                 kernels = packed.encoder.use_onednn(int8=precision == "int8", fuse=fuse)
                 log.info("packed engine: projections by %s", kernels)
+            elif precision == "int8":
+                packed = _quantize_int8(packed)
             if self._device.type == "cpu":
                 kernel, how = native_attention.load()
                 if kernel is not None and not packed.encoder.use_native_attention(kernel):
                     how = "PyTorch scaled-dot-product attention (the packed kernel takes fp32, head size 32 or 64)"
                 log.info("packed engine: attention by %s", how)
-            elif precision == "int8":
-                packed = _quantize_int8(packed)
             self._packed = packed
         else:
             self._model = (_quantize_int8(model) if precision == "int8" else model).to(self._device)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
+from model_server.backend import ModelInput
 from model_server.client import BertmeshClient
+from model_server.tasks import Pooling
 from tests.server.corpus import SENTENCES
 from tests.server.harness import ServerThread, config_for
 
@@ -29,3 +33,20 @@ def test_int8_embeddings_stay_close_to_fp32(int8_server: ServerThread, minilm_cl
     # scales give ~0, per-batch scales ~0.94.
     assert cosine.min() >= 0.98 and cosine.mean() >= 0.99, cosine
     assert not np.allclose(quantised, full, atol=1e-6)  # it really is another computation
+
+
+def test_int8_without_onednn_falls_back_to_torch_dynamic_quantisation(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A torch build without oneDNN still gets int8 (torch's dynamic quantisation), not silently fp32."""
+    from model_server.backend import torch_backend
+    from model_server.checkpoint import inspect_checkpoint
+
+    monkeypatch.setattr(torch_backend, "onednn_available", lambda: False)
+    checkpoint = inspect_checkpoint(tiny_models["embedding"])
+    backend = torch_backend.TorchBackend(checkpoint, device="cpu", precision="int8")
+    packed = backend._packed
+    assert packed is not None
+    assert all(isinstance(layer.qkv, DynamicQuantizedLinear) for layer in packed.encoder.layers)
+    (vector,) = backend.run([ModelInput((2, 10, 11, 3), Pooling.MEAN)])
+    assert vector.shape == (32,) and np.isfinite(vector).all()
