@@ -10,6 +10,7 @@ there; images without a compiler carry them prebuilt at `<venv>/lib/bertmesh/` (
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import subprocess
@@ -67,6 +68,7 @@ def build(library: Library, directory: Path) -> Path | str:
     return target
 
 
+@functools.cache  # once per process: every model the process loads shares the library (no rebuild per load)
 def load(library: Library, *, global_scope: bool = False) -> tuple[ctypes.CDLL | None, str]:
     """The prebuilt library if the environment has one, else a fresh build; (None, why) when neither works.
     `global_scope` makes its symbols resolve other libraries' lookups (RTLD_GLOBAL)."""

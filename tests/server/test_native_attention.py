@@ -153,7 +153,7 @@ def test_an_unsupported_model_keeps_pytorch_attention(kernel: NativeAttention) -
     assert all(layer.native is None for layer in packed.encoder._typed_layers)
 
 
-def test_prebuild_leaves_loadable_libraries_where_images_look(tmp_path: Path) -> None:
+def test_prebuild_leaves_libraries_where_the_server_loads_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "model_server.native", "--prebuild", str(tmp_path)],
         capture_output=True,
@@ -167,5 +167,10 @@ def test_prebuild_leaves_loadable_libraries_where_images_look(tmp_path: Path) ->
     assert sorted(p.name for p in libraries[0].parent.iterdir()) == sorted(p.name for p in libraries)
     assert ctypes.CDLL(str(libraries[0])).mkl_serv_intel_cpu_true() == 1
     assert NativeAttention(ctypes.CDLL(str(libraries[1]))).supports(32, torch.float32, torch.device("cpu"))
+    # Where an image has them, the server loads them instead of compiling (load is cached per process: call
+    # the function under the cache).
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    loaded, how = native.load.__wrapped__(native.ATTENTION)
+    assert loaded is not None and how == f"prebuilt {libraries[1]}"
     usage = subprocess.run([sys.executable, "-m", "model_server.native"], capture_output=True, text=True, check=False)
     assert usage.returncode == 2 and "usage" in usage.stderr
