@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from model_server import mkl_amd
 from model_server.config import openmp_defaults
 
 LOAD_FRACTIONS = (0.3, 0.5, 0.7, 0.9)
@@ -263,7 +262,7 @@ def main(argv: Sequence[str]) -> int:
         result = asyncio.run(_measure(json.loads(args.worker)))
         print(json.dumps(result))
         return 0
-    mkl_amd.enable()  # the workers load the model after it too (model_server.server.load_model)
+    # Only the device is resolved here; each worker process applies the MKL answer itself (load_model).
     from model_server.backend.torch_backend import resolve_device
 
     device = resolve_device(args.device)

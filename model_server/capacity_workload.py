@@ -83,53 +83,50 @@ class Requests:
         return self._random.sample(self._texts, min(self._per_request, len(self._texts)))
 
 
-def _summary(latencies: list[float], elapsed: float, offered: float | None, shed: int) -> Measurement:
-    if not latencies:
-        return Measurement(offered, 0.0, float("nan"), float("nan"), shed)
-    ms = np.array(latencies) * 1000
-    return Measurement(
-        offered, len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), shed
-    )
+class _Tally:
+    """Latencies of answered requests and the count of shed ones, for one load level."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.shed = 0
+
+    async def send(self, call: Call, texts: Sequence[str], since: float) -> None:
+        """One request; its latency counts from `since` (its start, or its scheduled arrival)."""
+        try:
+            await call(texts)
+        except Overloaded:
+            self.shed += 1
+            return
+        self.latencies.append(time.perf_counter() - since)
+
+    def summary(self, elapsed: float, offered: float | None) -> Measurement:
+        """Throughput over `elapsed` seconds and the latency percentiles."""
+        if not self.latencies:
+            return Measurement(offered, 0.0, float("nan"), float("nan"), self.shed)
+        ms = np.array(self.latencies) * 1000
+        p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+        return Measurement(offered, len(self.latencies) / elapsed, p50, p99, self.shed)
 
 
 async def closed_loop(call: Call, requests: Requests, concurrency: int, seconds: float) -> Measurement:
     """`concurrency` callers each sending its next request when the last returns, for `seconds`."""
-    latencies: list[float] = []
-    shed = 0
+    tally = _Tally()
     end = time.perf_counter() + seconds
 
     async def caller() -> None:
-        nonlocal shed
         while time.perf_counter() < end:
-            started = time.perf_counter()
-            try:
-                await call(requests.next())
-            except Overloaded:
-                shed += 1
-                continue
-            latencies.append(time.perf_counter() - started)
+            await tally.send(call, requests.next(), time.perf_counter())
 
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return _summary(latencies, time.perf_counter() - started, None, shed)
+    return tally.summary(time.perf_counter() - started, None)
 
 
 async def open_loop(call: Call, requests: Requests, rate: float, seconds: float, seed: int = 1) -> Measurement:
     """Poisson arrivals at `rate` per second for `seconds`; latency counts from each scheduled arrival."""
     rng = random.Random(seed)
-    latencies: list[float] = []
-    shed = 0
+    tally = _Tally()
     tasks: list[asyncio.Task[None]] = []
-
-    async def one(scheduled: float) -> None:
-        nonlocal shed
-        try:
-            await call(requests.next())
-        except Overloaded:
-            shed += 1
-            return
-        latencies.append(time.perf_counter() - scheduled)
-
     start = time.perf_counter()
     arrival = start
     while arrival < start + seconds:
@@ -137,6 +134,6 @@ async def open_loop(call: Call, requests: Requests, rate: float, seconds: float,
         delay = arrival - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(arrival)))
+        tasks.append(asyncio.create_task(tally.send(call, requests.next(), arrival)))
     await asyncio.gather(*tasks)
-    return _summary(latencies, seconds, rate, shed)
+    return tally.summary(seconds, rate)
