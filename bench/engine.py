@@ -3,8 +3,9 @@
   python -m bench engine [--rounds 3] [--seconds 8] [--configs 'NAME;NAME']   (names: bench/engine.py CONFIGS)
 
 Each configuration runs in its own process (the MKL vendor answer must be decided before torch loads),
-interleaved over rounds, through bertmesh's own loader and batch selection (bench.gpu.measure: 2 048-token
-batches from a never-empty queue of corpus texts, back to back, no gRPC). Reports real tokens/s (median over
+interleaved over rounds, through bertmesh's own loader and batch selection (bench.gpu.measure: batches of the
+server's token budget, chosen as its batcher chooses for that engine, from a never-empty queue of corpus texts,
+back to back, no gRPC). Reports real tokens/s (median over
 rounds), each configuration's ratio to fp32, and the share of time in attention and in the projections.
 """
 

@@ -87,7 +87,7 @@ def measure(
     """Saturated throughput and useful FLOP/s of one precision; with `profile`, also each kernel's share of the
     time over one pass of the batches (torch.profiler, self CPU time)."""
     from model_server.backend import ModelInput
-    from model_server.batcher import select_packed
+    from model_server.batcher import selection
     from model_server.config import parse_args
     from model_server.server import load_model
 
@@ -98,11 +98,12 @@ def measure(
     texts = corpus.load()
     encoded = [e.ids for e in tokenizer.encode([t.text for t in texts], truncate=True)]
     limits = model.batching
+    select = selection(padded=not backend.info.packed)  # as the server's batcher chooses for this engine
     # The batches a never-empty queue yields, in order (the queue refills from the corpus, cyclically).
     batches: list[list[tuple[int, ...]]] = []
     queue = list(encoded)
     while len(batches) < 64:
-        chosen = select_packed([len(ids) for ids in queue], limits.max_batch_tokens, limits.max_batch_requests)
+        chosen = select([len(ids) for ids in queue], limits.max_batch_tokens, limits.max_batch_requests)
         batches.append([queue[i] for i in chosen])
         taken = set(chosen)
         queue = [ids for k, ids in enumerate(queue) if k not in taken] + [queue[i] for i in chosen]

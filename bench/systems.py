@@ -380,11 +380,11 @@ class InProcess:
 
     async def _loop(self) -> None:
         from model_server.backend import ModelInput
-        from model_server.batcher import select_batch, select_packed
+        from model_server.batcher import selection
 
         loop = asyncio.get_running_loop()
         limits = self.model.batching
-        select = select_packed if self.backend.info.packed else select_batch
+        select = selection(padded=not self.backend.info.packed)
         while True:
             await self._arrived.wait()
             self._arrived.clear()

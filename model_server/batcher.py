@@ -105,6 +105,11 @@ def select_batch(costs: Sequence[int], max_tokens: int, max_items: int) -> list[
     return order[lo : hi + 1]
 
 
+def selection(padded: bool) -> Callable[[Sequence[int], int, int], list[int]]:
+    """The batch selection for a backend that pads to the longest input (select_batch) or packs (select_packed)."""
+    return select_batch if padded else select_packed
+
+
 @dataclass(eq=False, slots=True)
 class _Pending(Generic[P, R]):
     cost: int
@@ -131,7 +136,7 @@ class TokenBudgetBatcher(Generic[P, R]):
         self._run_batch = run_batch
         self.limits = limits
         self._padded = padded
-        self._select = select_batch if padded else select_packed
+        self._select = selection(padded)
         self._on_batch = on_batch
         self._on_expired = on_expired
         self._clock = clock
