@@ -49,8 +49,46 @@ async def test_closed_loop_does_not_count_the_warm_up() -> None:
     window = await closed_loop(call, [1, 2, 3], concurrency=2, warmup_s=0.5, measure_s=0.1)
     # five sixths of the run is warm-up: were it counted, nearly every request sent would be
     assert 0 < len(window.latencies_s) < len(sent) / 2
-    assert window.seconds == 0.1 and window.errors == 0
+    assert window.seconds >= 0.1 and window.errors == 0
     assert set(window.requests) <= {1, 2, 3}
+
+
+async def test_closed_loop_opens_its_window_only_once_every_caller_has_had_an_answer() -> None:
+    server = asyncio.Lock()  # one request at a time: four callers each wait for the other three
+
+    async def call(request: int) -> None:
+        async with server:
+            await asyncio.sleep(0.05)
+
+    window = await closed_loop(call, [1], concurrency=4, warmup_s=0.0, measure_s=0.3)
+    # a window opened at once would count the ramp: answers after 0.05 and 0.10 s, before the queue is full
+    assert window.latencies_s and min(window.latencies_s) >= 0.2 - 1e-3
+
+
+async def test_closed_loop_window_spans_whole_waves_of_a_batching_server() -> None:
+    loop = asyncio.get_running_loop()
+    pending: list[asyncio.Future[None]] = []
+    ticks: list[float] = []
+
+    async def batch(request: int) -> None:
+        pending.append(answer := loop.create_future())
+        await answer
+
+    async def batcher() -> None:  # answers everything queued every 0.2 s, in arrival order: waves of four
+        while True:
+            await asyncio.sleep(0.2)
+            ticks.append(loop.time())
+            for answer in pending:
+                answer.set_result(None)
+            pending.clear()
+
+    server = asyncio.create_task(batcher())
+    window = await closed_loop(batch, [1], concurrency=4, warmup_s=0.0, measure_s=0.3)
+    server.cancel()
+    wave_rate = 4 * (len(ticks) - 1) / (ticks[-1] - ticks[0])
+    # a 0.3 s clock window would count one wave or two: 13 or 27 req/s for a 20 req/s server
+    assert len(window.requests) % 4 == 0
+    assert len(window.requests) / window.seconds == pytest.approx(wave_rate, rel=0.05)
 
 
 async def test_closed_loop_counts_failures_by_kind_and_keeps_sending() -> None:
