@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import corpus
-from bench.loadgen import closed_loop
 from bench.procs import machine_cpu_seconds
 from bench.run import RESULTS
-from bench.stats import median
 from bench.systems import Bertmesh, InProcess, Settings, System
+from model_server.loadgen.drivers import closed_loop
+from model_server.loadgen.stats import median
 
 VARIANTS: dict[str, dict[str, str]] = {
     "bertmesh": {},

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import corpus
-from bench.loadgen import closed_loop
 from bench.procs import ServerProcess
 from bench.run import RESULTS
-from bench.stats import median
 from bench.systems import ROOT, Bertmesh, Settings, _health_check, _poll_ready, _thread_env
+from model_server.loadgen.drivers import closed_loop
+from model_server.loadgen.stats import median
 
 
 class WrappedBertmesh(Bertmesh):

@@ -14,10 +14,10 @@ import time
 from collections import Counter
 
 from bench import corpus, promscrape
-from bench.loadgen import closed_loop
 from bench.procs import machine_cpu_seconds
 from bench.run import RESULTS
 from bench.systems import ROOT, Bertmesh, Settings
+from model_server.loadgen.drivers import closed_loop
 
 # First match wins, checked from the innermost frame outwards.
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.stats import RunSummary, median
+from bench.stats import RunSummary
+from model_server.loadgen.stats import median
 
 
 @dataclass(frozen=True, slots=True)

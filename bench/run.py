@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import corpus, flops, promscrape, report, workload
-from bench.loadgen import Window, closed_loop, open_loop
 from bench.procs import machine_cpu_seconds
 from bench.stats import RunSummary, summarize
 from bench.systems import ROOT, Bertmesh, Echo, Infinity, InProcess, Settings, System, Triton
+from model_server.loadgen.drivers import Window, closed_loop, open_loop
+from model_server.loadgen.schedules import poisson_arrivals
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -145,7 +146,7 @@ class Runner:
         client0 = time.process_time()
         busy0, steal0 = machine_cpu_seconds()
         started = time.perf_counter()
-        window: Window = await window_fn()
+        window: Window[corpus.Request] = await window_fn()
         elapsed = time.perf_counter() - started
         busy1, steal1 = machine_cpu_seconds()
         server_cpu = system.cpu_seconds() - cpu0
@@ -257,7 +258,7 @@ async def run(plan: Plan, out_dir: Path | None = None) -> Path:
             for fraction in plan.fractions:
                 for system in workload.rotation(live, round_index):
                     rate = fraction * capacity[system.name]
-                    arrivals = workload.poisson_arrivals(rate, plan.warmup_s + plan.open_measure_s, plan.seed + repeat)
+                    arrivals = poisson_arrivals(rate, plan.warmup_s + plan.open_measure_s, plan.seed + repeat)
                     await runner.measure(
                         system,
                         "open",

@@ -1,4 +1,4 @@
-"""Latency percentiles and per-run summaries (pure)."""
+"""Per-run summaries (pure): what one window of one system produced, with its derived rates."""
 
 from __future__ import annotations
 
@@ -7,18 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return math.nan
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} outside 0..100")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+from model_server.loadgen.stats import percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +87,3 @@ def summarize(
         server_cpu_s=server_cpu_s,
         useful_flops=useful_flops,
     )
-
-
-def median(values: Sequence[float]) -> float:
-    """The median (nan when empty)."""
-    return percentile(values, 50)

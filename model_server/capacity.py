@@ -77,7 +77,14 @@ def _outputs(results: Sequence[Any]) -> list[Any]:
 
 
 async def _measure(args: dict[str, Any]) -> dict[str, Any]:
-    from model_server.capacity_workload import Requests, closed_loop, open_loop, sample_texts, task_call, with_masks
+    from model_server.capacity_workload import (
+        measure_closed,
+        measure_open,
+        request_plan,
+        sample_texts,
+        task_call,
+        with_masks,
+    )
     from model_server.config import parse_args
     from model_server.dataplane import DataPlane
     from model_server.server import load_model
@@ -99,21 +106,22 @@ async def _measure(args: dict[str, Any]) -> dict[str, Any]:
         batching = dataclasses.replace(model.batching, max_batch_tokens=max(budget, model.limits.max_tokens_per_input))
         return DataPlane(dataclasses.replace(model, batching=batching), tokenizer, backend, cache_entries=0)
 
+    saturating = request_plan(texts, per_request, 0)
     sweep: dict[int, float] = {}
     for budget in BUDGETS[device]:
         plane = plane_for(budget)
         plane.start()
-        sweep[budget] = (await closed_loop(task_call(plane), Requests(texts, per_request), 32, seconds / 2)).rps
+        sweep[budget] = (await measure_closed(task_call(plane), saturating, 32, seconds / 2)).rps
         await plane.close()
     best = max(sweep.values())
     budget = min(b for b, rps in sweep.items() if rps >= 0.97 * best)
     plane = plane_for(budget)
     plane.start()
     call = task_call(plane)
-    capacity = await closed_loop(call, Requests(texts, per_request), 32, seconds)
-    unloaded = await closed_loop(call, Requests(texts, per_request, seed=2), 1, seconds)
+    capacity = await measure_closed(call, saturating, 32, seconds)
+    unloaded = await measure_closed(call, request_plan(texts, per_request, 2), 1, seconds)
     loaded = [
-        await open_loop(call, Requests(texts, per_request, seed=3), f * capacity.rps, seconds) for f in LOAD_FRACTIONS
+        await measure_open(call, request_plan(texts, per_request, 3), f * capacity.rps, seconds) for f in LOAD_FRACTIONS
     ]
     fidelity = [await call([text]) for text in texts[:FIDELITY_SAMPLE]]
     await plane.close()
@@ -163,7 +171,7 @@ def fidelity(task: str, reference: Sequence[Any], other: Sequence[Any]) -> dict[
 def recommend(result: dict[str, Any], target_rps: float, target_p99_ms: float) -> dict[str, Any]:
     """Replicas for the target rate: each replica runs at the highest measured load whose p99 meets the target."""
     capacity = result["capacity"]["rps"]
-    meeting = [m for m in result["loaded"] if m["p99_ms"] <= target_p99_ms and not m["shed"]]
+    meeting = [m for m in result["loaded"] if m["p99_ms"] <= target_p99_ms and not (m["shed"] or m["timed_out"])]
     if not meeting or capacity <= 0:
         return {
             "replicas": None,

@@ -1,27 +1,33 @@
-"""The load `bertmesh bench` puts on a model: closed and open loops over the real data plane, in process.
+"""The load `bertmesh bench` puts on a model: the real data plane, in process, driven by `model_server.loadgen`.
 
 Requests go through `DataPlane` exactly as the servicers send them (tokenisation, limits, the batcher, the
-backend), without gRPC: the report measures the model and its batching on this hardware, not the network.
+backend), without gRPC: the report measures the model and its batching on this hardware, not the network. The
+loops and their warm-up, counting and timeout rules are `model_server.loadgen.drivers`'s, shared with
+`python -m bench`; this module supplies the texts, the task's call, and the report's reading of a window.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from model_server.dataplane import DataPlane, Reply
 from model_server.errors import Overloaded
+from model_server.loadgen.drivers import TIMEOUT, Window, closed_loop, open_loop
+from model_server.loadgen.schedules import poisson_arrivals
+from model_server.loadgen.stats import percentile
 from model_server.tasks import ClassifyOptions, EmbedOptions, FillMaskOptions, Task, TokenClassifyOptions
 
 Call = Callable[[Sequence[str]], Awaitable[Reply[Any]]]
+
+# Each measurement is preceded by a warm-up of a third of its length: the report's 6 s default gets the 2 s
+# warm-up `python -m bench` uses.
+WARMUP_SHARE = 1 / 3
+PLAN_LENGTH = 1000  # requests per plan; the loops cycle it (the report turns the result cache off)
 
 
 def sample_texts(path: Path | None) -> list[str]:
@@ -59,81 +65,46 @@ def task_call(plane: DataPlane) -> Call:
     return lambda texts: plane.fill_mask(texts, FillMaskOptions(top_k=1, truncate=True), None)
 
 
+def request_plan(texts: Sequence[str], per_request: int, seed: int) -> list[list[str]]:
+    """A seeded sequence of requests, each of `per_request` distinct texts drawn from the sample."""
+    rng = random.Random(seed)
+    k = min(per_request, len(texts))
+    return [rng.sample(list(texts), k) for _ in range(PLAN_LENGTH)]
+
+
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One load level: requests per second completed, latency percentiles, requests shed."""
+    """One load level: requests per second answered, latency percentiles, requests shed or timed out."""
 
     offered_rps: float | None  # None: closed loop
     rps: float
     p50_ms: float
     p99_ms: float
     shed: int
+    timed_out: int
 
 
-class Requests:
-    """An endless, seeded sequence of requests of `per_request` texts drawn from the sample."""
-
-    def __init__(self, texts: Sequence[str], per_request: int, seed: int = 0) -> None:
-        self._texts = list(texts)
-        self._per_request = per_request
-        self._random = random.Random(seed)
-
-    def next(self) -> list[str]:
-        """The next request's texts."""
-        return self._random.sample(self._texts, min(self._per_request, len(self._texts)))
+def measurement(window: Window[Any], offered_rps: float | None) -> Measurement:
+    """The report's reading of a window: `Overloaded` is shed, a timeout is counted, any other failure stops it."""
+    shed = window.failures.get(Overloaded.__name__, 0)
+    timed_out = window.failures.get(TIMEOUT, 0)
+    if window.errors > shed + timed_out:
+        raise RuntimeError(f"requests failed {window.failures}; first: {window.first_error}")
+    ms = [x * 1000 for x in window.latencies_s]
+    rps = len(ms) / window.seconds
+    return Measurement(offered_rps, rps, percentile(ms, 50), percentile(ms, 99), shed, timed_out)
 
 
-class _Tally:
-    """Latencies of answered requests and the count of shed ones, for one load level."""
-
-    def __init__(self) -> None:
-        self.latencies: list[float] = []
-        self.shed = 0
-
-    async def send(self, call: Call, texts: Sequence[str], since: float) -> None:
-        """One request; its latency counts from `since` (its start, or its scheduled arrival)."""
-        try:
-            await call(texts)
-        except Overloaded:
-            self.shed += 1
-            return
-        self.latencies.append(time.perf_counter() - since)
-
-    def summary(self, elapsed: float, offered: float | None) -> Measurement:
-        """Throughput over `elapsed` seconds and the latency percentiles."""
-        if not self.latencies:
-            return Measurement(offered, 0.0, float("nan"), float("nan"), self.shed)
-        ms = np.array(self.latencies) * 1000
-        p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-        return Measurement(offered, len(self.latencies) / elapsed, p50, p99, self.shed)
+async def measure_closed(call: Call, requests: Sequence[list[str]], concurrency: int, seconds: float) -> Measurement:
+    """`concurrency` callers, each sending its next request when the last returns, for `seconds` (after warm-up)."""
+    window = await closed_loop(call, requests, concurrency, seconds * WARMUP_SHARE, seconds)
+    return measurement(window, None)
 
 
-async def closed_loop(call: Call, requests: Requests, concurrency: int, seconds: float) -> Measurement:
-    """`concurrency` callers each sending its next request when the last returns, for `seconds`."""
-    tally = _Tally()
-    end = time.perf_counter() + seconds
-
-    async def caller() -> None:
-        while time.perf_counter() < end:
-            await tally.send(call, requests.next(), time.perf_counter())
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return tally.summary(time.perf_counter() - started, None)
-
-
-async def open_loop(call: Call, requests: Requests, rate: float, seconds: float, seed: int = 1) -> Measurement:
-    """Poisson arrivals at `rate` per second for `seconds`; latency counts from each scheduled arrival."""
-    rng = random.Random(seed)
-    tally = _Tally()
-    tasks: list[asyncio.Task[None]] = []
-    start = time.perf_counter()
-    arrival = start
-    while arrival < start + seconds:
-        arrival += rng.expovariate(rate)
-        delay = arrival - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(tally.send(call, requests.next(), arrival)))
-    await asyncio.gather(*tasks)
-    return tally.summary(seconds, rate)
+async def measure_open(
+    call: Call, requests: Sequence[list[str]], rate: float, seconds: float, seed: int = 1
+) -> Measurement:
+    """Poisson arrivals at `rate` per second for `seconds` (after warm-up); latency from each scheduled arrival."""
+    warmup = seconds * WARMUP_SHARE
+    window = await open_loop(call, requests, poisson_arrivals(rate, warmup + seconds, seed), warmup, seconds)
+    return measurement(window, rate)

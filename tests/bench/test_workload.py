@@ -1,15 +1,13 @@
-"""The benchmark's pure parts: corpus sampling, percentiles, FLOP counts, schedules, batch planning, reports.
-Fast, no servers, no timing assertions."""
+"""The benchmark's pure parts: corpus sampling, summaries, FLOP counts, the sweep's order, batch planning, reports.
+Fast, no servers, no timing assertions. Percentiles and arrival schedules: tests/server/test_loadgen.py."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 
 from bench import corpus, flops, promscrape, report, workload
 from bench.batching import padded_tokens, plan_batches
-from bench.stats import percentile, summarize
+from bench.stats import summarize
 
 
 def test_corpus_is_small_and_within_the_token_range() -> None:
@@ -69,18 +67,6 @@ def test_generator_keeps_every_text_inside_its_band() -> None:
         assert any(lo <= tokens <= hi for lo, hi in bands)
 
 
-def test_percentile_interpolates_like_numpy() -> None:
-    values = [float(x) for x in range(1, 101)]
-    assert percentile(values, 50) == pytest.approx(50.5)
-    assert percentile(values, 99) == pytest.approx(99.01)
-    assert percentile(values, 0) == 1.0
-    assert percentile(values, 100) == 100.0
-    assert percentile([3.0], 99) == 3.0
-    assert math.isnan(percentile([], 50))
-    with pytest.raises(ValueError):
-        percentile(values, 101)
-
-
 def test_summary_rates_and_latencies() -> None:
     s = summarize("x", "closed", 4, 0, 2.0, [0.010, 0.020, 0.030], 1, 6, 300, 0.1, 0.5, 1e9)
     assert s.requests == 3
@@ -100,14 +86,6 @@ def test_minilm_shape_matches_the_checkpoint() -> None:
     shape = flops.minilm_l6_shape()
     assert shape.layers == 6 and shape.hidden == 384
     assert shape.params == 6 * (4 * 384 * 384 + 2 * 384 * 1536)  # 10.6 M encoder weights
-
-
-def test_poisson_arrivals_are_seeded_and_near_the_rate() -> None:
-    a = workload.poisson_arrivals(50.0, 20.0, seed=1)
-    assert a == workload.poisson_arrivals(50.0, 20.0, seed=1)
-    assert all(0 <= x < 20 for x in a)
-    assert a == sorted(a)
-    assert 800 < len(a) < 1200
 
 
 def test_rotation_lets_each_system_go_first() -> None:

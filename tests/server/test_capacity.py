@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from model_server.capacity import fidelity, recommend
+from model_server.capacity_workload import measurement, request_plan
+from model_server.errors import Overloaded
+from model_server.loadgen.drivers import TIMEOUT, Window
 
 
 @pytest.mark.parametrize("task", ["embedding", "sequence-classification"])
@@ -62,10 +65,11 @@ def test_recommend_picks_the_highest_load_meeting_the_p99_and_rounds_replicas_up
         "capacity": {"rps": 100.0},
         "unloaded": {"p99_ms": 20.0},
         "loaded": [
-            {"offered_rps": 25.0, "p99_ms": 30.0, "shed": 0},
-            {"offered_rps": 50.0, "p99_ms": 45.0, "shed": 0},
-            {"offered_rps": 75.0, "p99_ms": 90.0, "shed": 0},  # misses a 50 ms target
-            {"offered_rps": 90.0, "p99_ms": 40.0, "shed": 3},  # shed requests never count as meeting it
+            {"offered_rps": 25.0, "p99_ms": 30.0, "shed": 0, "timed_out": 0},
+            {"offered_rps": 50.0, "p99_ms": 45.0, "shed": 0, "timed_out": 0},
+            {"offered_rps": 75.0, "p99_ms": 90.0, "shed": 0, "timed_out": 0},  # misses a 50 ms target
+            {"offered_rps": 90.0, "p99_ms": 40.0, "shed": 3, "timed_out": 0},  # shed requests never count as meeting it
+            {"offered_rps": 95.0, "p99_ms": 40.0, "shed": 0, "timed_out": 1},  # nor do requests that never returned
         ],
     }
     rec = recommend(result, target_rps=120.0, target_p99_ms=50.0)
@@ -80,3 +84,31 @@ def test_fidelity_is_cosine_for_embeddings_and_agreement_for_labels() -> None:
     turned = fidelity("embedding", [[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]])
     assert turned == {"cosine_min": 0.0, "cosine_mean": 0.5}
     assert fidelity("classification", ["a", "b", "c", "d"], ["a", "b", "x", "d"]) == {"agreement": 0.75}
+
+
+def _window(latencies_ms: list[float], failures: dict[str, int]) -> Window[list[str]]:
+    window: Window[list[str]] = Window(2.0)
+    for ms in latencies_ms:
+        window.record(["a text"], ms / 1000)
+    for kind, count in failures.items():
+        window.fail(kind, f"{kind}: detail", count)
+    return window
+
+
+def test_measurement_reads_overloaded_as_shed_and_counts_timeouts() -> None:
+    m = measurement(_window([10.0, 20.0, 30.0, 40.0], {Overloaded.__name__: 2, TIMEOUT: 1}), 5.0)
+    assert (m.offered_rps, m.rps, m.shed, m.timed_out) == (5.0, 2.0, 2, 1)
+    assert m.p50_ms == pytest.approx(25.0) and m.p99_ms == pytest.approx(39.7)
+
+
+def test_measurement_refuses_a_window_with_any_other_failure() -> None:
+    with pytest.raises(RuntimeError, match="ValueError"):
+        measurement(_window([10.0], {Overloaded.__name__: 1, "ValueError": 1}), None)
+
+
+def test_request_plans_are_seeded_with_distinct_texts_per_request() -> None:
+    texts = [f"text {i}" for i in range(10)]
+    plan = request_plan(texts, 4, seed=3)
+    assert plan == request_plan(texts, 4, seed=3) and plan != request_plan(texts, 4, seed=4)
+    assert all(len(set(r)) == 4 and set(r) <= set(texts) for r in plan)
+    assert {len(r) for r in request_plan(texts[:2], 4, seed=3)} == {2}
