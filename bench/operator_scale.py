@@ -80,7 +80,7 @@ def start_operator(api: KubeApi, log_dir: Path, workers: int) -> tuple[ManagedPr
     argv = [
         sys.executable,
         "-m",
-        "model_server.cli",
+        "bertmesh_cli",
         "operator",
         "--all-namespaces",
         "--health-host=127.0.0.1",
