@@ -109,7 +109,7 @@ def format_status(md: Mapping[str, Any], now: datetime | None = None) -> str:
 
 
 # Why a command does nothing in a phase, where the phase alone does not say it.
-_NOT_APPLICABLE = {
+_NOT_APPLICABLE: dict[Phase | None, str] = {
     Phase.PROMOTING: "it is already being promoted",
     Phase.ABORTED: "it is already aborted (promote it, or change the spec)",
 }
@@ -125,7 +125,7 @@ def command_for(md: Mapping[str, Any], action: Action) -> Command:
     if not canary.get("revision"):
         raise RolloutCommandError(f"no rollout in progress for {where} (phase {shown}): nothing to {action}")
     if phase is None or not command_applies(action, phase):
-        hint = _NOT_APPLICABLE.get(phase, f"phase {shown}") if phase is not None else f"phase {shown}"
+        hint = _NOT_APPLICABLE.get(phase, f"phase {shown}")
         raise RolloutCommandError(f"cannot {action} canary {canary['revision']} of {where}: {hint}")
     return Command(action, str(canary["revision"]))
 
