@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bertmesh_operator.crd import CRD_PATH  # noqa: E402
 from bertmesh_operator.kube import KubeClient  # noqa: E402
+from bertmesh_operator.states import Phase  # noqa: E402
 from tests.e2e.cluster import KubeApi  # noqa: E402
 from tests.e2e.processes import ManagedProcess, free_port, http_ok, wait_until  # noqa: E402
 from tests.e2e.toolchain import find_toolchain  # noqa: E402
@@ -70,7 +71,7 @@ def converged(api: KubeApi, count: int) -> int:
         m
         for m in items
         if (m.get("status") or {}).get("observedGeneration") == m["metadata"]["generation"]
-        and (m.get("status") or {}).get("phase") == "Stable"
+        and (m.get("status") or {}).get("phase") == Phase.STABLE
     ]
     return len(done)
 
