@@ -27,7 +27,7 @@ test-e2e: venv toolchain
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy model_server operator/bertmesh_operator tests hack bench
+	$(PY) -m mypy bertmesh_cli model_server operator/bertmesh_operator tests hack bench
 	$(PY) -c 'import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports())'
 
 protos: venv

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bertmesh_operator.crd import CRD_PATH  # noqa: E402
 from bertmesh_operator.kube import KubeClient  # noqa: E402
+from bertmesh_operator.states import Phase  # noqa: E402
 from tests.e2e.cluster import KubeApi  # noqa: E402
 from tests.e2e.processes import ManagedProcess, free_port, http_ok, wait_until  # noqa: E402
 from tests.e2e.toolchain import find_toolchain  # noqa: E402
@@ -70,7 +71,7 @@ def converged(api: KubeApi, count: int) -> int:
         m
         for m in items
         if (m.get("status") or {}).get("observedGeneration") == m["metadata"]["generation"]
-        and (m.get("status") or {}).get("phase") == "Stable"
+        and (m.get("status") or {}).get("phase") == Phase.STABLE
     ]
     return len(done)
 
@@ -80,7 +81,7 @@ def start_operator(api: KubeApi, log_dir: Path, workers: int) -> tuple[ManagedPr
     argv = [
         sys.executable,
         "-m",
-        "model_server.cli",
+        "bertmesh_cli",
         "operator",
         "--all-namespaces",
         "--health-host=127.0.0.1",

@@ -29,19 +29,19 @@ from typing import Any
 
 import kopf
 
-from bertmesh_operator.kube import TransientApiError
+from bertmesh_operator.errors import TransientApiError
 from bertmesh_operator.observe import ChildRegistry
 from bertmesh_operator.permissions import CHILD_RESOURCES
 from bertmesh_operator.reconcile import ObjectMemory, Outcome, Reconciler
 from bertmesh_operator.render.context import MD_LABEL
 from bertmesh_operator.resource import GROUP, PLURAL, VERSION
+from bertmesh_operator.states import IN_FLIGHT, phase_of
 
 # While a rollout is in flight the timer reconciles at least this often (seconds): a canary's readiness and
 # its analysis interval (10s at least) are noticed within this much.
 ROLLOUT_TICK_SECONDS = 5.0
 FINALIZER = "serving.bertmesh.io/operator"
 ANNOTATION_PREFIX = "serving.bertmesh.io"
-IN_FLIGHT_PHASES = frozenset({"Progressing", "Promoting"})
 CHILD_EVENTS = "children"  # the id of the handler of the children's watch events
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> Outco
 
 
 def _rollout_in_flight(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") in IN_FLIGHT_PHASES
+    return phase_of(status.get("phase")) in IN_FLIGHT
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:

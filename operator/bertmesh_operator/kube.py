@@ -4,7 +4,7 @@ Every call here is one of `permissions.RULES`: children are server-side applied 
 and force) and deleted; ModelDeployments are read, annotated (`bertmesh rollout`) and their status patched.
 Failures are sorted into two kinds: `TransientApiError` for what heals by itself (the API server unreachable,
 overloaded, restarting, a write conflict) and `ApiRejectedError` for what needs a person (a forbidden verb, an
-object the API server refuses, a kind it does not serve).
+object the API server refuses, a kind it does not serve), both defined in `errors`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from bertmesh_operator.errors import ApiRejectedError, TransientApiError
 from bertmesh_operator.permissions import CHILD_RESOURCES
 from bertmesh_operator.resource import GROUP, PLURAL, VERSION
 
@@ -27,22 +28,6 @@ APPLY_PATCH: Final = "application/apply-patch+yaml"  # JSON is YAML: the client 
 MERGE_PATCH: Final = "application/merge-patch+json"
 # Statuses that say "try again": throttled, conflicting write, the API server or etcd not answering.
 TRANSIENT_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
-
-
-class TransientApiError(Exception):
-    """An API call failed in a way that heals by itself; retry after `delay` seconds."""
-
-    def __init__(self, message: str, delay: float = 5.0) -> None:
-        super().__init__(message)
-        self.delay = delay
-
-
-class ApiRejectedError(Exception):
-    """The API server refused a call for a reason a person must fix (RBAC, a missing CRD, an invalid object)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def load_api_client(kubeconfig: str | None = None, *, pool_size: int | None = None) -> k8s.ApiClient:

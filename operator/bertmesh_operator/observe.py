@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from bertmesh_operator.render.context import MD_LABEL, REVISION_LABEL, TRACK_LABEL
-from bertmesh_operator.rollout import Phase, RolloutState
+from bertmesh_operator.rollout import RolloutState
 from bertmesh_operator.spec import CanarySpec
+from bertmesh_operator.states import Phase
 
 # (API group, kind, name): a child's identity whatever API version it is read or written with.
 ChildKey = tuple[str, str, str]

@@ -15,12 +15,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bertmesh_operator.analysis import AnalysisTarget, p99_latency_query, read_scalar, success_rate_query
+from bertmesh_operator.errors import MetricsUnavailableError
 
 DEFAULT_URL = "http://prometheus.istio-system.svc:9090"
-
-
-class MetricsUnavailableError(Exception):
-    """Prometheus could not be asked (unreachable, timing out, or refusing the query)."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from bertmesh_operator.analysis import canary_target
-from bertmesh_operator.kube import ApiRejectedError
+from bertmesh_operator.errors import ApiRejectedError, InvalidSpecError, MetricsUnavailableError
 from bertmesh_operator.observe import (
     Child,
     ChildKey,
@@ -29,15 +29,19 @@ from bertmesh_operator.observe import (
     observe_tracks,
     stale_children,
 )
-from bertmesh_operator.prometheus import MetricsSource, MetricsUnavailableError
+from bertmesh_operator.prometheus import MetricsSource
 from bertmesh_operator.render import RenderOptions, grpc_endpoint, render
-from bertmesh_operator.resource import InvalidSpecError, ModelDeployment, parse_model_deployment
+from bertmesh_operator.resource import ModelDeployment, parse_model_deployment
 from bertmesh_operator.rollout import COMMAND_ANNOTATION, Command, Observation, RolloutState, step
 from bertmesh_operator.spec import CanarySpec
-from bertmesh_operator.status import ModelDeploymentStatus, degraded_status_patch, rollout_state, status_patch
+from bertmesh_operator.states import Phase, Reason
+from bertmesh_operator.status import degraded_status_patch, rollout_state, status_patch
+from bertmesh_operator.status_model import ModelDeploymentStatus
 
 # Reasons that tell a person something went wrong (Warning events); the rest are Normal.
-WARNING_REASONS = frozenset({"CheckFailed", "CanaryAborted", "AnalysisDeferred", "InvalidSpec", "ApplyFailed"})
+WARNING_REASONS = frozenset(
+    {Reason.CHECK_FAILED, Reason.CANARY_ABORTED, Reason.ANALYSIS_DEFERRED, Reason.INVALID_SPEC, Reason.APPLY_FAILED}
+)
 
 
 class ClusterClient(Protocol):
@@ -79,7 +83,7 @@ class Event:
     """A Kubernetes Event to post on the ModelDeployment."""
 
     type: Literal["Normal", "Warning"]
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -89,7 +93,7 @@ class Outcome:
 
     gone: bool = False
     invalid: str | None = None  # the InvalidSpec message
-    phase: str | None = None
+    phase: Phase | None = None
     applied: int = 0
     pruned: int = 0
     vanished: tuple[str, ...] = ()  # uids of children found already deleted (the watch had not said so)
@@ -142,8 +146,8 @@ class Reconciler:
         try:
             md = parse_model_deployment(fresh)
         except InvalidSpecError as error:
-            written = self._write_degraded(fresh, memory, "InvalidSpec", str(error), now)
-            events = (Event("Warning", "InvalidSpec", str(error)),) if written else ()
+            written = self._write_degraded(fresh, memory, Reason.INVALID_SPEC, str(error), now)
+            events = (Event("Warning", Reason.INVALID_SPEC, str(error)),) if written else ()
             return Outcome(invalid=str(error), status_written=written, events=events)
 
         uid = md.metadata.uid or ""
@@ -151,18 +155,18 @@ class Reconciler:
         before = rollout_state(md.status, spec)
         observation = self._observe(md, before, policy, children, now)
         command = Command.parse((md.metadata.annotations or {}).get(COMMAND_ANNOTATION))
-        state, _ = step(before, observation, spec, now, command)
+        state = step(before, observation, spec, now, command)
 
         objects = render(md, state=state, options=self.options)
         try:
             applied = self._apply(objects, children, memory)
             pruned, vanished = self._prune(objects, children, uid, md.namespace, memory)
         except ApiRejectedError as error:
-            written = self._write_degraded(fresh, memory, "ApplyFailed", str(error), now)
+            written = self._write_degraded(fresh, memory, Reason.APPLY_FAILED, str(error), now)
             return Outcome(
-                phase=before.phase.value,
+                phase=before.phase,
                 status_written=written,
-                events=(Event("Warning", "ApplyFailed", str(error)),) if written else (),
+                events=(Event("Warning", Reason.APPLY_FAILED, str(error)),) if written else (),
                 retry=str(error),
                 retry_delay=self.rejected_retry_seconds,
             )
@@ -180,7 +184,7 @@ class Reconciler:
         )
         written = self._write_status(md, fresh.get("status"), patch, memory)
         return Outcome(
-            phase=state.phase.value,
+            phase=state.phase,
             applied=applied,
             pruned=pruned,
             vanished=vanished,
@@ -254,7 +258,7 @@ class Reconciler:
         return True
 
     def _write_degraded(
-        self, body: Mapping[str, Any], memory: ObjectMemory, reason: str, message: str, now: datetime
+        self, body: Mapping[str, Any], memory: ObjectMemory, reason: Reason, message: str, now: datetime
     ) -> bool:
         meta = body["metadata"]
         current = body.get("status")

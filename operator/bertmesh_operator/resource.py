@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
+from bertmesh_operator.errors import InvalidSpecError
 from bertmesh_operator.schema import (
     DNS1123_LABEL,
     DNS1123_SUBDOMAIN,
@@ -26,7 +27,7 @@ from bertmesh_operator.schema import (
 )
 from bertmesh_operator.spec import ModelDeploymentSpec
 from bertmesh_operator.spec.serving import STORAGE_URI
-from bertmesh_operator.status import ModelDeploymentStatus
+from bertmesh_operator.status_model import ModelDeploymentStatus
 
 GROUP: Final = "serving.bertmesh.io"
 VERSION: Final = "v1alpha1"
@@ -86,10 +87,6 @@ class ModelDeployment(CrdModel):
     def namespace(self) -> str:
         """The object's namespace ("default" when a manifest leaves it out, as kubectl does)."""
         return self.metadata.namespace or "default"
-
-
-class InvalidSpecError(ValueError):
-    """A ModelDeployment that does not validate; the message lists each field path and what is wrong."""
 
 
 # What each grammar means, for people: a regular expression is not an error message.

@@ -1,4 +1,4 @@
-"""The canary rollout as a pure state machine: `step(state, observation, spec, now) -> (state, weights)`.
+"""The canary rollout as a pure state machine: `step(state, observation, spec, now) -> state`.
 
 A change to what the spec serves (model or runtime, canary overrides included) starts a canary at weight 0;
 once a canary replica is ready it gets the first step's weight. Every `interval` the operator's observation of
@@ -6,7 +6,8 @@ the canary (gRPC success rate and p99 latency from Istio's metrics) is checked a
 thresholds: a pass moves to the next step, a failure — missing data included — counts against `threshold`,
 and reaching it aborts (100% stable, canary scaled to zero, Degraded). After the last step passes, the stable
 track takes the candidate ("Promoting": traffic stays split while the stable Deployment rolls) and, once it
-is rolled out, the canary is removed. A new change during a rollout restarts it from the first step.
+is rolled out, the canary is removed. A new change during a rollout restarts it from the first step. The
+traffic split to route is the new state's `weights`; phases and reasons are the types of `states`.
 """
 
 from __future__ import annotations
@@ -14,19 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from datetime import datetime
-from enum import StrEnum
-from typing import Literal
 
 from bertmesh_operator.spec import AnalysisSpec, CanarySpec, ModelDeploymentSpec, ServingSpec
-
-
-class Phase(StrEnum):
-    """Where a ModelDeployment is in its rollout."""
-
-    STABLE = "Stable"  # one track, 100% of traffic
-    PROGRESSING = "Progressing"  # a canary exists and is being analysed
-    PROMOTING = "Promoting"  # stable is rolling to the candidate; the canary still serves its share
-    ABORTED = "Aborted"  # the candidate failed; 100% stable, canary at zero replicas, until the spec changes
+from bertmesh_operator.states import Action, Phase, Reason, command_applies
 
 
 @dataclass(frozen=True)
@@ -63,7 +54,7 @@ COMMAND_ANNOTATION = "serving.bertmesh.io/rollout-command"
 class Command:
     """A manual `bertmesh rollout promote|abort`, bound to the canary revision it was issued for."""
 
-    action: Literal["promote", "abort"]
+    action: Action
     revision: str
 
     def annotation(self) -> str:
@@ -92,7 +83,7 @@ class RolloutState:
     canary_weight: int = 0
     failed_checks: int = 0
     step_started_at: datetime | None = None
-    reason: str = "Stable"
+    reason: Reason = Reason.STABLE
     message: str = ""
 
     @property
@@ -129,7 +120,9 @@ def follow_spec(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -
     desired = spec.desired_serving
     if desired.revision == state.stable_revision:
         if state.phase in (Phase.PROGRESSING, Phase.ABORTED):
-            return _to_stable(state, "RolloutCancelled", f"the spec serves the stable revision {desired.revision}")
+            return _to_stable(
+                state, Reason.ROLLOUT_CANCELLED, f"the spec serves the stable revision {desired.revision}"
+            )
         return state
     if state.phase is not Phase.STABLE and desired.revision == state.canary_revision:
         return state
@@ -138,7 +131,7 @@ def follow_spec(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -
         phase=Phase.PROGRESSING,
         canary=desired,
         step_started_at=now,
-        reason="CanaryStarted",
+        reason=Reason.CANARY_STARTED,
         message=f"rolling out {desired.revision} over {state.stable_revision}; waiting for a ready canary",
     )
 
@@ -149,8 +142,8 @@ def step(
     spec: ModelDeploymentSpec,
     now: datetime,
     command: Command | None = None,
-) -> tuple[RolloutState, Weights]:
-    """Advance the rollout by one reconcile and return the new state and the traffic split to route."""
+) -> RolloutState:
+    """Advance the rollout by one reconcile and return the new state (whose `weights` are the split to route)."""
     policy = spec.traffic.policy
     before = (state.stable_revision, state.canary_revision)
     state = follow_spec(state, spec, now)
@@ -160,25 +153,22 @@ def step(
     if observation is None or (state.stable_revision, state.canary_revision) != before:
         observation = Observation()
     state = _advance(state, observation, policy, now)
-    state = replace(state, canary_weight=_weight(state, policy))
-    return state, state.weights
+    return replace(state, canary_weight=_weight(state, policy))
 
 
 def _apply_command(state: RolloutState, command: Command | None, now: datetime) -> RolloutState:
     # A command names the canary revision it was meant for, so a stale one never hits a later rollout.
-    if command is None or command.revision != state.canary_revision:
+    if command is None or command.revision != state.canary_revision or not command_applies(command.action, state.phase):
         return state
-    if command.action == "promote" and state.phase in (Phase.PROGRESSING, Phase.ABORTED):
+    if command.action == "promote":
         return _promote(state, now, "promoted by a rollout promote command")
-    if command.action == "abort" and state.phase is Phase.PROGRESSING:
-        return _abort(state, now, "aborted by a rollout abort command")
-    return state
+    return _abort(state, now, "aborted by a rollout abort command")
 
 
 def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: datetime) -> RolloutState:
     if state.phase is Phase.PROMOTING:
         if obs.stable_ready:
-            return _to_stable(state, "Promoted", f"stable serves {state.stable_revision}")
+            return _to_stable(state, Reason.PROMOTED, f"stable serves {state.stable_revision}")
         return state
     if state.phase is not Phase.PROGRESSING:
         return state
@@ -189,7 +179,7 @@ def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: dat
                 state,
                 step=1,
                 step_started_at=now,
-                reason="CanaryReady",
+                reason=Reason.CANARY_READY,
                 message=f"step 1/{len(policy.schedule)}: canary at {policy.schedule[0]}%",
             )
         if elapsed >= policy.progress_deadline_seconds:
@@ -201,7 +191,7 @@ def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: dat
         # A restarting Prometheus should not cost the canary a check; a dead one still does, one interval late.
         return replace(
             state,
-            reason="AnalysisDeferred",
+            reason=Reason.ANALYSIS_DEFERRED,
             message=f"step {state.step}/{len(policy.schedule)}: check deferred, metrics unavailable: "
             f"{obs.metrics_error}",
         )
@@ -214,7 +204,7 @@ def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: dat
             state,
             step=nxt,
             step_started_at=now,
-            reason="CheckPassed",
+            reason=Reason.CHECK_PASSED,
             message=f"step {nxt}/{len(policy.schedule)}: canary at {policy.schedule[nxt - 1]}%",
         )
     failed = state.failed_checks + 1
@@ -224,7 +214,7 @@ def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: dat
         state,
         failed_checks=failed,
         step_started_at=now,
-        reason="CheckFailed",
+        reason=Reason.CHECK_FAILED,
         message=f"check failed ({failed}/{policy.threshold}): {failure}",
     )
 
@@ -262,7 +252,7 @@ def _promote(state: RolloutState, now: datetime, why: str) -> RolloutState:
         phase=Phase.PROMOTING,
         stable=state.canary,
         step_started_at=now,
-        reason="Promoting",
+        reason=Reason.PROMOTING,
         message=f"{why}; stable is rolling to {state.canary.revision}",
     )
 
@@ -273,10 +263,10 @@ def _abort(state: RolloutState, now: datetime, why: str) -> RolloutState:
         phase=Phase.ABORTED,
         canary_weight=0,
         step_started_at=now,
-        reason="CanaryAborted",
+        reason=Reason.CANARY_ABORTED,
         message=f"canary {state.canary_revision} aborted: {why}; 100% of traffic is on stable {state.stable_revision}",
     )
 
 
-def _to_stable(state: RolloutState, reason: str, message: str) -> RolloutState:
+def _to_stable(state: RolloutState, reason: Reason, message: str) -> RolloutState:
     return RolloutState(stable=state.stable, reason=reason, message=message)

@@ -1,4 +1,4 @@
-"""The ModelDeployment status: its models, and the pure mapping between it and the rollout state.
+"""The pure mapping between the rollout state and the ModelDeployment status (`status_model`), both ways.
 
 The status is the operator's memory: the rollout state (including the exact model and runtime each track
 serves) round-trips through it, so a restarted operator resumes a rollout where it stopped.
@@ -7,65 +7,12 @@ serves) round-trips through it, so a restarted operator resumes a rollout where 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
-
-from bertmesh_operator.rollout import Phase, RolloutState, initial_state
-from bertmesh_operator.schema import CrdModel
-from bertmesh_operator.spec import ModelDeploymentSpec, ModelSpec, RuntimeSpec, ServingSpec
-
-ConditionType = Literal["Ready", "Progressing", "Degraded"]
-Revision = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[a-f0-9]+$")]
-Replicas = Annotated[int, Field(ge=0, le=100000)]
-
-
-class Condition(CrdModel):
-    """A condition in the Kubernetes convention (metav1.Condition)."""
-
-    type: ConditionType
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = Field(default="", max_length=32768)
-    observed_generation: int | None = Field(default=None, ge=0, le=2**53)
-    last_transition_time: datetime
-
-
-class TrackStatus(CrdModel):
-    """One track: the revision it serves, exactly what that revision is, and its ready replicas."""
-
-    revision: Revision
-    ready_replicas: Replicas = 0
-    model: ModelSpec
-    runtime: RuntimeSpec
-
-
-class CanaryStatus(TrackStatus):
-    """The canary track and its progress."""
-
-    weight: int = Field(default=0, ge=0, le=100, description="Share of traffic routed to the canary (%).")
-    step: int = Field(default=0, ge=0, le=20, description="Current step (1-based); 0 before the first.")
-    steps: int = Field(default=0, ge=0, le=20, description="Number of steps in the schedule.")
-    failed_checks: int = Field(default=0, ge=0, le=100)
-    step_started_at: datetime | None = None
-
-
-class ModelDeploymentStatus(CrdModel):
-    """What the operator observed and decided."""
-
-    # Tolerate fields other writers keep in status (kopf's own bookkeeping, for instance).
-    model_config = CrdModel.model_config | ConfigDict(extra="ignore")
-
-    observed_generation: int | None = Field(default=None, ge=0, le=2**53)
-    conditions: Annotated[list[Condition], Field(max_length=8)] | None = Field(
-        default=None,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    phase: Literal["Stable", "Progressing", "Promoting", "Aborted"] | None = None
-    stable: TrackStatus | None = None
-    canary: CanaryStatus | None = None
-    grpc_endpoint: str | None = Field(default=None, max_length=320, description="host:port to call over gRPC.")
-    message: str | None = Field(default=None, max_length=32768)
+from bertmesh_operator.rollout import RolloutState, initial_state
+from bertmesh_operator.spec import ModelDeploymentSpec, ServingSpec
+from bertmesh_operator.states import ENTERED_WITH, IN_FLIGHT, Phase, Reason
+from bertmesh_operator.status_model import CanaryStatus, Condition, ConditionType, ModelDeploymentStatus, TrackStatus
 
 
 def rollout_state(status: ModelDeploymentStatus | None, spec: ModelDeploymentSpec) -> RolloutState:
@@ -73,7 +20,7 @@ def rollout_state(status: ModelDeploymentStatus | None, spec: ModelDeploymentSpe
     if status is None or status.stable is None or status.phase is None:
         return initial_state(spec)
     stable = ServingSpec(model=status.stable.model, runtime=status.stable.runtime)
-    phase = Phase(status.phase)
+    phase = status.phase
     canary = status.canary
     if phase is Phase.STABLE or canary is None:
         return RolloutState(stable=stable, message=status.message or "")
@@ -90,12 +37,15 @@ def rollout_state(status: ModelDeploymentStatus | None, spec: ModelDeploymentSpe
     )
 
 
-def _reason_of(status: ModelDeploymentStatus, phase: Phase) -> str:
-    wanted = "Degraded" if phase is Phase.ABORTED else "Progressing"
+def _reason_of(status: ModelDeploymentStatus, phase: Phase) -> Reason:
+    wanted: ConditionType = "Degraded" if phase is Phase.ABORTED else "Progressing"
     for condition in status.conditions or ():
         if condition.type == wanted:
-            return condition.reason
-    return phase.value
+            try:
+                return Reason(condition.reason)
+            except ValueError:  # written by hand, or by another version: not a reason this operator gives
+                break
+    return ENTERED_WITH[phase]
 
 
 def rollout_status(
@@ -143,17 +93,17 @@ def conditions(
     previous: list[Condition] | None = None,
 ) -> list[Condition]:
     """The Ready, Progressing and Degraded conditions; an unchanged one keeps its transition time."""
-    rolling = state.phase in (Phase.PROGRESSING, Phase.PROMOTING)
+    rolling = state.phase in IN_FLIGHT
     aborted = state.phase is Phase.ABORTED
-    wanted: list[tuple[ConditionType, bool, str, str]] = [
+    wanted: list[tuple[ConditionType, bool, Reason, str]] = [
         (
             "Ready",
             stable_ready_replicas > 0,
-            "Serving" if stable_ready_replicas > 0 else "NoReadyReplicas",
+            Reason.SERVING if stable_ready_replicas > 0 else Reason.NO_READY_REPLICAS,
             f"{stable_ready_replicas} stable replica(s) ready, revision {state.stable_revision}",
         ),
-        ("Progressing", rolling, state.reason if rolling else "NoRollout", state.message if rolling else ""),
-        ("Degraded", aborted, state.reason if aborted else "AsExpected", state.message if aborted else ""),
+        ("Progressing", rolling, state.reason if rolling else Reason.NO_ROLLOUT, state.message if rolling else ""),
+        ("Degraded", aborted, state.reason if aborted else Reason.AS_EXPECTED, state.message if aborted else ""),
     ]
     before = {c.type: c for c in previous or ()}
     result = []
@@ -209,7 +159,7 @@ def status_patch(
 def degraded_status_patch(
     previous: ModelDeploymentStatus | None,
     *,
-    reason: str,
+    reason: Reason,
     message: str,
     generation: int | None,
     now: datetime,

@@ -85,7 +85,7 @@ def test_every_path_the_guide_names_exists() -> None:
         assert (REPO / path).exists(), path
 
 
-def test_the_guide_installs_bertmesh_with_the_issues_command() -> None:
+def test_the_guide_installs_the_chart_into_its_own_namespace_and_pins_istio() -> None:
     commands = shell_commands(INSTALL.read_text())
     expected = ["helm", "install", "bertmesh", "charts/bertmesh", "-n", "bertmesh-system", "--create-namespace"]
     assert expected in commands

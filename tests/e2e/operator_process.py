@@ -61,7 +61,7 @@ def operator_kubeconfig(api: KubeApi) -> Path:
 
 
 class OperatorProcess:
-    """One `python -m model_server.cli operator ...` process; `kill()` is SIGKILL, `stop()` SIGTERM."""
+    """One `python -m bertmesh_cli operator ...` process; `kill()` is SIGKILL, `stop()` SIGTERM."""
 
     _started = 0
 
@@ -78,7 +78,7 @@ class OperatorProcess:
         OperatorProcess._started += 1
         self.api = api
         self.port = free_port()
-        argv = [sys.executable, "-m", "model_server.cli", "operator"]
+        argv = [sys.executable, "-m", "bertmesh_cli", "operator"]
         for namespace in namespaces:
             argv += ["--namespace", namespace]
         argv += [

@@ -121,7 +121,7 @@ def render_children(namespace: str, tmp_path: Path) -> list[dict[str, Any]]:
     source = tmp_path / f"md-{namespace}.yaml"
     source.write_text(yaml.safe_dump_all(mds))
     out = subprocess.run(
-        [sys.executable, "-m", "model_server.cli", "render", "-f", str(source), "-o", "json"],
+        [sys.executable, "-m", "bertmesh_cli", "render", "-f", str(source), "-o", "json"],
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout  # fmt: skip
     items: list[dict[str, Any]] = json.loads(out)["items"]

@@ -1,4 +1,4 @@
-"""The harness itself, against the real binaries: what every other e2e test relies on (issue 3)."""
+"""The harness itself, against the real binaries: what every other e2e test relies on."""
 
 from __future__ import annotations
 

@@ -235,7 +235,7 @@ def test_bad_metrics_or_none_abort_to_100_percent_stable_and_a_canary_at_zero(
 def bertmesh(api: KubeApi, *args: str) -> subprocess.CompletedProcess[str]:
     """`bertmesh ...` as a user runs it, with the admin kubeconfig."""
     return subprocess.run(
-        [sys.executable, "-m", "model_server.cli", *args],
+        [sys.executable, "-m", "bertmesh_cli", *args],
         env=api.tool_env(),
         capture_output=True,
         text=True,

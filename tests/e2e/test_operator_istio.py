@@ -34,9 +34,9 @@ def phases(manifest: dict[str, Any]) -> dict[str, RolloutState]:
     """The rollout states whose objects differ: stable only, canary at 0%, canary routed, aborted."""
     spec = parse_model_deployment(manifest).spec
     stable = initial_state(spec)
-    waiting, _ = step(stable, None, spec, T0)
-    routed, _ = step(waiting, Observation(canary_ready_replicas=1), spec, T0)
-    aborted, _ = step(routed, None, spec, T0, Command("abort", routed.canary_revision or ""))
+    waiting = step(stable, None, spec, T0)
+    routed = step(waiting, Observation(canary_ready_replicas=1), spec, T0)
+    aborted = step(routed, None, spec, T0, Command("abort", routed.canary_revision or ""))
     return {"stable": stable, "waiting": waiting, "routed": routed, "aborted": aborted}
 
 

@@ -1,12 +1,15 @@
 """The Dockerfiles, checked with what runs here (no Docker engine): pinned bases, non-root users that match the
-pods, the commands the operator and the chart run, and an operator image without torch."""
+pods, the commands the operator and the chart run, each image carrying only its own side of `bertmesh`, and an
+operator image without torch."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -168,14 +171,60 @@ def test_operator_extra_pulls_no_torch_or_cuda() -> None:
     assert {"torch", "triton"} <= dependency_closure("bertmesh", {"server"})
 
 
-def test_the_cli_runs_with_only_the_operator_images_packages(tmp_path: Path) -> None:
-    """`bertmesh render` and `bertmesh operator --help` import nothing outside the operator image."""
-    closure = dependency_closure("bertmesh", {"operator"})
-    allowed = {"model_server", "bertmesh_operator"}
+def build_context(dockerfile: Path) -> list[str]:
+    """What the build stage copies from the build context (repository paths)."""
+    sources: list[str] = []
+    for ins in parse(dockerfile):
+        if ins.keyword == "COPY" and not ins.args.startswith("--from"):
+            sources += ins.args.split()[:-1]
+    return sources
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "ours"),
+    [(OPERATOR, {"bertmesh_cli", "bertmesh_operator"}), (SERVER, {"bertmesh_cli", "model_server"})],
+    ids=["operator", "model-server"],
+)
+def test_each_image_carries_the_dispatcher_and_its_own_side_only(
+    dockerfile: Path, ours: set[str], tmp_path: Path
+) -> None:
+    """The wheel `pip install` builds from exactly what the Dockerfile copies holds one side and `bertmesh`."""
+    context = tmp_path / "context"
+    for source in build_context(dockerfile):
+        if (REPO / source).is_dir():
+            shutil.copytree(REPO / source, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            (context / source).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / source, context / source)
+    build = "import sys; from setuptools import build_meta; build_meta.build_wheel(sys.argv[1])"
+    built = subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path / "dist")], cwd=context, capture_output=True, text=True, timeout=300
+    )
+    assert built.returncode == 0, built.stderr[-4000:]
+    (wheel,) = (tmp_path / "dist").glob("bertmesh-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        scripts = archive.read(entry_points).decode()
+    assert {name.partition("/")[0] for name in names if ".dist-info/" not in name} == ours
+    assert "bertmesh = bertmesh_cli:main" in scripts
+
+
+# The packages of ours each image carries (test_each_image_carries_the_dispatcher_and_its_own_side_only).
+OPERATOR_SIDE = {"bertmesh_cli", "bertmesh_operator"}
+SERVER_SIDE = {"bertmesh_cli", "model_server"}
+OURS = OPERATOR_SIDE | SERVER_SIDE
+
+
+def image_python(tmp_path: Path, image: str, ours: set[str], extra: str) -> list[str]:
+    """A command line running `bertmesh` where only what the image installs can be imported: our packages in
+    `ours` and the modules of the distributions `bertmesh[extra]` pulls in; any other import fails."""
+    closure = dependency_closure("bertmesh", {extra})
+    allowed = set(ours)
     for module, distributions in metadata.packages_distributions().items():
-        if any(canonicalize_name(d) in closure for d in distributions):
+        if module not in OURS and any(canonicalize_name(d) in closure for d in distributions):
             allowed.add(module)
-    guard = tmp_path / "guard.py"
+    guard = tmp_path / f"{image}.py"
     guard.write_text(
         "import importlib.abc, sys\n"
         f"ALLOWED = {sorted(allowed)!r}\n"
@@ -184,18 +233,50 @@ def test_the_cli_runs_with_only_the_operator_images_packages(tmp_path: Path) -> 
         "        top = name.partition('.')[0]\n"
         "        if top in sys.stdlib_module_names or top in ALLOWED or top.startswith('_'):\n"
         "            return None\n"
-        "        raise ModuleNotFoundError(f'{name} is not in the operator image')\n"
+        f"        raise ModuleNotFoundError(f'{{name}} is not in the {image} image', name=name)\n"
         "sys.meta_path.insert(0, Guard())\n"
-        "from model_server.cli import main\n"
+        "from bertmesh_cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
+    return [sys.executable, str(guard)]
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_the_operator_commands_run_without_the_model_server(tmp_path: Path) -> None:
+    """`bertmesh render`, `operator --help` and `rollout --help` with model_server and torch absent; the
+    server's commands say which extra they need."""
+    bertmesh = image_python(tmp_path, "operator", OPERATOR_SIDE, "operator")
     example = REPO / "examples" / "gpu-classifier-canary.yaml"
-    rendered = subprocess.run(
-        [sys.executable, str(guard), "render", "-f", str(example)], capture_output=True, text=True, timeout=120
-    )
+    rendered = run([*bertmesh, "render", "-f", str(example)])
     assert rendered.returncode == 0, rendered.stderr
     assert "kind: Deployment" in rendered.stdout
-    helped = subprocess.run(
-        [sys.executable, str(guard), "operator", "--help"], capture_output=True, text=True, timeout=120
+    for command, flag in (("operator", "--prometheus-url"), ("rollout", "promote")):
+        helped = run([*bertmesh, command, "--help"])
+        assert helped.returncode == 0, helped.stderr
+        assert flag in helped.stdout
+    for command in ("serve", "embed", "bench"):
+        refused = run([*bertmesh, command, "--help"])
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == (
+            f"bertmesh {command}: the model_server package is not installed here: install bertmesh[server], "
+            "or run the model-server image"
+        )
+
+
+def test_the_server_commands_run_without_the_operator(tmp_path: Path) -> None:
+    """`bertmesh serve --help` and the client commands with bertmesh_operator (and kopf) absent; the operator's
+    commands say which extra they need."""
+    bertmesh = image_python(tmp_path, "model-server", SERVER_SIDE, "server")
+    for command, flag in (("serve", "--max-batch-tokens"), ("embed", "--target")):
+        helped = run([*bertmesh, command, "--help"])
+        assert helped.returncode == 0, helped.stderr
+        assert flag in helped.stdout
+    refused = run([*bertmesh, "render", "-f", str(REPO / "examples" / "cpu-embedding.yaml")])
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "bertmesh render: the bertmesh_operator package is not installed here: install bertmesh[operator], "
+        "or run the operator image"
     )
-    assert "is not in the operator image" not in helped.stderr, helped.stderr

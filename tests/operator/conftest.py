@@ -1,7 +1,7 @@
 """Shared fixtures for operator tests: ModelDeployment manifests as plain dicts, as users write them.
 
-Test modules get helpers through fixtures only (no `import conftest`): tests/ has no __init__.py files, and a
-package named `operator` would shadow the standard library.
+Helpers that are classes rather than fixtures live in `tests.operator.fakes` (imported by that name: the
+package is `tests.operator`, never a top-level `operator`, which would shadow the standard library).
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ import pytest
 from kubernetes import client as k8s
 
 from bertmesh_operator.analysis import AnalysisTarget
-from bertmesh_operator.kube import ApiRejectedError, KubeClient, TransientApiError, resource_path
-from bertmesh_operator.prometheus import MetricsUnavailableError, PrometheusClient
+from bertmesh_operator.errors import ApiRejectedError, MetricsUnavailableError, TransientApiError
+from bertmesh_operator.kube import KubeClient, resource_path
+from bertmesh_operator.prometheus import PrometheusClient
 
 
 @dataclass

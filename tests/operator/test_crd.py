@@ -106,7 +106,7 @@ def test_every_cel_rule_of_every_model_is_in_the_crd() -> None:
     assert len(expected) >= 15
 
 
-def test_cross_field_rules_sit_where_the_issue_asks() -> None:
+def test_cross_field_rules_sit_on_the_object_whose_fields_they_relate() -> None:
     rules = _rules_at(openapi_schema())
     assert "self.minReplicas <= self.maxReplicas" in rules[".spec.autoscaling"]
     canary = " ".join(rules[".spec.traffic.canary"])

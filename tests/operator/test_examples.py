@@ -11,11 +11,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bertmesh_operator.cli import render_documents
+from bertmesh_operator.commands.render import render_documents
 from bertmesh_operator.crd import openapi_schema
 from bertmesh_operator.render import RenderOptions
 from bertmesh_operator.resource import parse_model_deployment
-from bertmesh_operator.rollout import Command, Observation, Phase, initial_state, step
+from bertmesh_operator.rollout import Command, Observation, initial_state, step
+from bertmesh_operator.states import Phase
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -80,16 +81,16 @@ def test_gpu_classifier_canary_starts_its_canary() -> None:
 def test_gpu_classifier_canary_can_be_folded_after_promotion() -> None:
     manifest = yaml.safe_load(EXAMPLES[1].read_text())
     spec = parse_model_deployment(manifest).spec
-    state, _ = step(initial_state(spec), None, spec, NOW)
-    state, _ = step(state, Observation(canary_ready_replicas=1), spec, NOW)
-    state, _ = step(state, None, spec, NOW, Command("promote", state.canary_revision or ""))
-    state, _ = step(state, Observation(stable_ready=True), spec, NOW)
+    state = step(initial_state(spec), None, spec, NOW)
+    state = step(state, Observation(canary_ready_replicas=1), spec, NOW)
+    state = step(state, None, spec, NOW, Command("promote", state.canary_revision or ""))
+    state = step(state, Observation(stable_ready=True), spec, NOW)
     assert state.phase is Phase.STABLE
     folded = manifest["spec"] | {"model": manifest["spec"]["model"] | manifest["spec"]["traffic"]["canary"]["model"]}
     folded["traffic"] = {"timeout": "10s"}
     folded_spec = parse_model_deployment(manifest | {"spec": folded}).spec
-    after, weights = step(state, None, folded_spec, NOW)
-    assert (after.phase, weights.canary) == (Phase.STABLE, 0)
+    after = step(state, None, folded_spec, NOW)
+    assert (after.phase, after.weights.canary) == (Phase.STABLE, 0)
 
 
 def test_rate_limited_example() -> None:

@@ -22,8 +22,9 @@ from bertmesh_operator.observe import (
 )
 from bertmesh_operator.render import render
 from bertmesh_operator.resource import parse_model_deployment
-from bertmesh_operator.rollout import Observation, Phase, initial_state, step
+from bertmesh_operator.rollout import Observation, initial_state, step
 from bertmesh_operator.spec import ModelDeploymentSpec
+from bertmesh_operator.states import Phase
 
 MakeManifest = Callable[..., dict[str, Any]]
 UID = "11111111-2222-3333-4444-555555555555"
@@ -116,7 +117,7 @@ def test_rolled_out_means_every_pod_updated_and_available(fields: dict[str, Any]
 
 
 def test_tracks_are_read_for_the_state_s_revisions(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
-    state, _ = step(initial_state(canary_spec), None, canary_spec, t0)
+    state = step(initial_state(canary_spec), None, canary_spec, t0)
     assert state.canary_revision is not None
     children = [
         child(deployment(state.stable_revision, ready=2)),
@@ -156,9 +157,9 @@ def test_content_version_ignores_status_but_not_edits() -> None:
 
 def test_analysis_is_due_once_the_interval_at_a_step_has_passed(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     policy = canary_spec.traffic.policy
-    waiting, _ = step(initial_state(canary_spec), None, canary_spec, t0)
+    waiting = step(initial_state(canary_spec), None, canary_spec, t0)
     assert not analysis_due(waiting, policy, t0 + timedelta(hours=1))  # step 0: waiting for a ready canary
-    running, _ = step(waiting, Observation(canary_ready_replicas=1), canary_spec, t0)
+    running = step(waiting, Observation(canary_ready_replicas=1), canary_spec, t0)
     assert running.phase is Phase.PROGRESSING and running.step == 1
     assert not analysis_due(running, policy, t0 + timedelta(seconds=59))
     assert analysis_due(running, policy, t0 + timedelta(seconds=60))

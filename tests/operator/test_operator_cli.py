@@ -6,18 +6,20 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bertmesh_operator.cli import main
+from bertmesh_cli import main
+from bertmesh_operator.commands.rollout import RolloutCommandError, command_for, format_status
+from bertmesh_operator.commands.run import _QuietTicks, parse_args
 from bertmesh_operator.resource import parse_model_deployment
-from bertmesh_operator.rollout import Observation, initial_state, step
-from bertmesh_operator.rollout_cli import RolloutCommandError, command_for, format_status
-from bertmesh_operator.runner import _QuietTicks, parse_args
-from bertmesh_operator.status import status_patch
+from bertmesh_operator.rollout import Command, Observation, initial_state, step
+from bertmesh_operator.states import Action, Phase
+from bertmesh_operator.status import rollout_state, status_patch
 
 MakeManifest = Callable[..., dict[str, Any]]
 CANARY = {"model": {"storageUri": "pvc://models/v2", "revision": "v2"}, "steps": [10, 50], "threshold": 3}
@@ -65,9 +67,9 @@ def test_operator_refuses_bad_flags(argv: list[str], capsys: pytest.CaptureFixtu
 def _reconciled(manifest: dict[str, Any], t0: datetime, *, ready: bool = True) -> dict[str, Any]:
     """The manifest with the status the operator writes after the canary became ready."""
     md = parse_model_deployment(manifest)
-    state, _ = step(initial_state(md.spec), None, md.spec, t0)
+    state = step(initial_state(md.spec), None, md.spec, t0)
     if ready:
-        state, _ = step(state, Observation(canary_ready_replicas=1), md.spec, t0)
+        state = step(state, Observation(canary_ready_replicas=1), md.spec, t0)
     manifest["metadata"]["generation"] = 2
     manifest["status"] = status_patch(
         state,
@@ -130,6 +132,25 @@ def test_commands_that_cannot_apply_say_why(
         command_for(md, action)
 
 
+@pytest.mark.parametrize("action", ["promote", "abort"])
+@pytest.mark.parametrize("phase", [Phase.PROGRESSING, Phase.PROMOTING, Phase.ABORTED])  # with a canary
+def test_the_cli_refuses_exactly_the_commands_the_operator_would_ignore(
+    make_md: MakeManifest, t0: datetime, phase: Phase, action: Action
+) -> None:
+    md = _reconciled(make_md({"traffic": {"canary": CANARY}}), t0)
+    spec = parse_model_deployment(md).spec
+    revision = md["status"]["canary"]["revision"]
+    state = replace(rollout_state(parse_model_deployment(md).status, spec), phase=phase)
+    acted = step(state, None, spec, t0, Command(action, revision)) != step(state, None, spec, t0)
+    md["status"]["phase"] = phase.value
+    try:
+        command_for(md, action)
+        accepted = True
+    except RolloutCommandError:
+        accepted = False
+    assert accepted == acted
+
+
 def test_there_is_nothing_to_promote_without_a_rollout(make_md: MakeManifest, t0: datetime) -> None:
     md = _reconciled(make_md(), t0, ready=False)
     with pytest.raises(RolloutCommandError, match=r"no rollout in progress for ml/minilm \(phase Stable\)"):
@@ -154,7 +175,7 @@ def test_the_operator_imports_and_starts_without_torch(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                "import sys; from model_server.cli import main; sys.exit(main(sys.argv[1:]))",
+                "import sys; from bertmesh_cli import main; sys.exit(main(sys.argv[1:]))",
                 *argv,
             ],
             env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
@@ -165,7 +186,13 @@ def test_the_operator_imports_and_starts_without_torch(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "--prometheus-url" in result.stdout or "promote" in result.stdout
-    code = "import bertmesh_operator.handlers, bertmesh_operator.runner, sys; assert 'torch' not in sys.modules"
+    code = (
+        "import importlib, pkgutil, sys, bertmesh_operator\n"
+        "for module in pkgutil.walk_packages(bertmesh_operator.__path__, 'bertmesh_operator.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "assert 'bertmesh_operator.handlers' in sys.modules and 'bertmesh_operator.commands.run' in sys.modules\n"
+        "assert 'torch' not in sys.modules and 'model_server' not in sys.modules"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code],
         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bertmesh_operator.cli import main
+from bertmesh_cli import main
 from bertmesh_operator.render import render
 from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import Observation, initial_state, step
@@ -60,8 +60,8 @@ def test_render_follows_the_status_like_the_operator(
 ) -> None:
     manifest = make_md({"traffic": {"canary": {"model": {"storageUri": "pvc://m/v2"}, "steps": [30, 60]}}})
     spec = parse_model_deployment(manifest).spec
-    state, _ = step(initial_state(spec), None, spec, t0)
-    state, _ = step(state, Observation(canary_ready_replicas=1), spec, t0)
+    state = step(initial_state(spec), None, spec, t0)
+    state = step(state, Observation(canary_ready_replicas=1), spec, t0)
     manifest["status"] = rollout_status(state, spec, stable_ready_replicas=2, canary_ready_replicas=1)
     assert main(["render", "-f", str(write(tmp_path, manifest))]) == 0
     vs = next(o for o in yaml.safe_load_all(capsys.readouterr().out) if o["kind"] == "VirtualService")
@@ -120,7 +120,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_bertmesh_command_dispatches_here(repo: Path) -> None:
     example = repo / "examples" / "cpu-embedding.yaml"
     result = subprocess.run(
-        [sys.executable, "-m", "model_server.cli", "render", "-f", str(example), "-o", "json"],
+        [sys.executable, "-m", "bertmesh_cli", "render", "-f", str(example), "-o", "json"],
         capture_output=True,
         text=True,
         cwd=repo,

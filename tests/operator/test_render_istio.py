@@ -24,11 +24,11 @@ def objects_of(manifest: dict[str, Any], state: RolloutState | None = None, **op
 
 def progressing(manifest: dict[str, Any], t0: datetime, *, checks: int = 0) -> RolloutState:
     spec = parse_model_deployment(manifest).spec
-    state, _ = step(initial_state(spec), None, spec, t0)
-    state, _ = step(state, Observation(canary_ready_replicas=1), spec, t0)
+    state = step(initial_state(spec), None, spec, t0)
+    state = step(state, Observation(canary_ready_replicas=1), spec, t0)
     good = Observation(canary_ready_replicas=1, success_rate=1.0, p99_latency_ms=1.0)
     for i in range(checks):
-        state, _ = step(state, good, spec, t0.replace(minute=i + 1))
+        state = step(state, good, spec, t0.replace(minute=i + 1))
     return state
 
 
@@ -91,7 +91,7 @@ def test_abort_returns_routing_to_100_percent_stable(make_md: MakeManifest, t0: 
     manifest = make_md({"traffic": {"canary": CANARY}})
     state = progressing(manifest, t0, checks=1)
     spec = parse_model_deployment(manifest).spec
-    aborted, _ = step(state, None, spec, t0, Command("abort", state.canary_revision or ""))
+    aborted = step(state, None, spec, t0, Command("abort", state.canary_revision or ""))
     (route,) = objects_of(manifest, aborted)["VirtualService"]["spec"]["http"]
     assert [(r["destination"]["subset"], r["weight"]) for r in route["route"]] == [("stable", 100)]
 

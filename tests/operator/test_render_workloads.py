@@ -12,7 +12,8 @@ import pytest
 
 from bertmesh_operator.render import RenderOptions, grpc_endpoint, render
 from bertmesh_operator.resource import parse_model_deployment
-from bertmesh_operator.rollout import Command, Observation, Phase, RolloutState, initial_state, step
+from bertmesh_operator.rollout import Command, Observation, RolloutState, initial_state, step
+from bertmesh_operator.states import Phase
 
 MakeManifest = Callable[..., dict[str, Any]]
 Objects = list[dict[str, Any]]
@@ -35,15 +36,15 @@ def arg(args: list[str], flag: str) -> str:
 def rollout(manifest: dict[str, Any], t0: datetime, phase: Phase) -> RolloutState:
     """Drive the state machine to a phase, as the operator would."""
     spec = parse_model_deployment(manifest).spec
-    state, _ = step(initial_state(spec), None, spec, t0)
+    state = step(initial_state(spec), None, spec, t0)
     if phase is Phase.STABLE:
         return initial_state(spec)
-    state, _ = step(state, Observation(canary_ready_replicas=1), spec, t0)
+    state = step(state, Observation(canary_ready_replicas=1), spec, t0)
     revision = state.canary_revision or ""
     if phase is Phase.PROMOTING:
-        state, _ = step(state, None, spec, t0, Command("promote", revision))
+        state = step(state, None, spec, t0, Command("promote", revision))
     if phase is Phase.ABORTED:
-        state, _ = step(state, None, spec, t0, Command("abort", revision))
+        state = step(state, None, spec, t0, Command("abort", revision))
     assert state.phase is phase
     return state
 

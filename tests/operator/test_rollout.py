@@ -9,17 +9,9 @@ from typing import Any
 import pytest
 
 from bertmesh_operator.resource import parse_model_deployment
-from bertmesh_operator.rollout import (
-    Command,
-    Observation,
-    Phase,
-    RolloutState,
-    Weights,
-    follow_spec,
-    initial_state,
-    step,
-)
+from bertmesh_operator.rollout import Command, Observation, RolloutState, Weights, follow_spec, initial_state, step
 from bertmesh_operator.spec import ModelDeploymentSpec
+from bertmesh_operator.states import Phase
 
 MakeManifest = Callable[..., dict[str, Any]]
 GOOD = Observation(canary_ready_replicas=1, success_rate=0.999, p99_latency_ms=20.0)
@@ -42,52 +34,52 @@ def canary_spec(spec_of: Callable[..., ModelDeploymentSpec]) -> ModelDeploymentS
 
 def started(spec: ModelDeploymentSpec, t0: datetime) -> RolloutState:
     """A rollout whose canary has just become ready and receives the first step's weight."""
-    state, _ = step(initial_state(spec), None, spec, t0)
-    state, weights = step(state, Observation(canary_ready_replicas=1), spec, t0)
-    assert (state.phase, state.step, weights) == (Phase.PROGRESSING, 1, Weights(90, 10))
+    state = step(initial_state(spec), None, spec, t0)
+    state = step(state, Observation(canary_ready_replicas=1), spec, t0)
+    assert (state.phase, state.step, state.weights) == (Phase.PROGRESSING, 1, Weights(90, 10))
     return state
 
 
 def test_no_change_stays_stable(spec_of: Callable[..., ModelDeploymentSpec], t0: datetime) -> None:
     spec = spec_of()
-    state, weights = step(initial_state(spec), GOOD, spec, t0)
+    state = step(initial_state(spec), GOOD, spec, t0)
     assert state.phase is Phase.STABLE
-    assert weights == Weights(100, 0)
+    assert state.weights == Weights(100, 0)
     assert state.canary is None
 
 
 def test_a_canary_override_starts_a_canary_at_zero_until_ready(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
-    state, weights = step(initial_state(canary_spec), Observation(), canary_spec, t0)
-    assert (state.phase, state.step, weights) == (Phase.PROGRESSING, 0, Weights(100, 0))
+    state = step(initial_state(canary_spec), Observation(), canary_spec, t0)
+    assert (state.phase, state.step, state.weights) == (Phase.PROGRESSING, 0, Weights(100, 0))
     assert state.canary == canary_spec.desired_serving
     assert state.stable == canary_spec.base_serving
     assert state.reason == "CanaryStarted"
-    state, weights = step(state, Observation(canary_ready_replicas=0), canary_spec, t0 + MINUTE)
-    assert (state.step, weights) == (0, Weights(100, 0))
-    state, weights = step(state, Observation(canary_ready_replicas=1), canary_spec, t0 + 2 * MINUTE)
-    assert (state.step, weights, state.reason) == (1, Weights(90, 10), "CanaryReady")
+    state = step(state, Observation(canary_ready_replicas=0), canary_spec, t0 + MINUTE)
+    assert (state.step, state.weights) == (0, Weights(100, 0))
+    state = step(state, Observation(canary_ready_replicas=1), canary_spec, t0 + 2 * MINUTE)
+    assert (state.step, state.weights, state.reason) == (1, Weights(90, 10), "CanaryReady")
 
 
 def test_a_canary_never_ready_aborts_at_the_progress_deadline(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
-    state, _ = step(initial_state(canary_spec), None, canary_spec, t0)
-    state, _ = step(state, None, canary_spec, t0 + 9 * MINUTE)
+    state = step(initial_state(canary_spec), None, canary_spec, t0)
+    state = step(state, None, canary_spec, t0 + 9 * MINUTE)
     assert state.phase is Phase.PROGRESSING
-    state, weights = step(state, None, canary_spec, t0 + 10 * MINUTE)
-    assert (state.phase, state.reason, weights) == (Phase.ABORTED, "CanaryAborted", Weights(100, 0))
+    state = step(state, None, canary_spec, t0 + 10 * MINUTE)
+    assert (state.phase, state.reason, state.weights) == (Phase.ABORTED, "CanaryAborted", Weights(100, 0))
     assert "no ready replica within 10m" in state.message
 
 
 def test_no_check_before_the_interval(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     state = started(canary_spec, t0)
     bad = Observation(canary_ready_replicas=1, success_rate=0.5, p99_latency_ms=20.0)
-    after, _ = step(state, bad, canary_spec, t0 + timedelta(seconds=59))
+    after = step(state, bad, canary_spec, t0 + timedelta(seconds=59))
     assert after == state
 
 
 def test_a_passing_check_advances_one_step(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     state = started(canary_spec, t0)
-    state, weights = step(state, GOOD, canary_spec, t0 + MINUTE)
-    assert (state.phase, state.step, weights, state.reason) == (
+    state = step(state, GOOD, canary_spec, t0 + MINUTE)
+    assert (state.phase, state.step, state.weights, state.reason) == (
         Phase.PROGRESSING,
         2,
         Weights(50, 50),
@@ -98,15 +90,15 @@ def test_a_passing_check_advances_one_step(canary_spec: ModelDeploymentSpec, t0:
 
 def test_after_the_last_step_stable_takes_the_candidate(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     state = started(canary_spec, t0)
-    state, _ = step(state, GOOD, canary_spec, t0 + MINUTE)
-    state, weights = step(state, GOOD, canary_spec, t0 + 2 * MINUTE)
-    assert (state.phase, state.reason, weights) == (Phase.PROMOTING, "Promoting", Weights(50, 50))
+    state = step(state, GOOD, canary_spec, t0 + MINUTE)
+    state = step(state, GOOD, canary_spec, t0 + 2 * MINUTE)
+    assert (state.phase, state.reason, state.weights) == (Phase.PROMOTING, "Promoting", Weights(50, 50))
     assert state.stable == canary_spec.desired_serving
     # The split holds until the stable Deployment has rolled out the new revision.
-    state, weights = step(state, GOOD, canary_spec, t0 + 3 * MINUTE)
-    assert (state.phase, weights) == (Phase.PROMOTING, Weights(50, 50))
-    state, weights = step(state, Observation(stable_ready=True), canary_spec, t0 + 4 * MINUTE)
-    assert (state.phase, state.reason, weights) == (Phase.STABLE, "Promoted", Weights(100, 0))
+    state = step(state, GOOD, canary_spec, t0 + 3 * MINUTE)
+    assert (state.phase, state.weights) == (Phase.PROMOTING, Weights(50, 50))
+    state = step(state, Observation(stable_ready=True), canary_spec, t0 + 4 * MINUTE)
+    assert (state.phase, state.reason, state.weights) == (Phase.STABLE, "Promoted", Weights(100, 0))
     assert state.canary is None
     assert state.stable_revision == canary_spec.desired_serving.revision
 
@@ -127,8 +119,8 @@ def test_failed_or_missing_checks_count_then_abort(
     canary_spec: ModelDeploymentSpec, t0: datetime, observation: Observation | None, why: str
 ) -> None:
     state = started(canary_spec, t0)
-    state, weights = step(state, observation, canary_spec, t0 + MINUTE)
-    assert (state.phase, state.failed_checks, state.step, weights) == (
+    state = step(state, observation, canary_spec, t0 + MINUTE)
+    assert (state.phase, state.failed_checks, state.step, state.weights) == (
         Phase.PROGRESSING,
         1,
         1,
@@ -136,8 +128,8 @@ def test_failed_or_missing_checks_count_then_abort(
     )
     assert state.reason == "CheckFailed"
     assert why in state.message
-    state, weights = step(state, observation, canary_spec, t0 + 2 * MINUTE)
-    assert (state.phase, state.failed_checks, state.reason, weights) == (
+    state = step(state, observation, canary_spec, t0 + 2 * MINUTE)
+    assert (state.phase, state.failed_checks, state.reason, state.weights) == (
         Phase.ABORTED,
         2,
         "CanaryAborted",
@@ -148,10 +140,10 @@ def test_failed_or_missing_checks_count_then_abort(
 
 def test_failed_checks_accumulate_over_the_rollout(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     state = started(canary_spec, t0)
-    state, _ = step(state, None, canary_spec, t0 + MINUTE)
-    state, _ = step(state, GOOD, canary_spec, t0 + 2 * MINUTE)
+    state = step(state, None, canary_spec, t0 + MINUTE)
+    state = step(state, GOOD, canary_spec, t0 + 2 * MINUTE)
     assert (state.phase, state.step, state.failed_checks) == (Phase.PROGRESSING, 2, 1)
-    state, _ = step(state, None, canary_spec, t0 + 3 * MINUTE)
+    state = step(state, None, canary_spec, t0 + 3 * MINUTE)
     assert (state.phase, state.failed_checks) == (Phase.ABORTED, 2)
 
 
@@ -159,13 +151,13 @@ def test_an_aborted_canary_stays_aborted_until_the_spec_changes(
     canary_spec: ModelDeploymentSpec, spec_of: Callable[..., ModelDeploymentSpec], t0: datetime
 ) -> None:
     state = started(canary_spec, t0)
-    state, _ = step(state, None, canary_spec, t0, Command("abort", state.canary_revision or ""))
+    state = step(state, None, canary_spec, t0, Command("abort", state.canary_revision or ""))
     assert state.phase is Phase.ABORTED
     for minute in range(1, 30, 7):
-        state, weights = step(state, GOOD, canary_spec, t0 + minute * MINUTE)
-        assert (state.phase, weights) == (Phase.ABORTED, Weights(100, 0))
+        state = step(state, GOOD, canary_spec, t0 + minute * MINUTE)
+        assert (state.phase, state.weights) == (Phase.ABORTED, Weights(100, 0))
     third = spec_of({"traffic": {"canary": CANARY | {"model": {"storageUri": "pvc://models/v3"}}}})
-    state, weights = step(state, GOOD, third, t0 + 40 * MINUTE)
+    state = step(state, GOOD, third, t0 + 40 * MINUTE)
     assert (state.phase, state.step, state.failed_checks) == (Phase.PROGRESSING, 0, 0)
     assert state.canary == third.desired_serving
 
@@ -174,27 +166,27 @@ def test_reverting_the_spec_cancels_the_rollout(
     canary_spec: ModelDeploymentSpec, spec_of: Callable[..., ModelDeploymentSpec], t0: datetime
 ) -> None:
     state = started(canary_spec, t0)
-    state, weights = step(state, GOOD, spec_of(), t0 + MINUTE)
-    assert (state.phase, state.reason, weights) == (Phase.STABLE, "RolloutCancelled", Weights(100, 0))
+    state = step(state, GOOD, spec_of(), t0 + MINUTE)
+    assert (state.phase, state.reason, state.weights) == (Phase.STABLE, "RolloutCancelled", Weights(100, 0))
     assert state.canary is None
 
 
 def test_an_observation_of_a_replaced_canary_is_ignored(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     # The canary's pods were ready when measured, but the spec change replaces them in the same reconcile.
-    state, weights = step(initial_state(canary_spec), GOOD, canary_spec, t0)
-    assert (state.step, weights) == (0, Weights(100, 0))
+    state = step(initial_state(canary_spec), GOOD, canary_spec, t0)
+    assert (state.step, state.weights) == (0, Weights(100, 0))
 
 
 def test_a_new_change_during_a_rollout_restarts_it(
     canary_spec: ModelDeploymentSpec, spec_of: Callable[..., ModelDeploymentSpec], t0: datetime
 ) -> None:
     state = started(canary_spec, t0)
-    state, _ = step(state, None, canary_spec, t0 + MINUTE)
+    state = step(state, None, canary_spec, t0 + MINUTE)
     assert state.failed_checks == 1
     third = spec_of({"traffic": {"canary": CANARY | {"runtime": {"maxBatchTokens": 8192}}}})
-    state, weights = step(state, GOOD, third, t0 + 2 * MINUTE)
+    state = step(state, GOOD, third, t0 + 2 * MINUTE)
     assert (state.phase, state.step, state.failed_checks) == (Phase.PROGRESSING, 0, 0)
-    assert weights == Weights(100, 0)
+    assert state.weights == Weights(100, 0)
     assert state.canary == third.desired_serving
     assert state.stable == canary_spec.base_serving
 
@@ -203,10 +195,10 @@ def test_a_change_while_promoting_keeps_the_promoted_stable(
     canary_spec: ModelDeploymentSpec, spec_of: Callable[..., ModelDeploymentSpec], t0: datetime
 ) -> None:
     state = started(canary_spec, t0)
-    state, _ = step(state, None, canary_spec, t0, Command("promote", state.canary_revision or ""))
+    state = step(state, None, canary_spec, t0, Command("promote", state.canary_revision or ""))
     assert state.phase is Phase.PROMOTING
     third = spec_of({"traffic": {"canary": CANARY | {"model": {"storageUri": "pvc://models/v3"}}}})
-    state, _ = step(state, GOOD, third, t0 + MINUTE)
+    state = step(state, GOOD, third, t0 + MINUTE)
     assert state.phase is Phase.PROGRESSING
     assert state.stable == canary_spec.desired_serving
     assert state.canary == third.desired_serving
@@ -215,18 +207,18 @@ def test_a_change_while_promoting_keeps_the_promoted_stable(
 def test_manual_promote_and_abort(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     state = started(canary_spec, t0)
     revision = state.canary_revision or ""
-    stale, _ = step(state, None, canary_spec, t0, Command("promote", "0000000000"))
+    stale = step(state, None, canary_spec, t0, Command("promote", "0000000000"))
     assert stale.phase is Phase.PROGRESSING
-    promoted, weights = step(state, None, canary_spec, t0, Command("promote", revision))
-    assert (promoted.phase, weights) == (Phase.PROMOTING, Weights(90, 10))
+    promoted = step(state, None, canary_spec, t0, Command("promote", revision))
+    assert (promoted.phase, promoted.weights) == (Phase.PROMOTING, Weights(90, 10))
     assert "promote command" in promoted.message
     # Too late to abort once stable has taken the candidate.
-    still, _ = step(promoted, None, canary_spec, t0, Command("abort", revision))
+    still = step(promoted, None, canary_spec, t0, Command("abort", revision))
     assert still.phase is Phase.PROMOTING
-    aborted, weights = step(state, None, canary_spec, t0, Command("abort", revision))
-    assert (aborted.phase, aborted.reason, weights) == (Phase.ABORTED, "CanaryAborted", Weights(100, 0))
+    aborted = step(state, None, canary_spec, t0, Command("abort", revision))
+    assert (aborted.phase, aborted.reason, aborted.weights) == (Phase.ABORTED, "CanaryAborted", Weights(100, 0))
     # An operator may overrule the analysis: promote an aborted canary.
-    overruled, _ = step(aborted, None, canary_spec, t0, Command("promote", revision))
+    overruled = step(aborted, None, canary_spec, t0, Command("promote", revision))
     assert overruled.phase is Phase.PROMOTING
     assert overruled.stable == canary_spec.desired_serving
 
@@ -235,20 +227,20 @@ def test_commands_without_a_canary_do_nothing(spec_of: Callable[..., ModelDeploy
     spec = spec_of()
     state = initial_state(spec)
     for command in (Command("promote", state.stable_revision), Command("abort", state.stable_revision)):
-        after, weights = step(state, None, spec, t0, command)
-        assert (after.phase, weights) == (Phase.STABLE, Weights(100, 0))
+        after = step(state, None, spec, t0, command)
+        assert (after.phase, after.weights) == (Phase.STABLE, Weights(100, 0))
 
 
 def test_editing_the_policy_mid_rollout_moves_the_weight(
     canary_spec: ModelDeploymentSpec, spec_of: Callable[..., ModelDeploymentSpec], t0: datetime
 ) -> None:
     state = started(canary_spec, t0)
-    state, _ = step(state, GOOD, canary_spec, t0 + MINUTE)
+    state = step(state, GOOD, canary_spec, t0 + MINUTE)
     assert state.canary_weight == 50
     smaller = spec_of({"traffic": {"canary": CANARY | {"steps": [5]}}})
     assert smaller.desired_serving == canary_spec.desired_serving
-    state, weights = step(state, None, smaller, t0 + MINUTE)
-    assert weights == Weights(95, 5)
+    state = step(state, None, smaller, t0 + MINUTE)
+    assert state.weights == Weights(95, 5)
 
 
 def test_follow_spec_is_idempotent(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
@@ -283,23 +275,23 @@ UNREACHABLE = Observation(canary_ready_replicas=1, metrics_error="Prometheus at 
 
 def test_unreachable_metrics_defer_a_due_check_for_one_interval(canary_spec: ModelDeploymentSpec, t0: datetime) -> None:
     state = started(canary_spec, t0)
-    state, weights = step(state, UNREACHABLE, canary_spec, t0 + MINUTE)
-    assert (state.phase, state.step, state.failed_checks, weights) == (Phase.PROGRESSING, 1, 0, Weights(90, 10))
+    state = step(state, UNREACHABLE, canary_spec, t0 + MINUTE)
+    assert (state.phase, state.step, state.failed_checks, state.weights) == (Phase.PROGRESSING, 1, 0, Weights(90, 10))
     assert state.reason == "AnalysisDeferred"
     assert "unreachable" in state.message
     assert state.step_started_at == t0  # still due: the next reconcile checks again
     # Prometheus is back before the second interval ends: the check runs as usual.
-    state, weights = step(state, GOOD, canary_spec, t0 + MINUTE + MINUTE / 2)
-    assert (state.step, state.failed_checks, weights) == (2, 0, Weights(50, 50))
+    state = step(state, GOOD, canary_spec, t0 + MINUTE + MINUTE / 2)
+    assert (state.step, state.failed_checks, state.weights) == (2, 0, Weights(50, 50))
 
 
 def test_metrics_unreachable_for_two_intervals_count_as_a_failed_check(
     canary_spec: ModelDeploymentSpec, t0: datetime
 ) -> None:
     state = started(canary_spec, t0)
-    state, _ = step(state, UNREACHABLE, canary_spec, t0 + MINUTE)
-    state, weights = step(state, UNREACHABLE, canary_spec, t0 + 2 * MINUTE)
-    assert (state.reason, state.failed_checks, weights) == ("CheckFailed", 1, Weights(90, 10))
+    state = step(state, UNREACHABLE, canary_spec, t0 + MINUTE)
+    state = step(state, UNREACHABLE, canary_spec, t0 + 2 * MINUTE)
+    assert (state.reason, state.failed_checks, state.weights) == ("CheckFailed", 1, Weights(90, 10))
     assert "unreachable" in state.message
 
 
@@ -308,6 +300,6 @@ def test_unreachable_metrics_never_defer_a_canary_without_ready_replicas(
 ) -> None:
     state = started(canary_spec, t0)
     observation = Observation(canary_ready_replicas=0, metrics_error="down")
-    state, _ = step(state, observation, canary_spec, t0 + MINUTE)
+    state = step(state, observation, canary_spec, t0 + MINUTE)
     assert (state.reason, state.failed_checks) == ("CheckFailed", 1)
     assert "no ready replica" in state.message

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bertmesh_operator.resource import parse_model_deployment
-from bertmesh_operator.rollout import Command, Observation, Phase, RolloutState, initial_state, step
+from bertmesh_operator.rollout import Command, Observation, RolloutState, initial_state, step
 from bertmesh_operator.spec import ModelDeploymentSpec
+from bertmesh_operator.states import Phase
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -78,7 +79,7 @@ def test_observations_alone_never_promote_past_the_threshold(
     for tick, observation in events:
         now += tick
         before = state
-        state, _ = step(state, observation, spec, now)
+        state = step(state, observation, spec, now)
         _invariants(state, spec)
         if before.phase is Phase.ABORTED:
             assert state.phase is Phase.ABORTED  # only a spec change or a command leaves Aborted
@@ -117,7 +118,7 @@ def test_weights_stay_valid_under_any_edits_and_commands(
             revision = "0000000000" if stale else (state.canary_revision or "")
             command = Command(verb, revision)  # type: ignore[arg-type]
         before = state
-        state, _ = step(state, observation, spec, now, command)
+        state = step(state, observation, spec, now, command)
         _invariants(state, spec)
         aimed = command is not None and state.canary_revision == before.canary_revision == command.revision
         if aimed and command is not None and command.action == "abort" and before.phase is Phase.PROGRESSING:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from bertmesh_operator.resource import InvalidSpecError, parse_model_deployment
+from bertmesh_operator.errors import InvalidSpecError
+from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.spec import DEFAULT_IMAGE, ModelDeploymentSpec
 
 MakeManifest = Callable[..., dict[str, Any]]

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from bertmesh_operator.resource import parse_model_deployment
-from bertmesh_operator.rollout import Command, Observation, Phase, RolloutState, initial_state, step
+from bertmesh_operator.rollout import Command, Observation, RolloutState, initial_state, step
 from bertmesh_operator.spec import ModelDeploymentSpec
-from bertmesh_operator.status import (
-    ModelDeploymentStatus,
-    conditions,
-    degraded_status_patch,
-    rollout_state,
-    rollout_status,
-)
+from bertmesh_operator.states import Phase, Reason
+from bertmesh_operator.status import conditions, degraded_status_patch, rollout_state, rollout_status
+from bertmesh_operator.status_model import ModelDeploymentStatus
 
 MakeManifest = Callable[..., dict[str, Any]]
 CANARY = {"model": {"storageUri": "pvc://models/v2"}, "steps": [10, 50]}
@@ -38,15 +35,31 @@ def _roundtrip(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) ->
 
 def test_every_phase_round_trips(spec: ModelDeploymentSpec, t0: datetime) -> None:
     states = [initial_state(spec)]
-    state, _ = step(states[0], None, spec, t0)
+    state = step(states[0], None, spec, t0)
     states.append(state)
-    state, _ = step(state, READY, spec, t0)
+    state = step(state, READY, spec, t0)
     states.append(state)
-    states.append(step(state, None, spec, t0, Command("promote", state.canary_revision or ""))[0])
-    states.append(step(state, None, spec, t0, Command("abort", state.canary_revision or ""))[0])
+    states.append(step(state, None, spec, t0, Command("promote", state.canary_revision or "")))
+    states.append(step(state, None, spec, t0, Command("abort", state.canary_revision or "")))
     assert {s.phase for s in states} == set(Phase)
     for original in states:
         assert _roundtrip(original, spec, t0) == original
+
+
+def test_a_reason_this_operator_never_gives_reads_back_as_the_phases_own(
+    spec: ModelDeploymentSpec, t0: datetime
+) -> None:
+    state = step(step(initial_state(spec), None, spec, t0), READY, spec, t0)
+    fields = rollout_status(state, spec, stable_ready_replicas=2, canary_ready_replicas=1)
+    written = [c.wire() for c in conditions(state, stable_ready_replicas=2, generation=3, now=t0)]
+    assert state.reason is Reason.CANARY_READY
+    assert rollout_state(ModelDeploymentStatus.model_validate({**fields, "conditions": written}), spec) == state
+    for condition in written:
+        condition["reason"] = "EditedByHand"
+    edited = rollout_state(ModelDeploymentStatus.model_validate({**fields, "conditions": written}), spec)
+    assert edited == replace(state, reason=Reason.CANARY_STARTED)
+    without = rollout_state(ModelDeploymentStatus.model_validate(fields), spec)
+    assert without.reason is Reason.CANARY_STARTED and without.phase is Phase.PROGRESSING
 
 
 def test_no_status_means_the_initial_state(spec: ModelDeploymentSpec) -> None:
@@ -55,8 +68,8 @@ def test_no_status_means_the_initial_state(spec: ModelDeploymentSpec) -> None:
 
 
 def test_status_wire_form(spec: ModelDeploymentSpec, t0: datetime) -> None:
-    state, _ = step(initial_state(spec), None, spec, t0)
-    state, _ = step(state, READY, spec, t0)
+    state = step(initial_state(spec), None, spec, t0)
+    state = step(state, READY, spec, t0)
     fields = rollout_status(state, spec, stable_ready_replicas=3, canary_ready_replicas=1)
     assert fields["phase"] == "Progressing"
     assert fields["stable"]["readyReplicas"] == 3
@@ -69,8 +82,8 @@ def test_status_wire_form(spec: ModelDeploymentSpec, t0: datetime) -> None:
 
 
 def test_conditions_on_abort(spec: ModelDeploymentSpec, t0: datetime) -> None:
-    state, _ = step(initial_state(spec), None, spec, t0)
-    state, _ = step(state, READY, spec, t0)
+    state = step(initial_state(spec), None, spec, t0)
+    state = step(state, READY, spec, t0)
     first = conditions(state, stable_ready_replicas=2, generation=4, now=t0)
     by_type = {c.type: c for c in first}
     assert (by_type["Ready"].status, by_type["Progressing"].status, by_type["Degraded"].status) == (
@@ -79,7 +92,7 @@ def test_conditions_on_abort(spec: ModelDeploymentSpec, t0: datetime) -> None:
         "False",
     )
     assert all(c.observed_generation == 4 for c in first)
-    aborted, _ = step(state, None, spec, t0, Command("abort", state.canary_revision or ""))
+    aborted = step(state, None, spec, t0, Command("abort", state.canary_revision or ""))
     later = t0 + timedelta(minutes=5)
     after = conditions(aborted, stable_ready_replicas=2, generation=4, now=later, previous=first)
     second = {c.type: c for c in after}
@@ -100,7 +113,7 @@ def test_not_ready_without_stable_replicas(spec: ModelDeploymentSpec, t0: dateti
 def test_status_patch_is_a_valid_status(spec: ModelDeploymentSpec, t0: datetime) -> None:
     from bertmesh_operator.status import status_patch
 
-    state, _ = step(initial_state(spec), None, spec, t0)
+    state = step(initial_state(spec), None, spec, t0)
     patch = status_patch(
         state,
         spec,
@@ -139,7 +152,7 @@ def test_status_patch_passes_the_crd_status_schema(spec: ModelDeploymentSpec, t0
     schema = openapi_schema()["properties"]["status"]
     state = initial_state(spec)
     for observation in (None, READY, Observation(stable_ready=True)):
-        state, _ = step(state, observation, spec, t0)
+        state = step(state, observation, spec, t0)
         patch = status_patch(
             state,
             spec,
@@ -155,12 +168,12 @@ def test_status_patch_passes_the_crd_status_schema(spec: ModelDeploymentSpec, t0
 
 
 def test_a_degraded_write_keeps_ready_and_progressing_and_the_rollout(spec: ModelDeploymentSpec, t0: datetime) -> None:
-    state, _ = step(initial_state(spec), READY, spec, t0)
+    state = step(initial_state(spec), READY, spec, t0)
     fields = rollout_status(state, spec, stable_ready_replicas=2, canary_ready_replicas=1)
     fields["conditions"] = [c.wire() for c in conditions(state, stable_ready_replicas=2, generation=3, now=t0)]
     previous = ModelDeploymentStatus.model_validate(fields)
     later = t0 + timedelta(minutes=5)
-    patch = degraded_status_patch(previous, reason="InvalidSpec", message="spec.x: bad", generation=4, now=later)
+    patch = degraded_status_patch(previous, reason=Reason.INVALID_SPEC, message="spec.x: bad", generation=4, now=later)
     assert set(patch) == {"observedGeneration", "conditions"}  # the rollout fields stay as they were
     assert patch["observedGeneration"] == 4
     by_type = {c["type"]: c for c in patch["conditions"]}
@@ -173,7 +186,7 @@ def test_a_degraded_write_keeps_ready_and_progressing_and_the_rollout(spec: Mode
     # Still degraded a reconcile later: the transition time stays.
     again = degraded_status_patch(
         ModelDeploymentStatus.model_validate({**fields, **patch}),
-        reason="InvalidSpec",
+        reason=Reason.INVALID_SPEC,
         message="spec.x: bad",
         generation=4,
         now=later + timedelta(minutes=1),
@@ -182,7 +195,7 @@ def test_a_degraded_write_keeps_ready_and_progressing_and_the_rollout(spec: Mode
 
 
 def test_a_degraded_write_before_anything_was_deployed_says_unknown(t0: datetime) -> None:
-    patch = degraded_status_patch(None, reason="InvalidSpec", message="bad", generation=1, now=t0)
+    patch = degraded_status_patch(None, reason=Reason.INVALID_SPEC, message="bad", generation=1, now=t0)
     statuses = {c["type"]: (c["status"], c["reason"]) for c in patch["conditions"]}
     assert statuses == {
         "Ready": ("Unknown", "InvalidSpec"),

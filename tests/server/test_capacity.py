@@ -22,7 +22,7 @@ def test_capacity_report_measures_every_precision(tiny_models: dict[str, Path], 
         [
             sys.executable,
             "-m",
-            "model_server.cli",
+            "bertmesh_cli",
             "bench",
             "--report",
             "--out",

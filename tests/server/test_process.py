@@ -24,7 +24,7 @@ from model_server.proto.bertmesh.v1 import inference_pb2 as pb
 from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
 from tests.server.harness import details, free_port
 
-BERTMESH = [sys.executable, "-m", "model_server.cli"]
+BERTMESH = [sys.executable, "-m", "bertmesh_cli"]
 LONG = " ".join(["transformers weigh every token against every other token"] * 18)
 
 

@@ -12,17 +12,12 @@ import json
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from bertmesh_operator.resource import InvalidSpecError, parse_model_deployment
+from bertmesh_operator.errors import ApiRejectedError, InvalidSpecError, TransientApiError
+from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import COMMAND_ANNOTATION, Command
-
-# The phases in which each command does something (see rollout._apply_command).
-ACTIONABLE: dict[str, frozenset[str]] = {
-    "promote": frozenset({"Progressing", "Aborted"}),
-    "abort": frozenset({"Progressing"}),
-}
-
+from bertmesh_operator.states import Action, Phase, command_applies, phase_of
 
 FIELD_MANAGER = "bertmesh-rollout"
 
@@ -113,34 +108,33 @@ def format_status(md: Mapping[str, Any], now: datetime | None = None) -> str:
     return "\n".join(lines)
 
 
-def command_for(md: Mapping[str, Any], action: Literal["promote", "abort"]) -> Command:
+# Why a command does nothing in a phase, where the phase alone does not say it.
+_NOT_APPLICABLE: dict[Phase | None, str] = {
+    Phase.PROMOTING: "it is already being promoted",
+    Phase.ABORTED: "it is already aborted (promote it, or change the spec)",
+}
+
+
+def command_for(md: Mapping[str, Any], action: Action) -> Command:
     """The command to write for `action`, or RolloutCommandError saying why there is nothing to act on."""
     meta, status = md.get("metadata") or {}, md.get("status") or {}
     where = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
-    phase = status.get("phase") or "not reconciled yet"
+    phase = phase_of(status.get("phase"))
+    shown = status.get("phase") or "not reconciled yet"
     canary = status.get("canary") or {}
     if not canary.get("revision"):
-        raise RolloutCommandError(f"no rollout in progress for {where} (phase {phase}): nothing to {action}")
-    if phase not in ACTIONABLE[action]:
-        hint = {
-            "Promoting": "it is already being promoted",
-            "Aborted": "it is already aborted (promote it, or change the spec)",
-        }.get(phase, f"phase {phase}")
+        raise RolloutCommandError(f"no rollout in progress for {where} (phase {shown}): nothing to {action}")
+    if phase is None or not command_applies(action, phase):
+        hint = _NOT_APPLICABLE.get(phase, f"phase {shown}")
         raise RolloutCommandError(f"cannot {action} canary {canary['revision']} of {where}: {hint}")
     return Command(action, str(canary["revision"]))
 
 
 def main(argv: list[str]) -> int:
-    """Run `bertmesh rollout ...`; return the exit status."""
+    """Run `bertmesh rollout ...` (argv without the command name); return the exit status."""
     args = _parser().parse_args(argv)
     # Imported here so that `--help` works without credentials or the kubernetes client configured.
-    from bertmesh_operator.kube import (
-        ApiRejectedError,
-        KubeClient,
-        TransientApiError,
-        kubeconfig_namespace,
-        load_api_client,
-    )
+    from bertmesh_operator.kube import KubeClient, kubeconfig_namespace, load_api_client
 
     try:
         api_client = load_api_client(args.kubeconfig)

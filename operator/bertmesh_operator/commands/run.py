@@ -105,13 +105,14 @@ def parse_args(argv: list[str]) -> OperatorConfig:
 
 
 def main(argv: list[str]) -> int:
-    """Run the operator until SIGTERM/SIGINT; return the exit status."""
+    """Run `bertmesh operator ...` (argv without the command name) until SIGTERM/SIGINT; return the exit status."""
     config = parse_args(argv)
     # Imported here: `bertmesh render` and `--help` need neither kopf nor the kubernetes client.
     import kopf
 
+    from bertmesh_operator.errors import ApiRejectedError, TransientApiError
     from bertmesh_operator.handlers import CHILD_EVENTS, Runtime, build_registry, operator_settings
-    from bertmesh_operator.kube import ApiRejectedError, KubeClient, TransientApiError, load_api_client
+    from bertmesh_operator.kube import KubeClient, load_api_client
     from bertmesh_operator.prometheus import PrometheusClient
     from bertmesh_operator.reconcile import Reconciler
     from bertmesh_operator.render.context import MD_LABEL

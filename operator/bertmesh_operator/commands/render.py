@@ -1,8 +1,7 @@
-"""The operator side of the `bertmesh` command: `render` (offline), `operator` and `rollout`.
+"""`bertmesh render -f FILE`: print the objects the operator would apply for ModelDeployments, offline.
 
-`model_server.cli` dispatches here with argv[0] being the subcommand. Nothing is parsed or imported at
-import time beyond what `render` needs; kopf and the Kubernetes client are imported only by `operator` and
-`rollout` (`bertmesh_operator.runner`, `bertmesh_operator.rollout_cli`).
+Reads the rollout state from each object's status when present, as the operator does; needs neither kopf nor
+the kubernetes client.
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ from typing import Any, TextIO
 
 import yaml
 
+from bertmesh_operator.errors import InvalidSpecError
 from bertmesh_operator.render import RenderOptions, render
 from bertmesh_operator.render.context import DEFAULT_STORAGE_INITIALIZER
-from bertmesh_operator.resource import InvalidSpecError, parse_model_deployment
+from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import follow_spec
 from bertmesh_operator.status import rollout_state
 
@@ -81,7 +81,8 @@ def _write(objects: list[dict[str, Any]], output: str, out: TextIO) -> None:
     yaml.dump_all(objects, out, Dumper=_NoAliasDumper, sort_keys=False, explicit_start=True, width=120)
 
 
-def _render(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    """Run `bertmesh render ...` (argv without the command name) and return the exit status."""
     args = _render_parser().parse_args(argv)
     source = args.filename
     try:
@@ -104,23 +105,3 @@ def _render(argv: list[str]) -> int:
         return 1
     _write(objects, args.output, sys.stdout)
     return 0
-
-
-def main(argv: list[str]) -> int:
-    """Run `bertmesh render|operator|rollout ...` (argv[0] is the subcommand) and return the exit status."""
-    if not argv:
-        print("usage: bertmesh render|operator|rollout ...", file=sys.stderr)
-        return 2
-    command, rest = argv[0], argv[1:]
-    if command == "render":
-        return _render(rest)
-    if command == "operator":
-        from bertmesh_operator.runner import main as operator_main
-
-        return operator_main(rest)
-    if command == "rollout":
-        from bertmesh_operator.rollout_cli import main as rollout_main
-
-        return rollout_main(rest)
-    print(f"bertmesh: unknown operator command {command!r}", file=sys.stderr)
-    return 2

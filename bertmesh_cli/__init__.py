@@ -1,0 +1,109 @@
+"""The `bertmesh` command: one entry point for both sides, each image carrying only the side it runs.
+
+A table names every subcommand's module by string; the dispatcher imports the one a command line asks for and
+nothing else, so the operator image (no `model_server`, no torch) runs `render`, `operator` and `rollout`, and
+the model-server image (no `bertmesh_operator`) runs `serve`, `bench` and the client commands. A command whose
+side is not installed says so and which extra installs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One `bertmesh <name>`: where its `main(argv) -> int` lives and which side (extra) provides it."""
+
+    name: str
+    summary: str
+    module: str
+    extra: str  # the pip extra that installs this side: bertmesh[<extra>]
+    takes_name: bool = False  # main() gets the command name as argv[0] (one main serving several commands)
+
+    @property
+    def package(self) -> str:
+        """The top-level package of the side this command belongs to."""
+        return self.module.partition(".")[0]
+
+
+SUBCOMMANDS = (
+    Subcommand(
+        "serve",
+        "run the gRPC inference server (default: bundled all-MiniLM-L6-v2 on 127.0.0.1:50051)",
+        "model_server.server",
+        "server",
+    ),
+    Subcommand("embed", "embed texts with a running server", "model_server.client_cli", "server", takes_name=True),
+    Subcommand(
+        "classify", "classify texts with a running server", "model_server.client_cli", "server", takes_name=True
+    ),
+    Subcommand("info", "show what a running server serves", "model_server.client_cli", "server", takes_name=True),
+    Subcommand(
+        "render",
+        "print the objects the operator would apply for a ModelDeployment (offline)",
+        "bertmesh_operator.commands.render",
+        "operator",
+    ),
+    Subcommand(
+        "operator", "run the operator against the current kubeconfig", "bertmesh_operator.commands.run", "operator"
+    ),
+    Subcommand("rollout", "status|promote|abort a canary rollout", "bertmesh_operator.commands.rollout", "operator"),
+    Subcommand(
+        "bench",
+        "capacity report: throughput, latency, memory and fidelity per precision, replicas for a target",
+        "model_server.capacity",
+        "server",
+    ),
+)
+_BY_NAME = {command.name: command for command in SUBCOMMANDS}
+# The image that carries each side (images/<name>/Dockerfile).
+_IMAGES = {"server": "model-server", "operator": "operator"}
+
+
+def usage() -> str:
+    """The top-level help: every subcommand and its one-line summary."""
+    width = max(len(command.name) for command in SUBCOMMANDS) + 4
+    lines = [f"  {command.name.ljust(width)}{command.summary}" for command in SUBCOMMANDS]
+    return (
+        "usage: bertmesh <command> [options]\n\ncommands:\n"
+        + "\n".join(lines)
+        + "\n\nRun `bertmesh <command> --help` for the options of one command.\n"
+    )
+
+
+def load(command: Subcommand) -> Callable[[list[str]], int] | str:
+    """The command's `main`, or why it cannot run here (its side, or a dependency of it, is not installed)."""
+    try:
+        module = importlib.import_module(command.module)
+    except ModuleNotFoundError as error:
+        missing = error.name or str(error)
+        if missing.partition(".")[0] == command.package:
+            what = f"the {command.package} package is not installed here"
+        else:
+            what = f"it needs {missing}, which is not installed here"
+        image = _IMAGES[command.extra]
+        return f"bertmesh {command.name}: {what}: install bertmesh[{command.extra}], or run the {image} image"
+    main: Callable[[list[str]], int] = module.main
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bertmesh CLI and return its exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage(), end="")
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    command = _BY_NAME.get(name)
+    if command is None:
+        print(f"bertmesh: unknown command {name!r}\n\n{usage()}", file=sys.stderr, end="")
+        return 2
+    found = load(command)
+    if isinstance(found, str):
+        print(found, file=sys.stderr)
+        return 1
+    return int(found([name, *rest] if command.takes_name else rest))
