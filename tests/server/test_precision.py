@@ -23,6 +23,7 @@ def int8_server() -> Iterator[ServerThread]:
     server.stop()
 
 
+@pytest.mark.int8
 def test_int8_embeddings_stay_close_to_fp32(int8_server: ServerThread, minilm_client: BertmeshClient) -> None:
     with BertmeshClient(int8_server.target) as int8:
         assert int8.model_info().precision == "int8"
@@ -35,6 +36,7 @@ def test_int8_embeddings_stay_close_to_fp32(int8_server: ServerThread, minilm_cl
     assert not np.allclose(quantised, full, atol=1e-6)  # it really is another computation
 
 
+@pytest.mark.int8
 def test_int8_without_onednn_falls_back_to_torch_dynamic_quantisation(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
