@@ -66,8 +66,8 @@ class OneDnnInt8Linear(nn.Module):
     oneDNN's kernel takes one activation scale per call, so each token is first divided by its own largest
     magnitude: every row then uses the full int8 range under the common scale 1/127, and the row's magnitude
     multiplies the result back. Per-token scales keep a token's result independent of the batch it shares
-    (the result cache relies on that) and keep accuracy: MiniLM embeddings at cosine >= 0.989 to fp32, against
-    0.94 for per-batch scales (torch's dynamic quantisation).
+    (the result cache relies on that) and keep accuracy: MiniLM embeddings at cosine >= 0.98 to fp32 (the tests'
+    sentences; 0.996 on the bench corpus), against 0.87 for per-batch scales (torch's dynamic quantisation).
 
     Where the CPU's int8 product sums pairs into int16 (`int8_path()`; or as `limit_pairs` says), the weights
     are first limited by `limit_pair_sums`, so the product stays exact there too.
@@ -132,20 +132,16 @@ _PAIR_SAFE_LEVELS = (127.0, 112.0, 96.0, 80.0, 64.0)
 def quantise_pair_safe(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`quantise_weights` for an int8 product with int16 pair sums: per output channel, the range (127 down to
     64) whose pair-limited weights (`limit_pair_sums`) are closest to the fp32 ones."""
-    best: tuple[torch.Tensor, torch.Tensor] | None = None
-    best_error = torch.full((weight.shape[0],), float("inf"))
-    for levels in _PAIR_SAFE_LEVELS:
-        quantised, scales = quantise_weights(weight, levels)
-        quantised = limit_pair_sums(quantised)
-        error = (quantised.float() * scales[:, None] - weight).square().sum(dim=1)
+    peak = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-8)
+    best, best_scales, best_error = weight, peak, torch.full_like(peak, float("inf"))
+    for levels in _PAIR_SAFE_LEVELS:  # in float throughout: int8 conversions dominated the load time
+        scales = peak / levels
+        quantised = _limit_pairs(torch.round(weight / scales))
+        error = (quantised * scales - weight).square().sum(dim=1, keepdim=True)
         better = error < best_error
-        best_error = torch.where(better, error, best_error)
-        if best is None:
-            best = quantised, scales
-        else:
-            best = torch.where(better[:, None], quantised, best[0]), torch.where(better, scales, best[1])
-    assert best is not None
-    return best
+        best = torch.where(better, quantised, best)
+        best_scales, best_error = torch.where(better, scales, best_scales), torch.where(better, error, best_error)
+    return best.to(torch.int8), best_scales.squeeze(1)
 
 
 def limit_pair_sums(quantised: torch.Tensor) -> torch.Tensor:
@@ -155,13 +151,19 @@ def limit_pair_sums(quantised: torch.Tensor) -> torch.Tensor:
     Only groups whose two largest magnitudes exceed 128 change: where the second largest is at most 64, the
     largest is cut to 128 minus it; otherwise every magnitude above 64 is cut to 64.
     """
+    return _limit_pairs(quantised.float()).to(torch.int8)
+
+
+def _limit_pairs(quantised: torch.Tensor) -> torch.Tensor:
+    """`limit_pair_sums` on integer-valued fp32 weights."""
     rows, inputs = quantised.shape
     half = _PAIR_LIMIT // 2
-    magnitudes = F.pad(quantised.float().abs(), (0, -inputs % _PAIR_GROUP)).view(rows, -1, _PAIR_GROUP)
-    second = magnitudes.topk(2, dim=2).values[..., 1:]
-    cap = torch.where(second > half, half, _PAIR_LIMIT - second)
-    limited = torch.minimum(magnitudes, cap).view(rows, -1)[:, :inputs]
-    return (limited * quantised.sign()).to(torch.int8)
+    magnitudes = F.pad(quantised.abs(), (0, -inputs % _PAIR_GROUP)).view(rows, -1, _PAIR_GROUP)
+    # The second largest of four by a min/max network: several times cheaper than topk.
+    a, b, c, d = magnitudes.unbind(dim=2)
+    second = torch.maximum(torch.minimum(a.maximum(b), c.maximum(d)), torch.maximum(a.minimum(b), c.minimum(d)))
+    cap = torch.where(second > half, half, _PAIR_LIMIT - second).unsqueeze(2)
+    return torch.copysign(torch.minimum(magnitudes, cap).view(rows, -1)[:, :inputs], quantised)
 
 
 @functools.cache
