@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # ONEDNN_MAX_CPU_ISA values whose instruction mask includes AVX512_CORE_VNNI (oneDNN's cpu_isa_t); DEFAULT and
-# ALL cap nothing.
+# ALL cap nothing. A value not listed here counts as excluding VNNI: the limited weights are exact on every ISA.
 _AVX512_VNNI_CAPS = frozenset(
     {
         "AVX512_CORE_VNNI",
@@ -34,8 +34,18 @@ _AVX512_VNNI_CAPS = frozenset(
 )
 # Those whose mask includes AVX2_VNNI (the 256-bit VEX encoding of the same instruction).
 _AVX_VNNI_CAPS = frozenset(
-    {"AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_2_512", "ALL", "DEFAULT"}
-    | {"AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512_AMX_2"}
+    {
+        "AVX2_VNNI",
+        "AVX2_VNNI_2",
+        "AVX512_CORE_FP16",
+        "AVX10_1_512",
+        "AVX512_CORE_AMX_FP16",
+        "AVX10_1_512_AMX_FP16",
+        "AVX10_2_512",
+        "AVX10_2_512_AMX_2",
+        "ALL",
+        "DEFAULT",
+    }
 )
 
 

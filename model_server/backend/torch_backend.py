@@ -128,6 +128,7 @@ class TorchBackend:
                     log.info("packed engine: %s", int8_path().describe())
             elif precision == "int8":
                 packed = _quantize_int8(packed)
+                log.info("packed engine: int8 by torch's dynamic quantisation (no oneDNN; per-batch 7-bit activations)")
             if self._device.type == "cpu":
                 kernel, how = native_attention.load()
                 if kernel is not None and not packed.encoder.use_native_attention(kernel):
