@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from model_server.backend import BackendInfo, ModelInput, native_attention
-from model_server.backend.onednn import onednn_available
+from model_server.backend.onednn import int8_path, onednn_available
 from model_server.backend.packed_bert import PackedModel, first_tokens, mean_pool, plan, supports
 from model_server.checkpoint import Checkpoint
 from model_server.errors import ConfigError
@@ -124,8 +124,11 @@ class TorchBackend:
                 fuse = os.environ.get("BERTMESH_INT8_FUSE", "1") != "0"
                 kernels = packed.encoder.use_onednn(int8=precision == "int8", fuse=fuse)
                 log.info("packed engine: projections by %s", kernels)
+                if precision == "int8":
+                    log.info("packed engine: %s", int8_path().describe())
             elif precision == "int8":
                 packed = _quantize_int8(packed)
+                log.info("packed engine: int8 by torch's dynamic quantisation (no oneDNN; per-batch 7-bit activations)")
             if self._device.type == "cpu":
                 kernel, how = native_attention.load()
                 if kernel is not None and not packed.encoder.use_native_attention(kernel):

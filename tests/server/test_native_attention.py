@@ -133,6 +133,7 @@ def test_packed_engine_with_the_kernel_equals_transformers(kernel: NativeAttenti
     assert torch.allclose(ours, expected, atol=1e-5)
 
 
+@pytest.mark.int8
 def test_int8_engine_with_the_kernel_matches_pytorch_attention(kernel: NativeAttention) -> None:
     if not onednn_available():
         pytest.fail("this torch build has no oneDNN: the CPU int8 path cannot be tested")

@@ -56,6 +56,7 @@ def test_packed_encoder_equals_transformers(tiny_models: dict[str, Path], kernel
     assert torch.allclose(ours, expected, atol=1e-5)
 
 
+@pytest.mark.int8
 def test_int8_rows_do_not_depend_on_their_batch() -> None:
     if not onednn_available():
         pytest.fail("this torch build has no oneDNN: the CPU int8 path cannot be tested")
@@ -73,6 +74,7 @@ def test_int8_rows_do_not_depend_on_their_batch() -> None:
     assert relative.max() < 0.02
 
 
+@pytest.mark.int8
 def test_int8_stages_fused_eager_and_per_projection_agree(tiny_models: dict[str, Path]) -> None:
     """The staged int8 forward (quantise once per stage, compiled or not) computes what quantising at each
     projection computes, close to fp32; and the compiled stages really are in use."""
@@ -100,6 +102,7 @@ def test_int8_stages_fused_eager_and_per_projection_agree(tiny_models: dict[str,
     assert cosine.min() > 0.98
 
 
+@pytest.mark.int8
 def test_staged_int8_sequences_do_not_depend_on_their_batch(tiny_models: dict[str, Path]) -> None:
     if not onednn_available():
         pytest.fail("this torch build has no oneDNN: the CPU int8 path cannot be tested")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def int8_server() -> Iterator[ServerThread]:
     server.stop()
 
 
+@pytest.mark.int8
 def test_int8_embeddings_stay_close_to_fp32(int8_server: ServerThread, minilm_client: BertmeshClient) -> None:
     with BertmeshClient(int8_server.target) as int8:
         assert int8.model_info().precision == "int8"
@@ -35,8 +37,9 @@ def test_int8_embeddings_stay_close_to_fp32(int8_server: ServerThread, minilm_cl
     assert not np.allclose(quantised, full, atol=1e-6)  # it really is another computation
 
 
+@pytest.mark.int8
 def test_int8_without_onednn_falls_back_to_torch_dynamic_quantisation(
-    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A torch build without oneDNN still gets int8 (torch's dynamic quantisation), not silently fp32."""
     from model_server.backend import torch_backend
@@ -44,7 +47,9 @@ def test_int8_without_onednn_falls_back_to_torch_dynamic_quantisation(
 
     monkeypatch.setattr(torch_backend, "onednn_available", lambda: False)
     checkpoint = inspect_checkpoint(tiny_models["embedding"])
-    backend = torch_backend.TorchBackend(checkpoint, device="cpu", precision="int8")
+    with caplog.at_level(logging.INFO, logger=torch_backend.log.name):
+        backend = torch_backend.TorchBackend(checkpoint, device="cpu", precision="int8")
+    assert any("int8 by torch's dynamic quantisation" in message for message in caplog.messages)
     packed = backend._packed
     assert packed is not None
     assert all(isinstance(layer.qkv, DynamicQuantizedLinear) for layer in packed.encoder.layers)
