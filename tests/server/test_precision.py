@@ -39,14 +39,16 @@ def test_int8_without_onednn_falls_back_to_torch_dynamic_quantisation(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A torch build without oneDNN still gets int8 (torch's dynamic quantisation), not silently fp32."""
-    from model_server.backend import torch_backend
+    from model_server.backend import packed_engine
+    from model_server.backend.factory import create_engine
     from model_server.checkpoint import inspect_checkpoint
+    from model_server.config import EngineConfig
 
-    monkeypatch.setattr(torch_backend, "onednn_available", lambda: False)
+    monkeypatch.setattr(packed_engine, "onednn_available", lambda: False)
     checkpoint = inspect_checkpoint(tiny_models["embedding"])
-    backend = torch_backend.TorchBackend(checkpoint, device="cpu", precision="int8")
-    packed = backend._packed
-    assert packed is not None
+    backend = create_engine(checkpoint, EngineConfig(device="cpu", precision="int8"))
+    assert isinstance(backend, packed_engine.PackedEngine)
+    packed = backend.model
     assert all(isinstance(layer.qkv, DynamicQuantizedLinear) for layer in packed.encoder.layers)
     (vector,) = backend.run([ModelInput((2, 10, 11, 3), Pooling.MEAN)])
     assert vector.shape == (32,) and np.isfinite(vector).all()
