@@ -147,6 +147,10 @@ class TaskSpec(Generic[Opt, R]):
     oip: TaskOip[Opt, R]
 
 
+def any_options(options: object) -> None:
+    """The check of a task whose every combination of options is valid."""
+
+
 def plain_input(enc: Encoded, index: int, options: object, served: Served) -> ModelInput:
     """The model input of a task that needs nothing beyond the token ids."""
     return ModelInput(enc.ids)

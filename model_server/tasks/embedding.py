@@ -27,6 +27,7 @@ from model_server.tasks.base import (
     TaskApi,
     TaskOip,
     TaskSpec,
+    any_options,
     choose,
 )
 from model_server.tokenization import Encoded
@@ -41,10 +42,6 @@ class EmbedOptions:
     pooling: Pooling
     normalize: bool
     truncate: bool = False
-
-
-def _check(options: EmbedOptions) -> None:
-    """Every combination of the options is valid."""
 
 
 def _prepare(enc: Encoded, index: int, options: EmbedOptions, served: Served) -> ModelInput:
@@ -106,7 +103,7 @@ SPEC: TaskSpec[EmbedOptions, FloatArray] = TaskSpec(
     task=Task.EMBEDDING,
     options=EmbedOptions,
     model_class="AutoModel",
-    check=_check,
+    check=any_options,
     prepare=_prepare,
     head=head,
     finish=_finish,

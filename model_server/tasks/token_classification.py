@@ -28,6 +28,7 @@ from model_server.tasks.base import (
     TaskApi,
     TaskOip,
     TaskSpec,
+    any_options,
     choose,
     plain_input,
     split_rows,
@@ -78,10 +79,6 @@ _AGGREGATION_IN = {
     pb.AGGREGATION_MAX: Aggregation.MAX,
 }
 _AGGREGATIONS = {a.value: a for a in Aggregation}
-
-
-def _check(options: TokenClassifyOptions) -> None:
-    """Every combination of the options is valid."""
 
 
 def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
@@ -223,7 +220,7 @@ SPEC: TaskSpec[TokenClassifyOptions, EntityList] = TaskSpec(
     task=Task.TOKEN_CLASSIFICATION,
     options=TokenClassifyOptions,
     model_class="AutoModelForTokenClassification",
-    check=_check,
+    check=any_options,
     prepare=plain_input,
     head=head,
     finish=_finish,
