@@ -41,15 +41,17 @@ class PaddedOutput:
         self.lengths = lengths
         self.starts = list(np.cumsum([0, *lengths[:-1]]).tolist())
 
-    def hidden(self) -> torch.Tensor:
-        """See EncoderOutput."""
-        out = self._engine.base(input_ids=self._ids, attention_mask=self._mask)
-        states: torch.Tensor = out.last_hidden_state[self._real]
+    def _states(self) -> torch.Tensor:
+        states: torch.Tensor = self._engine.base(input_ids=self._ids, attention_mask=self._mask).last_hidden_state
         return states
 
     def _logits(self) -> torch.Tensor:
         logits: torch.Tensor = self._engine.model(input_ids=self._ids, attention_mask=self._mask).logits
         return logits
+
+    def hidden(self) -> torch.Tensor:
+        """See EncoderOutput."""
+        return self._states()[self._real]
 
     def sequence_logits(self) -> torch.Tensor:
         """See EncoderOutput."""
@@ -60,11 +62,13 @@ class PaddedOutput:
         return self._logits()[self._real]
 
     def vocabulary_logits(self, rows: Sequence[int]) -> torch.Tensor:
-        """See EncoderOutput."""
+        """See EncoderOutput: only the given tokens' rows of the padded batch go through the head."""
+        sequences = np.searchsorted(self.starts, rows, side="right") - 1
+        at = (sequences.tolist(), (np.asarray(rows) - np.asarray(self.starts)[sequences]).tolist())
         head = self._engine.mlm_head
         if head is None:
-            return self._logits()[self._real][list(rows)]
-        logits: torch.Tensor = head(self.hidden()[list(rows)])
+            return self._logits()[at]
+        logits: torch.Tensor = head(self._states()[at])
         return logits
 
 
