@@ -88,10 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The in-process ceiling and the GEMM peak run in this process: the same MKL as bertmesh's, so before torch.
     # and the server's OpenMP waiting policy for the same reason (peers keep their own defaults).
     from model_server import mkl_amd
-    from model_server.config import openmp_defaults
+    from model_server.config import engine_defaults, openmp_defaults
 
     openmp_defaults(os.environ)
-    mkl_amd.enable()
+    mkl_amd.enable(engine_defaults().mkl_amd)
 
     if a.command == "corpus":
         from bench.corpus import CORPUS_PATH

@@ -23,16 +23,17 @@ from typing import Any
 from bench.flops import minilm_l6_shape
 from bench.systems import ROOT
 
-# name -> (precision, environment, serve flags)
-CONFIGS: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
-    "fp32": ("fp32", {}, ()),
-    "fp32 without the MKL answer": ("fp32", {"BERTMESH_MKL_AMD": "0"}, ()),
-    "fp32, PyTorch attention": ("fp32", {"BERTMESH_ATTENTION": "torch"}, ()),
-    "fp32, transformers engine (padded batches)": ("fp32", {}, ("--engine", "transformers")),
-    "int8": ("int8", {}, ()),
-    "int8, stages eager": ("int8", {"BERTMESH_INT8_FUSE": "0"}, ()),
-    "int8 without the MKL answer": ("int8", {"BERTMESH_MKL_AMD": "0"}, ()),
-    "int8, PyTorch attention": ("int8", {"BERTMESH_ATTENTION": "torch"}, ()),
+# name -> (precision, environment, engine settings: model_server.config.EngineConfig fields). The MKL answer is
+# set by the environment: it must be decided before torch loads, when the worker process starts.
+CONFIGS: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
+    "fp32": ("fp32", {}, {}),
+    "fp32 without the MKL answer": ("fp32", {"BERTMESH_MKL_AMD": "0"}, {}),
+    "fp32, PyTorch attention": ("fp32", {}, {"attention": "torch"}),
+    "fp32, transformers engine (padded batches)": ("fp32", {}, {"kind": "transformers"}),
+    "int8": ("int8", {}, {}),
+    "int8, stages eager": ("int8", {}, {"int8_fuse": False}),
+    "int8 without the MKL answer": ("int8", {"BERTMESH_MKL_AMD": "0"}, {}),
+    "int8, PyTorch attention": ("int8", {}, {"attention": "torch"}),
 }
 ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "bertmesh::packed_attention")
 PROJECTIONS = ("mkldnn::_linear_pointwise", "onednn::qlinear_pointwise")
@@ -46,8 +47,8 @@ def worker(name: str, seconds: float) -> dict[str, Any]:
     from bench.model import bundled_model_path
 
     torch.set_num_threads(2)
-    precision, _, flags = CONFIGS[name]
-    return measure(bundled_model_path(), minilm_l6_shape(), precision, "cpu", seconds, profile=True, flags=flags)
+    precision, _, engine = CONFIGS[name]
+    return measure(bundled_model_path(), minilm_l6_shape(), precision, "cpu", seconds, profile=True, engine=engine)
 
 
 def engine_bench(rounds: int, seconds: float, names: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:

@@ -15,11 +15,12 @@ GPUs whose data sheet is known, the nominal dense bf16 peak is reported beside i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,19 +83,19 @@ def measure(
     seconds: float,
     *,
     profile: bool = False,
-    flags: Sequence[str] = (),
+    engine: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Saturated throughput and useful FLOP/s of one precision; with `profile`, also each kernel's share of the
-    time over one pass of the batches (torch.profiler, self CPU time)."""
+    time over one pass of the batches (torch.profiler, self CPU time). `engine` overrides engine settings
+    (model_server.config.EngineConfig fields)."""
     from model_server.backend import ModelInput
     from model_server.batcher import selection
-    from model_server.config import parse_args
+    from model_server.config import ModelConfig, engine_defaults
     from model_server.server import load_model
+    from model_server.tasks import Task
 
-    config = parse_args(
-        ["--model", str(model_dir), "--task", "embedding", "--precision", precision, "--device", device, *flags]
-    )
-    model, tokenizer, backend = load_model(config)
+    settings = dataclasses.replace(engine_defaults(), precision=precision, device=device, **(engine or {}))
+    model, tokenizer, backend = load_model(ModelConfig(path=model_dir, task=Task.EMBEDDING), settings)
     texts = corpus.load()
     encoded = [e.ids for e in tokenizer.encode([t.text for t in texts], truncate=True)]
     limits = model.batching

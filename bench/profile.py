@@ -23,9 +23,12 @@ from model_server.loadgen.drivers import closed_loop
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("idle (waiting)", ("epoll_wait", "select (selectors", "_worker (concurrent", "pthread_cond", "sem_wait", "futex")),
     ("tokenisation", ("tokenization.py", "tokenizers", "encode_batch")),
-    ("model: torch forward", ("torch_backend.py", "torch/nn", "libtorch", "transformers/")),
+    ("model: torch forward", ("model_server/backend/", "torch/nn", "libtorch", "transformers/")),
     ("batch formation", ("batcher.py",)),
-    ("reply/request encoding", ("task_codec.py", "oip_codec.py", "postprocess.py", "_pb2", "protobuf", "upb")),
+    (
+        "reply/request encoding",
+        ("task_codec.py", "oip_tensors.py", "model_server/tasks/", "postprocess.py", "_pb2", "protobuf", "upb"),
+    ),
     ("servicer + data plane", ("servicers/", "dataplane.py", "validation.py", "cache.py", "interceptors.py")),
     ("gRPC + asyncio machinery", ("grpc", "asyncio", "cygrpc")),
     ("metrics", ("prometheus", "metrics.py")),

@@ -4,6 +4,7 @@ ceiling, and a trivial echo server that measures the load generator itself."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import struct
 import sys
@@ -369,12 +370,12 @@ class InProcess:
 
         import torch
 
-        from model_server.config import parse_args
+        from model_server.config import ModelConfig, engine_defaults
         from model_server.server import load_model
 
         torch.set_num_threads(self.settings.threads)
-        config = parse_args(["--precision", "fp32", "--device", "cpu", "--threads", str(self.settings.threads)])
-        self.model, self.tokenizer, self.backend = load_model(config)
+        engine = dataclasses.replace(engine_defaults(), precision="fp32", device="cpu", threads=self.settings.threads)
+        self.model, self.tokenizer, self.backend = load_model(ModelConfig(), engine)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ceiling")
         self._task = asyncio.get_running_loop().create_task(self._loop())
 

@@ -85,16 +85,16 @@ async def _measure(args: dict[str, Any]) -> dict[str, Any]:
         task_call,
         with_masks,
     )
-    from model_server.config import parse_args
+    from model_server.config import EngineConfig, ModelConfig, engine_defaults
     from model_server.dataplane import DataPlane
     from model_server.server import load_model
     from model_server.tasks import Task
 
-    argv = ["--precision", args["precision"], "--device", args["device"], "--cache-entries", "0"]
-    argv += ["--model", args["model"]] if args["model"] else []
-    argv += ["--threads", str(args["threads"])] if args["threads"] else []
+    engine: EngineConfig = dataclasses.replace(
+        engine_defaults(), precision=args["precision"], device=args["device"], threads=args["threads"] or None
+    )
     before = _rss_mib()
-    model, tokenizer, backend = load_model(parse_args(argv))
+    model, tokenizer, backend = load_model(ModelConfig(path=Path(args["model"]) if args["model"] else None), engine)
     memory = _rss_mib() - before
     texts = sample_texts(Path(args["texts"]) if args["texts"] else None)
     if model.task is Task.FILL_MASK:
@@ -271,7 +271,7 @@ def main(argv: Sequence[str]) -> int:
         print(json.dumps(result))
         return 0
     # Only the device is resolved here; each worker process applies the MKL answer itself (load_model).
-    from model_server.backend.torch_backend import resolve_device
+    from model_server.backend.torch_engine import resolve_device
 
     device = resolve_device(args.device)
     precisions = [p for p in args.precisions.split(",") if p] or (

@@ -1,16 +1,25 @@
-"""The server's configuration: frozen dataclasses built once by `parse_args(argv)`; nothing is read at import."""
+"""The server's configuration: frozen dataclasses built once by `parse_args(argv)`; nothing is read at import.
+
+Sections: model (which checkpoint), engine (how it runs), limits, batching, and the server's own settings. Each
+section's defaults are its dataclass's, so `load_model(ModelConfig(), EngineConfig())` is the default server;
+the engine's environment variables (ENGINE_ENV) change defaults in `engine_defaults`, the one place they are read.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from model_server.batcher import BatchLimits
 from model_server.errors import ConfigError
 from model_server.tasks import Task
 from model_server.validation import Limits
+
+T = TypeVar("T")
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9400
@@ -33,36 +42,68 @@ def bundled_model_path() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """Which checkpoint to serve and how."""
+    """Which checkpoint to serve, under which name."""
 
-    path: Path | None  # None: the bundled all-MiniLM-L6-v2
-    name: str | None  # None: the directory's name (the bundled model: all-MiniLM-L6-v2)
-    revision: str | None  # None: a digest of the checkpoint
-    task: Task | None  # None: detected from the checkpoint
-    device: str
-    precision: str
-    threads: int | None
-    engine: str = "auto"
+    path: Path | None = None  # None: the bundled all-MiniLM-L6-v2
+    name: str | None = None  # None: the directory's name (the bundled model: all-MiniLM-L6-v2)
+    revision: str | None = None  # None: a digest of the checkpoint
+    task: Task | None = None  # None: detected from the checkpoint
+
+
+# The engines by preference (model_server.backend.factory.ENGINES has a class for each).
+ENGINE_KINDS = ("packed", "transformers")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How the model runs: the engine, where, at which precision, and the packed engine's CPU options."""
+
+    kind: str = "auto"  # packed, transformers, or auto: packed where it applies
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None  # None: torch's default
+    int8_fuse: bool = True  # int8 element-wise stages compiled by torch.compile (False: eager)
+    attention: str = "native"  # native: the packed attention kernel where it applies; torch: PyTorch's SDPA
+    mkl_amd: bool = True  # answer MKL's vendor test on AMD processors (see model_server.mkl_amd)
+
+
+# Environment variables that set an engine flag's default (read by engine_defaults only): name -> the value
+# that turns the setting off.
+ENGINE_ENV = {
+    "int8_fuse": ("BERTMESH_INT8_FUSE", "0"),
+    "attention": ("BERTMESH_ATTENTION", "torch"),
+    "mkl_amd": ("BERTMESH_MKL_AMD", "0"),
+}
+
+
+def engine_defaults(env: Mapping[str, str] | None = None) -> EngineConfig:
+    """EngineConfig's defaults as the environment (ENGINE_ENV; default os.environ) changes them."""
+    env = os.environ if env is None else env
+    changed: dict[str, Any] = {}
+    for name, (variable, off) in ENGINE_ENV.items():
+        if env.get(variable) == off:
+            changed[name] = "torch" if name == "attention" else False
+    return replace(EngineConfig(), **changed)
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Request limits; max_tokens_per_input None means the model's own limit."""
 
-    max_inputs_per_request: int
-    max_chars_per_input: int
-    max_tokens_per_input: int | None
-    max_message_bytes: int
+    max_inputs_per_request: int = 128
+    max_chars_per_input: int = 20_000
+    max_tokens_per_input: int | None = None
+    max_message_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class BatchingConfig:
     """Batch formation and admission; max_queued_tokens None means 8 batches' worth (at least one request)."""
 
-    max_batch_tokens: int | None  # None: by device (see DEFAULT_BATCH_TOKENS)
-    max_batch_requests: int
-    max_batch_delay_ms: float
-    max_queued_tokens: int | None
+    max_batch_tokens: int | None = None  # None: by device (see DEFAULT_BATCH_TOKENS)
+    max_batch_requests: int = 256
+    max_batch_delay_ms: float = 2.0
+    max_queued_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +111,7 @@ class ServerConfig:
     """Everything `bertmesh serve` runs with."""
 
     model: ModelConfig
+    engine: EngineConfig
     limits: LimitsConfig
     batching: BatchingConfig
     host: str
@@ -102,8 +144,10 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `bertmesh serve` argument parser."""
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The `bertmesh serve` argument parser; `env` (default os.environ) may change engine defaults (ENGINE_ENV)."""
+    engine = engine_defaults(env)
+    limits, batching = LimitsConfig(), BatchingConfig()
     p = argparse.ArgumentParser(
         prog="bertmesh serve",
         description="Serve a BERT-family model over gRPC (bertmesh.v1 task API and Open Inference Protocol v2).",
@@ -119,20 +163,46 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--task", choices=["auto", *(t.value for t in Task)], default="auto", help="default: from the checkpoint"
     )
-    m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    m.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "fp16", "bf16", "int8"],
-        default="auto",
-        help="auto: fp16 on CUDA, fp32 on CPU; int8 is dynamic quantisation on CPU",
-    )
-    m.add_argument("--threads", type=_positive, default=None, help="torch intra-op threads (default: torch's)")
-    m.add_argument(
+    e = p.add_argument_group("engine")
+    e.add_argument(
         "--engine",
-        choices=["auto", "packed", "transformers"],
-        default="auto",
+        dest="kind",
+        choices=["auto", *ENGINE_KINDS],
+        default=engine.kind,
         help="packed: BERT on real tokens only, no padding; transformers: the model class on padded batches; "
         "auto: packed where it applies (default)",
+    )
+    e.add_argument("--device", default=engine.device, help="auto, cpu, cuda or cuda:N (default: auto)")
+    e.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16", "int8"],
+        default=engine.precision,
+        help="auto: fp16 on CUDA, fp32 on CPU; int8 runs on CPU, per-token oneDNN kernels in the packed engine "
+        "(torch's dynamic quantisation elsewhere)",
+    )
+    e.add_argument(
+        "--threads", type=_positive, default=engine.threads, help="torch intra-op threads (default: torch's)"
+    )
+    e.add_argument(
+        "--int8-fuse",
+        action=argparse.BooleanOptionalAction,
+        default=engine.int8_fuse,
+        help="packed int8 on CPU: compile the element-wise stages between int8 products with torch.compile; "
+        "--no-int8-fuse keeps them eager (default: on; off when BERTMESH_INT8_FUSE=0)",
+    )
+    e.add_argument(
+        "--attention",
+        choices=["native", "torch"],
+        default=engine.attention,
+        help="packed engine on CPU: native, the packed attention kernel where it applies; torch, PyTorch's "
+        "scaled-dot-product attention (default: native; torch when BERTMESH_ATTENTION=torch)",
+    )
+    e.add_argument(
+        "--mkl-amd",
+        action=argparse.BooleanOptionalAction,
+        default=engine.mkl_amd,
+        help="on AMD processors, let torch's MKL take its vectorised code paths (default: on; off when "
+        "BERTMESH_MKL_AMD=0)",
     )
     n = p.add_argument_group("network")
     n.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -155,73 +225,83 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace-seconds",
         type=_non_negative_float,
         default=20.0,
-        help="on SIGTERM, time in-flight requests get to finish (default: 20)",
+        help="on SIGTERM, time in-flight requests get to finish (default: %(default)s)",
     )
     lim = p.add_argument_group("limits")
-    lim.add_argument("--max-inputs-per-request", type=_positive, default=128, help="texts per request (default: 128)")
     lim.add_argument(
-        "--max-chars-per-input", type=_positive, default=20_000, help="characters per text (default: 20000)"
+        "--max-inputs-per-request",
+        type=_positive,
+        default=limits.max_inputs_per_request,
+        help="texts per request (default: %(default)s)",
     )
-    lim.add_argument("--max-tokens-per-input", type=_positive, default=None, help="default: the model's limit")
     lim.add_argument(
-        "--max-message-bytes", type=_positive, default=8 * 1024 * 1024, help="encoded request size (default: 8 MiB)"
+        "--max-chars-per-input",
+        type=_positive,
+        default=limits.max_chars_per_input,
+        help="characters per text (default: %(default)s)",
+    )
+    lim.add_argument(
+        "--max-tokens-per-input", type=_positive, default=limits.max_tokens_per_input, help="default: the model's limit"
+    )
+    lim.add_argument(
+        "--max-message-bytes",
+        type=_positive,
+        default=limits.max_message_bytes,
+        help="encoded request size (default: 8 MiB)",
     )
     b = p.add_argument_group("batching")
     b.add_argument(
         "--max-batch-tokens",
         type=_positive,
-        default=None,
+        default=batching.max_batch_tokens,
         help="tokens per batch, padding included where the engine pads (default: 2048 on CPU, 16384 on CUDA)",
     )
-    b.add_argument("--max-batch-requests", type=_positive, default=256, help="inputs per batch (default: 256)")
+    b.add_argument(
+        "--max-batch-requests",
+        type=_positive,
+        default=batching.max_batch_requests,
+        help="inputs per batch (default: %(default)s)",
+    )
     b.add_argument(
         "--max-batch-delay-ms",
         type=_non_negative_float,
-        default=2.0,
-        help="longest wait for company while the model is idle (default: 2)",
+        default=batching.max_batch_delay_ms,
+        help="longest wait for company while the model is idle (default: %(default)s)",
     )
     b.add_argument(
         "--max-queued-tokens",
         type=_positive,
-        default=None,
+        default=batching.max_queued_tokens,
         help="admission bound; over it requests get RESOURCE_EXHAUSTED (default: 8 batches)",
     )
     b.add_argument(
         "--cache-entries",
         type=_non_negative,
         default=10_000,
-        help="result cache entries, 0 turns it off (default: 10000)",
+        help="result cache entries, 0 turns it off (default: %(default)s)",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
-def parse_args(argv: Sequence[str]) -> ServerConfig:
+def _section(cls: type[T], values: argparse.Namespace) -> T:
+    """The config section whose fields the parsed arguments of the same names fill."""
+    return cls(**{f.name: getattr(values, f.name) for f in fields(cls)})  # type: ignore[arg-type]
+
+
+def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServerConfig:
     """Parses `bertmesh serve` arguments into a ServerConfig (exits with usage on bad arguments)."""
-    a = build_parser().parse_args(list(argv))
+    a = build_parser(env).parse_args(list(argv))
     return ServerConfig(
         model=ModelConfig(
             path=a.model,
             name=a.model_name,
             revision=a.revision,
             task=None if a.task == "auto" else Task(a.task),
-            device=a.device,
-            precision=a.precision,
-            threads=a.threads,
-            engine=a.engine,
         ),
-        limits=LimitsConfig(
-            max_inputs_per_request=a.max_inputs_per_request,
-            max_chars_per_input=a.max_chars_per_input,
-            max_tokens_per_input=a.max_tokens_per_input,
-            max_message_bytes=a.max_message_bytes,
-        ),
-        batching=BatchingConfig(
-            max_batch_tokens=a.max_batch_tokens,
-            max_batch_requests=a.max_batch_requests,
-            max_batch_delay_ms=a.max_batch_delay_ms,
-            max_queued_tokens=a.max_queued_tokens,
-        ),
+        engine=_section(EngineConfig, a),
+        limits=_section(LimitsConfig, a),
+        batching=_section(BatchingConfig, a),
         host=a.host,
         port=a.port,
         metrics_port=a.metrics_port,
@@ -233,10 +313,9 @@ def parse_args(argv: Sequence[str]) -> ServerConfig:
 
 
 def resolve_limits(
-    config: ServerConfig, model_max_tokens: int, max_positions: int, device: str = "cpu"
+    lim: LimitsConfig, bat: BatchingConfig, model_max_tokens: int, max_positions: int, device: str = "cpu"
 ) -> tuple[Limits, BatchLimits]:
     """Fills model- and device-dependent defaults and refuses limits that cannot work together."""
-    lim, bat = config.limits, config.batching
     max_tokens = lim.max_tokens_per_input or model_max_tokens
     batch_tokens = bat.max_batch_tokens or max(DEFAULT_BATCH_TOKENS["cuda" if device != "cpu" else "cpu"], max_tokens)
     if max_tokens > max_positions:

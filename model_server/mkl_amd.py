@@ -9,14 +9,13 @@ instruction sets itself: only the vendor test is answered.
 
 How: a one-line C library defining that function (model_server.native: built at start, or prebuilt in images)
 is loaded with RTLD_GLOBAL before torch, so the dynamic linker resolves MKL's lookup to it. Nothing is done on
-Intel processors, when torch is already imported, without a compiler or prebuilt library, or when
-BERTMESH_MKL_AMD=0. This module never imports torch.
+Intel processors, when torch is already imported, without a compiler or prebuilt library, or when turned off
+(`bertmesh serve --no-mkl-amd`, or BERTMESH_MKL_AMD=0 for its default). This module never imports torch.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from model_server import native
 
 log = logging.getLogger(__name__)
 
-ENV = "BERTMESH_MKL_AMD"
 _state: dict[str, str] = {}
 
 
@@ -39,22 +37,22 @@ def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return ""
 
 
-def enable() -> str:
-    """Loads the vendor answer when it applies; returns what was done, in words, for the startup log.
+def enable(wanted: bool) -> str:
+    """Loads the vendor answer when wanted and it applies; returns what was done, in words, for the startup log.
 
     Idempotent: the first call decides.
     """
     if "result" in _state:
         return _state["result"]
-    _state["result"] = result = _enable()
+    _state["result"] = result = _enable(wanted)
     log.info("MKL on AMD: %s", result)
     return result
 
 
-def reason_not_to(setting: str | None, vendor: str, torch_loaded: bool) -> str | None:
+def reason_not_to(wanted: bool, vendor: str, torch_loaded: bool) -> str | None:
     """Why the vendor answer must not be loaded (in words), or None when it should be."""
-    if setting == "0":
-        return f"off ({ENV}=0)"
+    if not wanted:
+        return "off (--no-mkl-amd or BERTMESH_MKL_AMD=0)"
     if vendor != "AuthenticAMD":
         return f"not needed (processor vendor {vendor or 'unknown'})"
     if torch_loaded:
@@ -62,8 +60,8 @@ def reason_not_to(setting: str | None, vendor: str, torch_loaded: bool) -> str |
     return None
 
 
-def _enable() -> str:
-    reason = reason_not_to(os.environ.get(ENV), cpu_vendor(), "torch" in sys.modules)
+def _enable(wanted: bool) -> str:
+    reason = reason_not_to(wanted, cpu_vendor(), "torch" in sys.modules)
     if reason is not None:
         return reason
     library, how = native.load(native.MKL_VENDOR, global_scope=True)  # ahead of torch, resolving MKL's lookup

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,10 @@ from model_server.checkpoint import inspect_checkpoint
 from model_server.config import (
     DEFAULT_MODEL_NAME,
     OPENMP_DEFAULTS,
+    BatchingConfig,
+    EngineConfig,
+    LimitsConfig,
+    ModelConfig,
     ServerConfig,
     bundled_model_path,
     openmp_defaults,
@@ -84,36 +88,43 @@ def version() -> str:
         return "0.0.0+unknown"
 
 
-def load_model(config: ServerConfig) -> tuple[ModelDescription, TextTokenizer, Backend]:
-    """Reads the checkpoint, loads and warms the model (blocking; torch is imported here)."""
-    path = config.model.path or bundled_model_path()
-    checkpoint = inspect_checkpoint(Path(path), config.model.task)
-    tokenizer = TextTokenizer.from_dir(checkpoint.path)
-    mkl_amd.enable()  # before torch's first import, or never (see model_server.mkl_amd)
-    from model_server.backend.torch_backend import TorchBackend, resolve_device
+def load_model(
+    model: ModelConfig,
+    engine: EngineConfig,
+    limits: LimitsConfig | None = None,
+    batching: BatchingConfig | None = None,
+) -> tuple[ModelDescription, TextTokenizer, Backend]:
+    """Reads the checkpoint, loads and warms the model in its engine (blocking; torch is imported here).
 
-    device = resolve_device(config.model.device)
-    limits, batching = resolve_limits(config, checkpoint.default_max_tokens, checkpoint.max_positions, device)
-    tokenizer.configure_truncation(limits.max_tokens_per_input)
+    Limits and batching default to the command line's defaults."""
+    path = model.path or bundled_model_path()
+    checkpoint = inspect_checkpoint(Path(path), model.task)
+    tokenizer = TextTokenizer.from_dir(checkpoint.path)
+    mkl_amd.enable(engine.mkl_amd)  # before torch's first import, or never (see model_server.mkl_amd)
+    from model_server.backend.factory import create_engine
+    from model_server.backend.torch_engine import resolve_device
+
+    device = resolve_device(engine.device)
+    request_limits, batch_limits = resolve_limits(
+        limits or LimitsConfig(),
+        batching or BatchingConfig(),
+        checkpoint.default_max_tokens,
+        checkpoint.max_positions,
+        device,
+    )
+    tokenizer.configure_truncation(request_limits.max_tokens_per_input)
     if checkpoint.task is Task.FILL_MASK and tokenizer.mask_id is None:
         raise ConfigError(f"{checkpoint.path}: fill-mask needs a mask token, and the tokenizer has none")
     if checkpoint.task is Task.SEQUENCE_CLASSIFICATION and not checkpoint.labels:
         raise ConfigError(f"{checkpoint.path}: sequence classification needs id2label in config.json")
-    backend = TorchBackend(
-        checkpoint,
-        device=device,
-        precision=config.model.precision,
-        threads=config.model.threads,
-        pad_id=tokenizer.pad_id,
-        engine=config.model.engine,
-    )
+    backend = create_engine(checkpoint, replace(engine, device=device), tokenizer.pad_id)
     # The longest input a request may bring, from the model's own vocabulary.
-    sample = tokenizer.encode(["warm up " * limits.max_tokens_per_input], truncate=True)[0].ids
+    sample = tokenizer.encode(["warm up " * request_limits.max_tokens_per_input], truncate=True)[0].ids
     backend.warmup(sample)
-    name = config.model.name or (DEFAULT_MODEL_NAME if config.model.path is None else checkpoint.path.name)
+    name = model.name or (DEFAULT_MODEL_NAME if model.path is None else checkpoint.path.name)
     description = ModelDescription(
         name=name,
-        revision=config.model.revision or checkpoint.digest,
+        revision=model.revision or checkpoint.digest,
         task=checkpoint.task,
         architecture=checkpoint.architecture,
         device=backend.info.device,
@@ -125,8 +136,8 @@ def load_model(config: ServerConfig) -> tuple[ModelDescription, TextTokenizer, B
         default_pooling=checkpoint.default_pooling,
         default_normalize=checkpoint.default_normalize,
         mask_token=tokenizer.mask_token,
-        limits=limits,
-        batching=batching,
+        limits=request_limits,
+        batching=batch_limits,
     )
     return description, tokenizer, backend
 
@@ -286,7 +297,7 @@ async def _load_unless_stopped(
     def work() -> None:
         started = time.perf_counter()
         try:
-            description, tokenizer, backend = load_model(config)
+            description, tokenizer, backend = load_model(config.model, config.engine, config.limits, config.batching)
             future.set_result((description, tokenizer, backend, time.perf_counter() - started))
         except BaseException as exc:  # handed to the event loop, which re-raises it
             future.set_exception(exc)

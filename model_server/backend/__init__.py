@@ -1,4 +1,8 @@
-"""The backend contract: token ids in, float arrays out. Implementations import torch; this module does not."""
+"""The backend contract: token ids in, float arrays out. Implementations import torch; this module does not.
+
+Each engine is one class behind this contract (model_server.backend.packed_engine, .transformers_engine), chosen
+by model_server.backend.factory; an engine computes hidden states and the task's head turns them into outputs.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from model_server.tasks import FloatArray, Pooling
+from model_server.tasks.base import FloatArray, ModelInput
 
-
-@dataclass(frozen=True, slots=True)
-class ModelInput:
-    """One tokenised input as the model sees it.
-
-    `pooling` is set for embedding models; `positions` lists the token positions whose vocabulary logits a
-    fill-mask model returns.
-    """
-
-    ids: tuple[int, ...]
-    pooling: Pooling | None = None
-    positions: tuple[int, ...] | None = None
+__all__ = ["Backend", "BackendInfo", "ModelInput"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +34,8 @@ class BackendInfo:
 class Backend(Protocol):
     """A loaded model. `run` is called from one worker thread at a time, never on the event loop.
 
-    Per input it returns: embedding, the pooled vector [hidden]; sequence classification, logits [labels];
-    token classification, logits [tokens, labels]; fill-mask, logits [positions, vocabulary].
+    Per input it returns what the task's head returns (model_server.tasks: e.g. the pooled vector [hidden] of an
+    embedding, the logits [positions, vocabulary] of fill-mask).
     """
 
     info: BackendInfo

@@ -4,19 +4,18 @@ straight from the fused query/key/value matrix, with no padding and no gather or
 Measured on this project's CI machine (`python -m bench engine`, docs/benchmarks.md): the bundled MiniLM (head_dim
 32) +8 % fp32 and +15 % int8 in process against PyTorch's CPU flash attention over the packed engine's blocks.
 Used for head dimensions 32 and 64 on CPU; elsewhere, without a C compiler or prebuilt library, or with
-BERTMESH_ATTENTION=torch, the packed engine keeps PyTorch's scaled-dot-product attention.
+`--attention torch` (BERTMESH_ATTENTION=torch for its default), the packed engine keeps PyTorch's
+scaled-dot-product attention.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 
 import torch
 
 from model_server import native
 
-ENV = "BERTMESH_ATTENTION"
 PROFILE_NAME = "bertmesh::packed_attention"
 
 
@@ -61,8 +60,6 @@ class NativeAttention:
 
 def load() -> tuple[NativeAttention | None, str]:
     """The kernel, or None; and what happened, in words, for the startup log."""
-    if os.environ.get(ENV, "native") == "torch":
-        return None, f"PyTorch scaled-dot-product attention ({ENV}=torch)"
     library, how = native.load(native.ATTENTION)
     if library is None:
         return None, f"PyTorch scaled-dot-product attention (packed kernel unavailable: {how})"

@@ -1,9 +1,10 @@
 """BERT over packed tokens: every matrix multiply runs on the batch's real tokens only, never on padding.
 
 A batch of sequences becomes one [tokens, hidden] matrix. Embeddings, the fused query/key/value projection, the
-attention output projection and the feed-forward layers run on it directly; only attention, which mixes tokens
-within a sequence, regroups them: sequences of similar length are gathered into small padded blocks for
-PyTorch's scaled-dot-product attention and scattered back. Weights are taken from a loaded Hugging Face BERT
+attention output projection and the feed-forward layers run on it directly; only attention mixes tokens within a
+sequence: the packed attention kernel reads each sequence straight from the packed matrix, and without it
+sequences of similar length are gathered into small padded blocks for PyTorch's scaled-dot-product attention
+and scattered back. Weights are taken from a loaded Hugging Face BERT
 (absolute positions, post-layer-norm), so outputs equal transformers' to float rounding.
 """
 
@@ -284,35 +285,14 @@ class PackedBertEncoder(nn.Module):
         return x
 
 
-def mean_pool(hidden: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """Mean of each sequence's token vectors: [sequences, hidden]."""
-    sums = hidden.new_zeros(len(packing.lengths), hidden.shape[1]).index_add_(0, packing.sequence_of_token, hidden)
-    counts = torch.tensor(packing.lengths, dtype=hidden.dtype, device=hidden.device)
-    return sums / counts[:, None]
-
-
-def first_tokens(hidden: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """Each sequence's first ([CLS]) token vector: [sequences, hidden]."""
-    return hidden.index_select(0, packing.starts)
-
-
 class PackedModel(nn.Module):
-    """A packed BERT encoder with the head of one task, taken from a transformers model."""
+    """A packed BERT encoder beside the task layers its transformers model carries: the pooler and classifier of
+    classification models, the language-model head `cls` of masked-LM models (None where absent)."""
 
-    def __init__(self, model: Any, task: str) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
-        self.task = task
-        bert = model if task == "embedding" else model.bert
+        bert = model.base_model  # a BertModel's base model is itself
         self.encoder = PackedBertEncoder(bert)
-        if task == "sequence-classification":
-            self.pooler = bert.pooler
-            self.classifier = model.classifier
-        elif task == "token-classification":
-            self.classifier = model.classifier
-        elif task == "fill-mask":
-            self.mlm_head = model.cls
-
-
-def packed_tasks() -> frozenset[str]:
-    """The tasks PackedModel has heads for (the values of model_server.tasks.Task)."""
-    return frozenset({"embedding", "sequence-classification", "token-classification", "fill-mask"})
+        self.pooler: nn.Module | None = bert.pooler
+        self.classifier: nn.Module | None = getattr(model, "classifier", None)
+        self.mlm_head: nn.Module | None = getattr(model, "cls", None)

@@ -1,4 +1,8 @@
-"""The bertmesh.v1.InferenceService servicer: each RPC decodes, calls the data plane, encodes."""
+"""The bertmesh.v1.InferenceService servicer: each RPC decodes, calls the data plane, encodes.
+
+The task RPCs share one path: the task's module (model_server.tasks) turns the request into options and the
+results into the response; the data plane's one generic call runs them.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ from model_server.dataplane import DataPlane, deadline_from
 from model_server.proto.bertmesh.v1 import inference_pb2 as pb
 from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
 from model_server.servicers import task_codec as codec
+from model_server.tasks import SPECS, Task
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
 # EmbedStream requests in flight per stream: enough to keep batches full, few enough to bound memory.
 STREAM_WINDOW = 8
 
@@ -24,18 +30,23 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self, plane: Callable[[], DataPlane]) -> None:
         self._plane = plane
 
+    async def _task(
+        self, plane: DataPlane, task: Task, request: Any, deadline: float | None, *, wait_for_room: bool = False
+    ) -> Any:
+        """Decode, call, encode: the path of every task RPC."""
+        plane.check_model(request.model)
+        spec = SPECS[task]
+        options = spec.api.options(request, plane.model)
+        reply = await plane.infer(list(request.inputs), options, deadline, wait_for_room=wait_for_room)
+        return codec.task_response(spec, reply, request.id, plane.model)
+
+    async def _call(self, task: Task, request: Any, context: Context) -> Any:
+        return await self._task(self._plane(), task, request, deadline_from(context.time_remaining()))
+
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         """See the proto."""
-        plane = self._plane()
-        return await self._embed(plane, request, deadline_from(context.time_remaining()), wait_for_room=False)
-
-    async def _embed(
-        self, plane: DataPlane, request: pb.EmbedRequest, deadline: float | None, *, wait_for_room: bool
-    ) -> pb.EmbedResponse:
-        plane.check_model(request.model)
-        options = codec.embed_options(request, plane.model)
-        reply = await plane.embed(list(request.inputs), options, deadline, wait_for_room=wait_for_room)
-        return codec.embed_response(reply, request.id, plane.model)
+        response: pb.EmbedResponse = await self._call(Task.EMBEDDING, request, context)
+        return response
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: Context
@@ -48,8 +59,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    task = asyncio.create_task(self._embed(plane, request, deadline, wait_for_room=True))
-                    await window.put(task)
+                    embed = self._task(plane, Task.EMBEDDING, request, deadline, wait_for_room=True)
+                    await window.put(asyncio.create_task(embed))
                 await window.put(None)
             except Exception as exc:  # a bad request ends the stream after the answers before it
                 await window.put(exc)
@@ -69,30 +80,18 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
         """See the proto."""
-        plane = self._plane()
-        plane.check_model(request.model)
-        reply = await plane.classify(
-            list(request.inputs), codec.classify_options(request), deadline_from(context.time_remaining())
-        )
-        return codec.classify_response(reply, request.id, plane.model)
+        response: pb.ClassifyResponse = await self._call(Task.SEQUENCE_CLASSIFICATION, request, context)
+        return response
 
     async def ClassifyTokens(self, request: pb.ClassifyTokensRequest, context: Context) -> pb.ClassifyTokensResponse:
         """See the proto."""
-        plane = self._plane()
-        plane.check_model(request.model)
-        reply = await plane.classify_tokens(
-            list(request.inputs), codec.token_options(request), deadline_from(context.time_remaining())
-        )
-        return codec.tokens_response(reply, request.id, plane.model)
+        response: pb.ClassifyTokensResponse = await self._call(Task.TOKEN_CLASSIFICATION, request, context)
+        return response
 
     async def FillMask(self, request: pb.FillMaskRequest, context: Context) -> pb.FillMaskResponse:
         """See the proto."""
-        plane = self._plane()
-        plane.check_model(request.model)
-        reply = await plane.fill_mask(
-            list(request.inputs), codec.fill_mask_options(request), deadline_from(context.time_remaining())
-        )
-        return codec.fill_mask_response(reply, request.id, plane.model)
+        response: pb.FillMaskResponse = await self._call(Task.FILL_MASK, request, context)
+        return response
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         """See the proto."""

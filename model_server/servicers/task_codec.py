@@ -1,4 +1,5 @@
-"""bertmesh.v1 messages to task options and task results to messages (pure functions)."""
+"""bertmesh.v1 replies shared by every task, Tokenize and ModelInfo (pure functions); each task module encodes its
+own options and results (model_server.tasks)."""
 
 from __future__ import annotations
 
@@ -6,140 +7,26 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from model_server.dataplane import ModelDescription, Reply
-from model_server.errors import InvalidArgument
 from model_server.proto.bertmesh.v1 import inference_pb2 as pb
-from model_server.tasks import (
-    Aggregation,
-    Classification,
-    ClassifyOptions,
-    EmbedOptions,
-    EntityList,
-    FillMaskOptions,
-    FloatArray,
-    MaskCandidates,
-    Pooling,
-    Task,
-    TokenClassifyOptions,
-)
+from model_server.tasks import Pooling, Task, TaskSpec
 from model_server.tokenization import Encoded
 
-_POOLING_IN = {pb.POOLING_MEAN: Pooling.MEAN, pb.POOLING_CLS: Pooling.CLS}
 _POOLING_OUT = {Pooling.MEAN: pb.POOLING_MEAN, Pooling.CLS: pb.POOLING_CLS}
-_AGGREGATION_IN = {
-    pb.AGGREGATION_UNSPECIFIED: Aggregation.SIMPLE,
-    pb.AGGREGATION_NONE: Aggregation.NONE,
-    pb.AGGREGATION_SIMPLE: Aggregation.SIMPLE,
-    pb.AGGREGATION_FIRST: Aggregation.FIRST,
-    pb.AGGREGATION_AVERAGE: Aggregation.AVERAGE,
-    pb.AGGREGATION_MAX: Aggregation.MAX,
-}
 _TASK_OUT = {
     Task.EMBEDDING: pb.TASK_EMBEDDING,
     Task.SEQUENCE_CLASSIFICATION: pb.TASK_SEQUENCE_CLASSIFICATION,
     Task.TOKEN_CLASSIFICATION: pb.TASK_TOKEN_CLASSIFICATION,
     Task.FILL_MASK: pb.TASK_FILL_MASK,
 }
-DEFAULT_FILL_MASK_TOP_K = 5
 
 
-def embed_options(request: pb.EmbedRequest, model: ModelDescription) -> EmbedOptions:
-    """Options of an Embed request, model defaults filled in (unknown enum values fall back to them)."""
-    if request.pooling and request.pooling not in _POOLING_IN:
-        raise InvalidArgument(f"pooling: unknown value {request.pooling}; use POOLING_MEAN or POOLING_CLS")
-    return EmbedOptions(
-        pooling=_POOLING_IN.get(request.pooling, model.default_pooling),
-        normalize=request.normalize if request.HasField("normalize") else model.default_normalize,
-        truncate=request.truncate,
-    )
-
-
-def classify_options(request: pb.ClassifyRequest) -> ClassifyOptions:
-    """Options of a Classify request."""
-    return ClassifyOptions(top_k=request.top_k, truncate=request.truncate, return_logits=request.return_logits)
-
-
-def token_options(request: pb.ClassifyTokensRequest) -> TokenClassifyOptions:
-    """Options of a ClassifyTokens request."""
-    if request.aggregation not in _AGGREGATION_IN:
-        raise InvalidArgument(f"aggregation: unknown value {request.aggregation}")
-    return TokenClassifyOptions(
-        aggregation=_AGGREGATION_IN[request.aggregation],
-        truncate=request.truncate,
-        include_outside=request.include_outside,
-    )
-
-
-def fill_mask_options(request: pb.FillMaskRequest) -> FillMaskOptions:
-    """Options of a FillMask request (top_k 0 means the default)."""
-    return FillMaskOptions(top_k=request.top_k or DEFAULT_FILL_MASK_TOP_K, truncate=request.truncate)
-
-
-def _usage(reply: Reply[Any]) -> pb.Usage:
-    return pb.Usage(tokens=reply.tokens, cached_inputs=reply.cached)
-
-
-def embed_response(reply: Reply[FloatArray], request_id: str, model: ModelDescription) -> pb.EmbedResponse:
-    """An EmbedResponse of packed float vectors."""
-    return pb.EmbedResponse(
-        embeddings=[pb.Embedding(values=v.tolist()) for v in reply.results],
-        dimensions=model.dimensions,
-        model=model.name,
-        id=request_id,
-        usage=_usage(reply),
-    )
-
-
-def classify_response(reply: Reply[Classification], request_id: str, model: ModelDescription) -> pb.ClassifyResponse:
-    """A ClassifyResponse."""
-    return pb.ClassifyResponse(
-        results=[
-            pb.Classification(
-                labels=[pb.LabelScore(label=s.label, index=s.index, score=s.score) for s in c.labels],
-                logits=c.logits.tolist() if c.logits is not None else [],
-            )
-            for c in reply.results
-        ],
-        model=model.name,
-        id=request_id,
-        usage=_usage(reply),
-    )
-
-
-def tokens_response(reply: Reply[EntityList], request_id: str, model: ModelDescription) -> pb.ClassifyTokensResponse:
-    """A ClassifyTokensResponse."""
-    return pb.ClassifyTokensResponse(
-        results=[
-            pb.TokenClassification(
-                entities=[
-                    pb.Entity(label=e.label, score=e.score, start=e.start, end=e.end, text=e.text) for e in entities
-                ]
-            )
-            for entities in reply.results
-        ],
-        model=model.name,
-        id=request_id,
-        usage=_usage(reply),
-    )
-
-
-def fill_mask_response(reply: Reply[MaskCandidates], request_id: str, model: ModelDescription) -> pb.FillMaskResponse:
-    """A FillMaskResponse."""
-    return pb.FillMaskResponse(
-        results=[
-            pb.FillMaskResult(
-                masks=[
-                    pb.MaskPredictions(
-                        candidates=[pb.TokenScore(token_id=c.token_id, token=c.token, score=c.score) for c in mask]
-                    )
-                    for mask in masks
-                ]
-            )
-            for masks in reply.results
-        ],
-        model=model.name,
-        id=request_id,
-        usage=_usage(reply),
-    )
+def task_response(task: TaskSpec[Any, Any], reply: Reply[Any], request_id: str, model: ModelDescription) -> Any:
+    """The task's response message (its module encodes the results) with the fields every task reply has."""
+    response = task.api.response(reply.results, model)
+    response.model = model.name
+    response.id = request_id
+    response.usage.CopyFrom(pb.Usage(tokens=reply.tokens, cached_inputs=reply.cached))
+    return response
 
 
 def tokenize_response(

@@ -112,9 +112,10 @@ def test_this_cpus_int8_product_is_what_the_decision_says() -> None:
 def test_the_serving_log_says_which_int8_path_runs(
     tiny_models: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from model_server.backend.torch_backend import TorchBackend
+    from model_server.backend.factory import create_engine
     from model_server.checkpoint import inspect_checkpoint
+    from model_server.config import EngineConfig
 
-    with caplog.at_level(logging.INFO, logger="model_server.backend.torch_backend"):
-        TorchBackend(inspect_checkpoint(tiny_models["embedding"]), device="cpu", precision="int8")
+    with caplog.at_level(logging.INFO, logger="model_server.backend.packed_engine"):
+        create_engine(inspect_checkpoint(tiny_models["embedding"]), EngineConfig(device="cpu", precision="int8"))
     assert f"packed engine: {int8_path().describe()}" in caplog.messages

@@ -7,13 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model_server.mkl_amd import ENV, cpu_vendor, reason_not_to
+from model_server.config import ENGINE_ENV
+from model_server.mkl_amd import cpu_vendor, reason_not_to
+
+ENV, OFF = ENGINE_ENV["mkl_amd"]
 
 # Prints what enable() did, then MKL's own answer to "which code path?" (0: generic; AVX2 and AVX-512 above).
 PROBE = """
 import ctypes, os, sys
 from model_server import mkl_amd
-print(mkl_amd.enable())
+from model_server.config import engine_defaults
+print(mkl_amd.enable(engine_defaults().mkl_amd))
 import torch
 lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
 print(lib.mkl_serv_cpu_detect())
@@ -42,8 +46,8 @@ def test_cpu_vendor_reads_proc_cpuinfo(tmp_path: Path) -> None:
 
 
 def test_mkl_takes_its_vectorised_path_on_amd_and_computes_the_same() -> None:
-    applied, off = probe(), probe(env={ENV: "0"})
-    assert off[0] == f"off ({ENV}=0)"
+    applied, off = probe(), probe(env={ENV: OFF})
+    assert off[0] == "off (--no-mkl-amd or BERTMESH_MKL_AMD=0)"
     assert applied[2] == off[2] == 64 * 64 * 64
     if cpu_vendor() != "AuthenticAMD":  # elsewhere nothing is loaded and MKL keeps its own choice
         assert applied[0].startswith("not needed (processor vendor") and applied[1] == off[1]
@@ -55,9 +59,8 @@ def test_mkl_takes_its_vectorised_path_on_amd_and_computes_the_same() -> None:
 
 
 def test_the_answer_is_loaded_only_on_amd_before_torch_unless_turned_off() -> None:
-    assert reason_not_to(None, "AuthenticAMD", torch_loaded=False) is None
-    assert reason_not_to("1", "AuthenticAMD", torch_loaded=False) is None
-    assert reason_not_to("0", "AuthenticAMD", torch_loaded=False) == f"off ({ENV}=0)"
-    assert reason_not_to(None, "GenuineIntel", torch_loaded=False) == "not needed (processor vendor GenuineIntel)"
-    assert reason_not_to(None, "", torch_loaded=False) == "not needed (processor vendor unknown)"
-    assert reason_not_to(None, "AuthenticAMD", torch_loaded=True) == "not applied (torch was imported first)"
+    assert reason_not_to(True, "AuthenticAMD", torch_loaded=False) is None
+    assert reason_not_to(False, "AuthenticAMD", torch_loaded=False) == "off (--no-mkl-amd or BERTMESH_MKL_AMD=0)"
+    assert reason_not_to(True, "GenuineIntel", torch_loaded=False) == "not needed (processor vendor GenuineIntel)"
+    assert reason_not_to(True, "", torch_loaded=False) == "not needed (processor vendor unknown)"
+    assert reason_not_to(True, "AuthenticAMD", torch_loaded=True) == "not applied (torch was imported first)"

@@ -20,7 +20,13 @@ from model_server import native
 from model_server.backend import native_attention
 from model_server.backend.native_attention import NativeAttention
 from model_server.backend.onednn import onednn_available
-from model_server.backend.packed_bert import PackedModel, mean_pool, plan
+from model_server.backend.packed_bert import PackedModel, Packing, plan
+
+
+def mean_pool(states: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """Each sequence's mean token vector: [sequences, hidden]."""
+    starts = packing.starts.tolist()
+    return torch.stack([states[start : start + n].mean(0) for start, n in zip(starts, packing.lengths, strict=True)])
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +91,13 @@ def test_a_sequence_gets_the_same_bits_in_any_batch_and_thread_count(kernel: Nat
         start += length
 
 
-def test_kernel_takes_only_what_it_computes(kernel: NativeAttention, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kernel_takes_only_what_it_computes(kernel: NativeAttention) -> None:
     cpu = torch.device("cpu")
     assert kernel.supports(32, torch.float32, cpu) and kernel.supports(64, torch.float32, cpu)
     assert not kernel.supports(48, torch.float32, cpu)
     assert not kernel.supports(8, torch.float32, cpu)
     assert not kernel.supports(32, torch.float16, cpu)
     assert not kernel.supports(32, torch.float32, torch.device("cuda"))
-    monkeypatch.setenv(native_attention.ENV, "torch")
-    assert native_attention.load() == (None, "PyTorch scaled-dot-product attention (BERTMESH_ATTENTION=torch)")
 
 
 def bert(head_dim: int) -> Any:
@@ -122,7 +126,7 @@ BATCH = [[1, *(5 + i % 90 for i in range(n)), 2] for n in (3, 30, 31, 90, 250, 7
 @pytest.mark.parametrize("head_dim", [32, 64])
 def test_packed_engine_with_the_kernel_equals_transformers(kernel: NativeAttention, head_dim: int) -> None:
     reference_model = bert(head_dim)
-    packed = PackedModel(bert(head_dim), "embedding")
+    packed = PackedModel(bert(head_dim))
     assert packed.encoder.use_native_attention(kernel)
     assert all(layer.native is kernel for layer in packed.encoder._typed_layers)
     ours = packed_outputs(packed, BATCH)
@@ -137,7 +141,7 @@ def test_packed_engine_with_the_kernel_equals_transformers(kernel: NativeAttenti
 def test_int8_engine_with_the_kernel_matches_pytorch_attention(kernel: NativeAttention) -> None:
     if not onednn_available():
         pytest.fail("this torch build has no oneDNN: the CPU int8 path cannot be tested")
-    with_kernel, without = PackedModel(bert(32), "embedding"), PackedModel(bert(32), "embedding")
+    with_kernel, without = PackedModel(bert(32)), PackedModel(bert(32))
     for model in (with_kernel, without):
         model.encoder.use_onednn(int8=True)
     assert with_kernel.encoder.use_native_attention(kernel)
@@ -147,9 +151,7 @@ def test_int8_engine_with_the_kernel_matches_pytorch_attention(kernel: NativeAtt
 
 
 def test_an_unsupported_model_keeps_pytorch_attention(kernel: NativeAttention) -> None:
-    packed = PackedModel(
-        transformers.BertModel(transformers.BertConfig(hidden_size=48, num_attention_heads=4)), "embedding"
-    )
+    packed = PackedModel(transformers.BertModel(transformers.BertConfig(hidden_size=48, num_attention_heads=4)))
     assert not packed.encoder.use_native_attention(kernel)
     assert all(layer.native is None for layer in packed.encoder._typed_layers)
 

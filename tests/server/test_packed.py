@@ -12,9 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from model_server.backend.onednn import OneDnnInt8Linear, OneDnnLinear, onednn_available
-from model_server.backend.packed_bert import PackedModel, mean_pool, plan
+from model_server.backend.packed_bert import PackedModel, Packing, plan
 
 TEXTS = ["john lives in paris", "the weather is really good today in london", "berlin", "a b c d e f g h i j"]
+
+
+def mean_pool(states: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """Each sequence's mean token vector: [sequences, hidden]."""
+    starts = packing.starts.tolist()
+    return torch.stack([states[start : start + n].mean(0) for start, n in zip(starts, packing.lengths, strict=True)])
 
 
 @given(st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=80))
@@ -42,7 +48,7 @@ def test_packed_encoder_equals_transformers(tiny_models: dict[str, Path], kernel
     tokenizer: Any = transformers.AutoTokenizer.from_pretrained(path)
     reference: Any = transformers.BertModel.from_pretrained(path)
     reference.train(False)
-    packed = PackedModel(transformers.BertModel.from_pretrained(path), "embedding")
+    packed = PackedModel(transformers.BertModel.from_pretrained(path))
     if kernels == "onednn":
         if not onednn_available():
             pytest.fail("this torch build has no oneDNN: the CPU fast path cannot be tested")
@@ -84,7 +90,7 @@ def test_int8_stages_fused_eager_and_per_projection_agree(tiny_models: dict[str,
     tokenizer: Any = transformers.AutoTokenizer.from_pretrained(path)
 
     def loaded(**onednn: bool) -> tuple[PackedModel, str]:
-        model = PackedModel(transformers.BertModel.from_pretrained(path), "embedding")
+        model = PackedModel(transformers.BertModel.from_pretrained(path))
         return model, model.encoder.use_onednn(**onednn)
 
     fp32, _ = loaded()
@@ -108,7 +114,7 @@ def test_staged_int8_sequences_do_not_depend_on_their_batch(tiny_models: dict[st
         pytest.fail("this torch build has no oneDNN: the CPU int8 path cannot be tested")
     path = str(tiny_models["embedding"])
     tokenizer: Any = transformers.AutoTokenizer.from_pretrained(path)
-    model = PackedModel(transformers.BertModel.from_pretrained(path), "embedding")
+    model = PackedModel(transformers.BertModel.from_pretrained(path))
     model.encoder.use_onednn(int8=True)
     together = hidden_states(model, tokenizer)
     alone = torch.cat([hidden_states(model, tokenizer, [text]) for text in TEXTS])

@@ -42,16 +42,18 @@ def test_int8_without_onednn_falls_back_to_torch_dynamic_quantisation(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A torch build without oneDNN still gets int8 (torch's dynamic quantisation), not silently fp32."""
-    from model_server.backend import torch_backend
+    from model_server.backend import packed_engine
+    from model_server.backend.factory import create_engine
     from model_server.checkpoint import inspect_checkpoint
+    from model_server.config import EngineConfig
 
-    monkeypatch.setattr(torch_backend, "onednn_available", lambda: False)
+    monkeypatch.setattr(packed_engine, "onednn_available", lambda: False)
     checkpoint = inspect_checkpoint(tiny_models["embedding"])
-    with caplog.at_level(logging.INFO, logger=torch_backend.log.name):
-        backend = torch_backend.TorchBackend(checkpoint, device="cpu", precision="int8")
+    with caplog.at_level(logging.INFO, logger=packed_engine.log.name):
+        backend = create_engine(checkpoint, EngineConfig(device="cpu", precision="int8"))
     assert any("int8 by torch's dynamic quantisation" in message for message in caplog.messages)
-    packed = backend._packed
-    assert packed is not None
+    assert isinstance(backend, packed_engine.PackedEngine)
+    packed = backend.model
     assert all(isinstance(layer.qkv, DynamicQuantizedLinear) for layer in packed.encoder.layers)
     (vector,) = backend.run([ModelInput((2, 10, 11, 3), Pooling.MEAN)])
     assert vector.shape == (32,) and np.isfinite(vector).all()

@@ -9,9 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_server.batcher import BatchLimits
 from model_server.cache import CacheKey, ResultCache
 from model_server.checkpoint import inspect_checkpoint
-from model_server.config import OPENMP_DEFAULTS, openmp_defaults, parse_args, resolve_limits
+from model_server.config import (
+    OPENMP_DEFAULTS,
+    BatchingConfig,
+    LimitsConfig,
+    openmp_defaults,
+    parse_args,
+    resolve_limits,
+)
 from model_server.errors import ConfigError, InvalidArgument
 from model_server.tasks import Pooling, Task
 from model_server.validation import Limits, check_texts
@@ -83,15 +91,19 @@ def test_missing_files_are_reported(tmp_path: Path) -> None:
 
 
 def test_limits_resolve_against_the_model_and_refuse_impossible_settings() -> None:
-    limits, batching = resolve_limits(parse_args([]), model_max_tokens=256, max_positions=512)
+    def resolve(*argv: str) -> tuple[Limits, BatchLimits]:
+        config = parse_args(argv)
+        return resolve_limits(config.limits, config.batching, 256, 512)
+
+    limits, batching = resolve_limits(LimitsConfig(), BatchingConfig(), model_max_tokens=256, max_positions=512)
     assert limits.max_tokens_per_input == 256
     assert batching.max_queued_tokens >= limits.max_inputs_per_request * 256
     with pytest.raises(ConfigError, match="exceeds the model's 512 positions"):
-        resolve_limits(parse_args(["--max-tokens-per-input", "600"]), 256, 512)
+        resolve("--max-tokens-per-input", "600")
     with pytest.raises(ConfigError, match="one input must fit in a batch"):
-        resolve_limits(parse_args(["--max-batch-tokens", "100"]), 256, 512)
+        resolve("--max-batch-tokens", "100")
     with pytest.raises(ConfigError, match="below one full request"):
-        resolve_limits(parse_args(["--max-queued-tokens", "1000"]), 256, 512)
+        resolve("--max-queued-tokens", "1000")
 
 
 def test_bad_flags_exit_with_usage() -> None:

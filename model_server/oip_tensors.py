@@ -1,6 +1,7 @@
 """Open Inference Protocol v2 tensors: the BYTES text input in, FP32 and BYTES outputs out (pure functions).
 
-Raw BYTES contents are, per element, a 4-byte little-endian length and that many bytes.
+Raw BYTES contents are, per element, a 4-byte little-endian length and that many bytes. Each task module builds
+its own output tensors with these (see model_server.tasks); the OIP servicer decodes and answers with them.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from model_server.errors import InvalidArgument
 from model_server.proto.inference import grpc_service_pb2 as oip
-from model_server.tasks import Classification, EntityList, FloatArray, MaskCandidates
 
 INPUT_NAME = "text"
+Parameters = Mapping[str, oip.InferParameter]
+FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,7 @@ def texts_from_request(request: oip.ModelInferRequest) -> list[str]:
     return texts
 
 
-def parameter(params: Mapping[str, oip.InferParameter], name: str, kind: type) -> object | None:
+def parameter(params: Parameters, name: str, kind: type) -> object | None:
     """A request parameter of the given Python type (bool, int or str), or None when absent."""
     if name not in params:
         return None
@@ -98,47 +101,6 @@ def parameter(params: Mapping[str, oip.InferParameter], name: str, kind: type) -
         raise InvalidArgument(f"parameters[{name!r}]: expected a {kind.__name__} parameter, got {choice}")
     found: object = getattr(value, expected)
     return found
-
-
-def embedding_outputs(vectors: Sequence[FloatArray], dimensions: int) -> list[OutputTensor]:
-    """Output 'embedding' FP32 [N, D]."""
-    matrix = np.asarray(vectors, dtype="<f4").reshape(len(vectors), dimensions)
-    return [OutputTensor("embedding", "FP32", matrix.shape, matrix.tobytes())]
-
-
-def classification_outputs(results: Sequence[Classification], num_labels: int) -> list[OutputTensor]:
-    """Outputs 'probabilities' FP32 [N, C] (label-index order) and 'label' BYTES [N] (the best label)."""
-    probs = np.zeros((len(results), num_labels), dtype="<f4")
-    for row, result in enumerate(results):
-        for score in result.labels:
-            probs[row, score.index] = score.score
-    best = [r.labels[0].label.encode() if r.labels else b"" for r in results]
-    return [
-        OutputTensor("probabilities", "FP32", probs.shape, probs.tobytes()),
-        OutputTensor("label", "BYTES", (len(results),), encode_bytes_elements(best)),
-    ]
-
-
-def entities_outputs(results: Sequence[EntityList]) -> list[OutputTensor]:
-    """Output 'entities' BYTES [N]: per input a JSON list of {label, score, start, end, text}."""
-    docs = [
-        json.dumps(
-            [{"label": e.label, "score": e.score, "start": e.start, "end": e.end, "text": e.text} for e in entities]
-        ).encode()
-        for entities in results
-    ]
-    return [OutputTensor("entities", "BYTES", (len(results),), encode_bytes_elements(docs))]
-
-
-def fill_mask_outputs(results: Sequence[MaskCandidates]) -> list[OutputTensor]:
-    """Output 'predictions' BYTES [N]: per input a JSON list (one per mask) of {token_id, token, score}."""
-    docs = [
-        json.dumps(
-            [[{"token_id": c.token_id, "token": c.token, "score": c.score} for c in mask] for mask in masks]
-        ).encode()
-        for masks in results
-    ]
-    return [OutputTensor("predictions", "BYTES", (len(results),), encode_bytes_elements(docs))]
 
 
 def select_outputs(
@@ -154,6 +116,18 @@ def select_outputs(
             raise InvalidArgument(f"outputs[{i}].name: unknown output {want.name!r}; this model has {sorted(by_name)}")
         chosen.append(by_name[want.name])
     return chosen
+
+
+def float_matrix(name: str, rows: Sequence[FloatArray], width: int) -> OutputTensor:
+    """An FP32 [N, width] output of one row per input."""
+    matrix = np.asarray(rows, dtype="<f4").reshape(len(rows), width)
+    return OutputTensor(name, "FP32", matrix.shape, matrix.tobytes())
+
+
+def json_elements(name: str, documents: Sequence[object]) -> OutputTensor:
+    """A BYTES [N] output of one JSON document per input."""
+    encoded = [json.dumps(doc).encode() for doc in documents]
+    return OutputTensor(name, "BYTES", (len(documents),), encode_bytes_elements(encoded))
 
 
 def infer_response(

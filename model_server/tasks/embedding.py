@@ -1,0 +1,112 @@
+"""Embedding: one vector per input, the mean or first-token pooling of the encoder's hidden states.
+
+Options: pooling and normalisation (defaults: the checkpoint's sentence-transformers settings), truncation.
+Served by Embed and EmbedStream (bertmesh.v1) and by ModelInfer's FP32 output 'embedding' [N, D].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from model_server.description import ModelDescription
+from model_server.errors import InvalidArgument
+from model_server.oip_tensors import OutputTensor, Parameters, float_matrix, parameter
+from model_server.postprocess import l2_normalize
+from model_server.proto.bertmesh.v1 import inference_pb2 as pb
+from model_server.tasks.base import (
+    EncoderOutput,
+    FloatArray,
+    ModelInput,
+    OipOutput,
+    Pooling,
+    Served,
+    Task,
+    TaskApi,
+    TaskOip,
+    TaskSpec,
+    any_options,
+    choose,
+)
+from model_server.tokenization import Encoded
+
+_POOLING_IN = {pb.POOLING_MEAN: Pooling.MEAN, pb.POOLING_CLS: Pooling.CLS}
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedOptions:
+    """Options of an Embed request."""
+
+    pooling: Pooling
+    normalize: bool
+    truncate: bool = False
+
+
+def _prepare(enc: Encoded, index: int, options: EmbedOptions, served: Served) -> ModelInput:
+    return ModelInput(enc.ids, options.pooling)
+
+
+def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
+    """Each input's mean or first-token ([CLS]) vector of the hidden states, in float32."""
+    hidden = out.hidden().float()
+    starts = hidden.new_tensor(list(out.starts)).long()
+    lengths = hidden.new_tensor(list(out.lengths))
+    sequence_of_token = starts.new_tensor(range(len(inputs))).repeat_interleave(lengths.long())
+    sums = hidden.new_zeros(len(inputs), hidden.shape[1]).index_add_(0, sequence_of_token, hidden)
+    mean = (sums / lengths[:, None]).cpu().numpy()
+    cls = hidden.index_select(0, starts).cpu().numpy()
+    return [cls[row] if item.pooling is Pooling.CLS else mean[row] for row, item in enumerate(inputs)]
+
+
+def _finish(out: FloatArray, enc: Encoded, text: str, options: EmbedOptions, served: Served) -> FloatArray:
+    vector = l2_normalize(out) if options.normalize else out.astype(np.float32, copy=True)
+    vector.flags.writeable = False  # shared through the cache
+    return vector
+
+
+def options_from_request(request: pb.EmbedRequest, model: ModelDescription) -> EmbedOptions:
+    """Options of an Embed request, model defaults filled in."""
+    if request.pooling and request.pooling not in _POOLING_IN:
+        raise InvalidArgument(f"pooling: unknown value {request.pooling}; use POOLING_MEAN or POOLING_CLS")
+    return EmbedOptions(
+        pooling=_POOLING_IN.get(request.pooling, model.default_pooling),
+        normalize=request.normalize if request.HasField("normalize") else model.default_normalize,
+        truncate=request.truncate,
+    )
+
+
+def response(results: Sequence[FloatArray], model: ModelDescription) -> pb.EmbedResponse:
+    """An EmbedResponse of packed float vectors."""
+    return pb.EmbedResponse(embeddings=[pb.Embedding(values=v.tolist()) for v in results], dimensions=model.dimensions)
+
+
+def _oip_options(params: Parameters, truncate: bool, model: ModelDescription) -> EmbedOptions:
+    pooling = parameter(params, "pooling", str)
+    normalize = parameter(params, "normalize", bool)
+    return EmbedOptions(
+        pooling=model.default_pooling if pooling is None else choose(pooling, _POOLINGS, "parameters['pooling']"),
+        normalize=model.default_normalize if normalize is None else bool(normalize),
+        truncate=truncate,
+    )
+
+
+_POOLINGS = {p.value: p for p in Pooling}
+
+
+def _tensors(results: Sequence[FloatArray], model: ModelDescription) -> list[OutputTensor]:
+    return [float_matrix("embedding", results, model.dimensions)]
+
+
+SPEC: TaskSpec[EmbedOptions, FloatArray] = TaskSpec(
+    task=Task.EMBEDDING,
+    options=EmbedOptions,
+    model_class="AutoModel",
+    check=any_options,
+    prepare=_prepare,
+    head=head,
+    finish=_finish,
+    api=TaskApi("Embed", options_from_request, response),
+    oip=TaskOip((OipOutput("embedding", "FP32", (-1, -1)),), _oip_options, _tensors),
+)

@@ -1,0 +1,102 @@
+"""Engines: chosen by one factory, configured by typed settings (flags, with environment variables as defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from model_server.backend.factory import ENGINES, create_engine, resolve_engine
+from model_server.backend.packed_engine import PackedEngine
+from model_server.backend.transformers_engine import TransformersEngine
+from model_server.checkpoint import inspect_checkpoint
+from model_server.config import ENGINE_KINDS, EngineConfig, build_parser, engine_defaults, parse_args
+from model_server.errors import ConfigError
+from model_server.tasks import ModelInput, Pooling
+from tests.server import checkpoints
+
+BATCH = [ModelInput((2, *(5 + i % 90 for i in range(n)), 3), Pooling.MEAN) for n in (3, 30, 7)]
+
+
+def test_environment_variables_set_defaults_that_flags_override() -> None:
+    assert parse_args([], env={}).engine == EngineConfig()
+    env = {"BERTMESH_INT8_FUSE": "0", "BERTMESH_ATTENTION": "torch", "BERTMESH_MKL_AMD": "0"}
+    off = EngineConfig(int8_fuse=False, attention="torch", mkl_amd=False)
+    assert engine_defaults(env) == off
+    assert parse_args([], env=env).engine == off
+    flags = ["--int8-fuse", "--attention", "native", "--mkl-amd", "--engine", "transformers", "--threads", "3"]
+    assert parse_args(flags, env=env).engine == EngineConfig(kind="transformers", threads=3)
+    assert parse_args(["--no-int8-fuse", "--no-mkl-amd"], env={}).engine == EngineConfig(int8_fuse=False, mkl_amd=False)
+
+
+def test_serve_help_documents_every_engine_flag() -> None:
+    text = " ".join(build_parser(env={}).format_help().split())
+    for flag in ("--engine", "--device", "--precision", "--threads", "--int8-fuse", "--attention", "--mkl-amd"):
+        assert flag in text
+    for variable in ("BERTMESH_INT8_FUSE=0", "BERTMESH_ATTENTION=torch", "BERTMESH_MKL_AMD=0"):
+        assert variable in text
+
+
+def test_the_factory_offers_the_engines_the_command_line_names() -> None:
+    assert tuple(ENGINES) == ENGINE_KINDS
+    bert, roberta = transformers.BertConfig(), transformers.RobertaConfig()
+    assert resolve_engine("auto", bert) == "packed" and resolve_engine("auto", roberta) == "transformers"
+    assert resolve_engine("transformers", bert) == "transformers"
+    with pytest.raises(ConfigError, match="--engine packed runs BERT encoders"):
+        resolve_engine("packed", roberta)
+
+
+@pytest.fixture(scope="module")
+def head_dim_32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT embedding checkpoint whose heads the packed attention kernel takes (head size 32)."""
+    path = tmp_path_factory.mktemp("head-dim-32")
+    config = transformers.BertConfig(
+        vocab_size=len(checkpoints.VOCAB),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(str(path), safe_serialization=True)
+    checkpoints.write_tokenizer(path)
+    return path
+
+
+def layers(engine: Any) -> list[Any]:
+    assert isinstance(engine, PackedEngine)
+    return list(engine.model.encoder.layers)
+
+
+def test_attention_setting_chooses_the_kernel_and_outputs_agree(head_dim_32: Path) -> None:
+    checkpoint = inspect_checkpoint(head_dim_32)
+    native = create_engine(checkpoint, EngineConfig(device="cpu"))
+    plain = create_engine(checkpoint, EngineConfig(device="cpu", attention="torch"))
+    assert all(layer.native is not None for layer in layers(native))
+    assert all(layer.native is None for layer in layers(plain))
+    assert np.allclose(np.stack(native.run(BATCH)), np.stack(plain.run(BATCH)), atol=1e-5)
+
+
+def test_int8_fuse_setting_reaches_the_packed_engine(head_dim_32: Path) -> None:
+    engine = create_engine(
+        inspect_checkpoint(head_dim_32), EngineConfig(device="cpu", precision="int8", int8_fuse=False)
+    )
+    assert isinstance(engine, PackedEngine)
+    stages = engine.model.encoder.int8_stages
+    assert stages is not None and not stages.compiled
+
+
+def test_both_engines_give_the_same_outputs_for_every_task(tiny_models: dict[str, Path]) -> None:
+    for task, path in tiny_models.items():
+        checkpoint = inspect_checkpoint(path)
+        packed = create_engine(checkpoint, EngineConfig(device="cpu", kind="packed"))
+        padded = create_engine(checkpoint, EngineConfig(device="cpu", kind="transformers"))
+        assert isinstance(packed, PackedEngine) and isinstance(padded, TransformersEngine)
+        batch = [ModelInput(item.ids, Pooling.CLS if n % 2 else Pooling.MEAN, (1, 2)) for n, item in enumerate(BATCH)]
+        for ours, theirs in zip(packed.run(batch), padded.run(batch), strict=True):
+            assert ours.shape == theirs.shape and np.allclose(ours, theirs, atol=1e-4), task
