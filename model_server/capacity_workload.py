@@ -8,6 +8,7 @@ loops and their warm-up, counting and timeout rules are `model_server.loadgen.dr
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from model_server.errors import Overloaded
 from model_server.loadgen.drivers import TIMEOUT, Window, closed_loop, open_loop
 from model_server.loadgen.schedules import poisson_arrivals
 from model_server.loadgen.stats import percentile
-from model_server.tasks import ClassifyOptions, EmbedOptions, FillMaskOptions, Task, TokenClassifyOptions
+from model_server.tasks import spec
 
 Call = Callable[[Sequence[str]], Awaitable[Reply[Any]]]
 
@@ -53,16 +54,9 @@ def with_masks(texts: Sequence[str], mask_token: str) -> list[str]:
 
 
 def task_call(plane: DataPlane) -> Call:
-    """The data-plane call of the served task, with default options and truncation on."""
-    model = plane.model
-    if model.task is Task.EMBEDDING:
-        options = EmbedOptions(model.default_pooling, model.default_normalize, truncate=True)
-        return lambda texts: plane.embed(texts, options, None)
-    if model.task is Task.SEQUENCE_CLASSIFICATION:
-        return lambda texts: plane.classify(texts, ClassifyOptions(truncate=True), None)
-    if model.task is Task.TOKEN_CLASSIFICATION:
-        return lambda texts: plane.classify_tokens(texts, TokenClassifyOptions(truncate=True), None)
-    return lambda texts: plane.fill_mask(texts, FillMaskOptions(top_k=1, truncate=True), None)
+    """The data-plane call of the served task: a request that sets no option but truncation."""
+    options = dataclasses.replace(spec(plane.model.task).defaults(plane.model), truncate=True)
+    return lambda texts: plane.infer(texts, options, None)
 
 
 def request_plan(texts: Sequence[str], per_request: int, seed: int) -> list[list[str]]:

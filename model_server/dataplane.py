@@ -146,9 +146,6 @@ class DataPlane:
             self._cache.put(keys[todo[text][0]], result)
         return Reply([r for r in results if r is not None], sum(len(e) for e in encodings), cached)
 
-    # The per-task names model_server.capacity_workload calls; they are the generic call.
-    embed = classify = classify_tokens = fill_mask = infer
-
     async def tokenize(self, texts: Sequence[str]) -> list[Encoded]:
         """The tokens of each input (limits on count and characters apply; no token limit)."""
         check_texts(texts, self.model.limits)

@@ -138,6 +138,7 @@ class TaskSpec(Generic[Opt, R]):
 
     task: Task
     options: type[Opt]  # the options class: an instance names its task in DataPlane.infer
+    defaults: Callable[[ModelDescription], Opt]  # the options of a request that sets none (model defaults in)
     model_class: str  # the transformers Auto class the engines load
     check: Callable[[Opt], None]  # refuses invalid options (InvalidArgument), before any compute
     prepare: Callable[[Encoded, int, Opt, Served], ModelInput]  # the input's index in the request, for errors
@@ -149,6 +150,11 @@ class TaskSpec(Generic[Opt, R]):
 
 def any_options(options: object) -> None:
     """The check of a task whose every combination of options is valid."""
+
+
+def class_defaults(options: type[Opt]) -> Callable[[ModelDescription], Opt]:
+    """The defaults of a task whose options do not depend on the model: the options class's own."""
+    return lambda model: options()
 
 
 def plain_input(enc: Encoded, index: int, options: object, served: Served) -> ModelInput:

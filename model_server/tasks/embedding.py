@@ -66,13 +66,19 @@ def _finish(out: FloatArray, enc: Encoded, text: str, options: EmbedOptions, ser
     return vector
 
 
+def defaults(model: ModelDescription) -> EmbedOptions:
+    """The model's pooling and normalisation, no truncation: what a request that sets nothing gets."""
+    return EmbedOptions(pooling=model.default_pooling, normalize=model.default_normalize)
+
+
 def options_from_request(request: pb.EmbedRequest, model: ModelDescription) -> EmbedOptions:
     """Options of an Embed request, model defaults filled in."""
     if request.pooling and request.pooling not in _POOLING_IN:
         raise InvalidArgument(f"pooling: unknown value {request.pooling}; use POOLING_MEAN or POOLING_CLS")
+    default = defaults(model)
     return EmbedOptions(
-        pooling=_POOLING_IN.get(request.pooling, model.default_pooling),
-        normalize=request.normalize if request.HasField("normalize") else model.default_normalize,
+        pooling=_POOLING_IN.get(request.pooling, default.pooling),
+        normalize=request.normalize if request.HasField("normalize") else default.normalize,
         truncate=request.truncate,
     )
 
@@ -85,9 +91,10 @@ def response(results: Sequence[FloatArray], model: ModelDescription) -> pb.Embed
 def _oip_options(params: Parameters, truncate: bool, model: ModelDescription) -> EmbedOptions:
     pooling = parameter(params, "pooling", str)
     normalize = parameter(params, "normalize", bool)
+    default = defaults(model)
     return EmbedOptions(
-        pooling=model.default_pooling if pooling is None else choose(pooling, _POOLINGS, "parameters['pooling']"),
-        normalize=model.default_normalize if normalize is None else bool(normalize),
+        pooling=default.pooling if pooling is None else choose(pooling, _POOLINGS, "parameters['pooling']"),
+        normalize=default.normalize if normalize is None else bool(normalize),
         truncate=truncate,
     )
 
@@ -102,6 +109,7 @@ def _tensors(results: Sequence[FloatArray], model: ModelDescription) -> list[Out
 SPEC: TaskSpec[EmbedOptions, FloatArray] = TaskSpec(
     task=Task.EMBEDDING,
     options=EmbedOptions,
+    defaults=defaults,
     model_class="AutoModel",
     check=any_options,
     prepare=_prepare,

@@ -27,6 +27,7 @@ from model_server.tasks.base import (
     TaskApi,
     TaskOip,
     TaskSpec,
+    class_defaults,
     split_rows,
 )
 from model_server.tokenization import Encoded
@@ -142,6 +143,7 @@ def _tensors(results: Sequence[MaskCandidates], model: ModelDescription) -> list
 SPEC: TaskSpec[FillMaskOptions, MaskCandidates] = TaskSpec(
     task=Task.FILL_MASK,
     options=FillMaskOptions,
+    defaults=class_defaults(FillMaskOptions),
     model_class="AutoModelForMaskedLM",
     check=_check,
     prepare=_prepare,

@@ -26,6 +26,7 @@ from model_server.tasks.base import (
     TaskApi,
     TaskOip,
     TaskSpec,
+    class_defaults,
     plain_input,
 )
 from model_server.tokenization import Encoded
@@ -128,6 +129,7 @@ def _tensors(results: Sequence[Classification], model: ModelDescription) -> list
 SPEC: TaskSpec[ClassifyOptions, Classification] = TaskSpec(
     task=Task.SEQUENCE_CLASSIFICATION,
     options=ClassifyOptions,
+    defaults=class_defaults(ClassifyOptions),
     model_class="AutoModelForSequenceClassification",
     check=_check,
     prepare=plain_input,

@@ -30,6 +30,7 @@ from model_server.tasks.base import (
     TaskSpec,
     any_options,
     choose,
+    class_defaults,
     plain_input,
     split_rows,
 )
@@ -219,6 +220,7 @@ def _tensors(results: Sequence[EntityList], model: ModelDescription) -> list[Out
 SPEC: TaskSpec[TokenClassifyOptions, EntityList] = TaskSpec(
     task=Task.TOKEN_CLASSIFICATION,
     options=TokenClassifyOptions,
+    defaults=class_defaults(TokenClassifyOptions),
     model_class="AutoModelForTokenClassification",
     check=any_options,
     prepare=plain_input,

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from google.protobuf import message_factory
 
-from model_server.dataplane import DataPlane
 from model_server.proto.bertmesh.v1 import inference_pb2 as pb
 from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
 from model_server.proto.inference import grpc_service_pb2 as oip
@@ -35,8 +34,6 @@ def test_every_task_has_a_module_for_each_front_end_and_every_task_rpc_a_task() 
         assert spec.task is Task(spec.task.value)
         assert callable(getattr(InferenceServicer, spec.api.rpc))
         assert spec.oip.outputs, spec.task
-    # The data plane's one call serves every task; the per-task names capacity_workload uses are that call.
-    assert DataPlane.embed is DataPlane.infer and DataPlane.fill_mask is DataPlane.infer
 
 
 @pytest.mark.parametrize("task", TASKS)
