@@ -9,6 +9,7 @@ side is not installed says so and which extra installs it.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,9 +92,27 @@ def load(command: Subcommand) -> Callable[[list[str]], int] | str:
     return main
 
 
+# What a shell reports for a command killed by SIGPIPE (`yes | head`), so `set -o pipefail` scripts see the same.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the bertmesh CLI and return its exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run the bertmesh CLI and return its exit status; a reader that stops early (`| head`) ends it quietly."""
+    try:
+        status = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python ignores SIGPIPE, so the write raises; stdout is pointed at /dev/null so that the interpreter's
+        # own flush at exit does not raise (and print) the same error again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _dispatch(args: list[str]) -> int:
+    """Run the command line `args` names."""
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage(), end="")
         return 0 if args else 2

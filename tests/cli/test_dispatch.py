@@ -3,12 +3,14 @@ to install instead of a traceback."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bertmesh_cli import SUBCOMMANDS, Subcommand, load, main
+from bertmesh_cli import EXIT_BROKEN_PIPE, SUBCOMMANDS, Subcommand, load, main
 
 
 def test_every_command_loads_when_both_sides_are_installed() -> None:
@@ -59,3 +61,20 @@ def test_commands_that_serve_several_names_get_the_name(monkeypatch: pytest.Monk
     assert main(["embed", "--target", "x:1", "hello"]) == 0
     assert main(["rollout", "status", "minilm"]) == 0
     assert seen == [["embed", "--target", "x:1", "hello"], ["status", "minilm"]]
+
+
+@pytest.mark.parametrize(
+    "command", [["help"], ["render", "-f", str(Path(__file__).parents[2] / "examples" / "cpu-embedding.yaml")]]
+)
+def test_a_reader_that_stops_early_ends_the_command_quietly(command: list[str]) -> None:
+    # A pipe whose reading end is closed before the command starts: its first write fails, as under `| head`.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "bertmesh_cli", *command], stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == EXIT_BROKEN_PIPE
