@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -14,12 +15,19 @@ from google.protobuf import json_format
 from model_server.client import BertmeshClient
 from model_server.config import DEFAULT_PORT
 
+TARGET_VARIABLE = "BERTMESH_TARGET"
+DEFAULT_TARGET = f"127.0.0.1:{DEFAULT_PORT}"
 
-def _parser() -> argparse.ArgumentParser:
+
+def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bertmesh", description="Call a running bertmesh server.")
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--target", default=f"127.0.0.1:{DEFAULT_PORT}", help="server address (host:port)")
+    common.add_argument(
+        "--target",
+        default=environ.get(TARGET_VARIABLE) or DEFAULT_TARGET,
+        help=f"server address host:port (default: %(default)s; ${TARGET_VARIABLE} sets it)",
+    )
     common.add_argument("--token-file", type=Path, default=None, help="file whose first line is a bearer token")
     common.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     embed = sub.add_parser("embed", parents=[common], help="embed texts")
@@ -35,9 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str]) -> int:
+def rpc_error_message(error: grpc.RpcError, target: str) -> str:
+    """The one line a failed call prints; a server that cannot be reached is named with how to point elsewhere."""
+    message = f"bertmesh: {error.code().name}: {error.details()}"
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        message += f" (no server answering at {target}? set --target host:port or ${TARGET_VARIABLE})"
+    return message
+
+
+def main(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
     """Runs one client command; prints the result as JSON; exit 1 on an RPC error."""
-    args = _parser().parse_args(list(argv))
+    args = _parser(environ).parse_args(list(argv))
     token = args.token_file.read_text().splitlines()[0].strip() if args.token_file else None
     with BertmeshClient(args.target, token=token, timeout=args.timeout) as client:
         try:
@@ -58,7 +74,7 @@ def main(argv: Sequence[str]) -> int:
             else:
                 out = json_format.MessageToDict(client.model_info())
         except grpc.RpcError as exc:
-            print(f"bertmesh: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(rpc_error_message(exc, args.target), file=sys.stderr)
             return 1
     json.dump(out, sys.stdout, indent=2)
     print()

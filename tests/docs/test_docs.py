@@ -16,6 +16,8 @@ import yaml
 
 from bertmesh_operator.crd import CRD_PATH, openapi_schema
 from bertmesh_operator.resource import parse_model_deployment
+from model_server.client_cli import TARGET_VARIABLE
+from model_server.config import parse_args
 from tests.charts.chart import CHART, RELEASE_NAMESPACE, REPO, Helm
 
 INSTALL = REPO / "docs" / "install.md"
@@ -122,3 +124,19 @@ def test_the_guides_canary_patch_is_a_valid_spec() -> None:
     md["spec"].setdefault("traffic", {}).update(patch["spec"]["traffic"])
     jsonschema.Draft202012Validator(openapi_schema()).validate(md)
     assert parse_model_deployment(md).spec.traffic.canary is not None
+
+
+def test_the_readme_shows_make_serve_with_flags_that_bertmesh_serve_takes() -> None:
+    readme = (REPO / "README.md").read_text()
+    commands = [c for c in shell_commands(readme) if c[:2] == ["make", "serve"] and len(c) > 2]
+    assert commands, "the README shows `make serve ARGS=...`"
+    for command in commands:
+        (assignment,) = command[2:]
+        name, _, flags = assignment.partition("=")
+        assert name == "ARGS"
+        parse_args(shlex.split(flags))  # exits 2 on a flag `bertmesh serve` does not take
+
+
+def test_the_readme_names_the_variable_that_points_the_client_commands_at_a_server() -> None:
+    exports = [c for c in shell_commands((REPO / "README.md").read_text()) if c[:1] == ["export"]]
+    assert [c[1].partition("=")[0] for c in exports] == [TARGET_VARIABLE]
