@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import importlib.util
 import json
 import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from types import ModuleType
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the lock
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from bertmesh_operator.crd import CRD_PATH, openapi_schema
 from bertmesh_operator.resource import parse_model_deployment
@@ -140,3 +144,37 @@ def test_the_readme_shows_make_serve_with_flags_that_bertmesh_serve_takes() -> N
 def test_the_readme_names_the_variable_that_points_the_client_commands_at_a_server() -> None:
     exports = [c for c in shell_commands((REPO / "README.md").read_text()) if c[:1] == ["export"]]
     assert [c[1].partition("=")[0] for c in exports] == [TARGET_VARIABLE]
+
+
+def test_every_module_the_readmes_python_imports_comes_with_an_install_the_readme_names() -> None:
+    readme = (REPO / "README.md").read_text()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    named = {""} | set(re.findall(r"pip install '\.\[(\w+)\]'", readme))
+    installs = {
+        extra: {Requirement(r).name for r in project["optional-dependencies"].get(extra, project["dependencies"])}
+        for extra in named
+    }
+    distributions = importlib.metadata.packages_distributions()
+    for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S):
+        for node in ast.walk(ast.parse(block)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for top in {name.partition(".")[0] for name in names} - set(sys.stdlib_module_names):
+                (distribution,) = distributions[top]
+                where = [extra for extra, names in installs.items() if distribution.lower() in names]
+                assert where or distribution == "bertmesh", f"the README imports {top}: name the extra that installs it"
+
+
+def test_the_guide_renders_an_example_in_the_namespace_it_applies_it_to() -> None:
+    def namespace(command: list[str]) -> str | None:
+        return command[command.index("-n") + 1] if "-n" in command else None
+
+    for_example: dict[str, set[str | None]] = {}
+    for command in shell_commands(INSTALL.read_text()):
+        if command[:2] in (["bertmesh", "render"], ["kubectl", "apply"]) and "-f" in command:
+            path = command[command.index("-f") + 1]
+            if path.startswith("examples/"):
+                for_example.setdefault(path, set()).add(namespace(command))
+    assert for_example
+    for path, namespaces in for_example.items():
+        assert len(namespaces) == 1, f"{path} is rendered and applied in {namespaces}"
