@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 from types import ModuleType
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the lock
@@ -178,3 +179,19 @@ def test_the_guide_renders_an_example_in_the_namespace_it_applies_it_to() -> Non
     assert for_example
     for path, namespaces in for_example.items():
         assert len(namespaces) == 1, f"{path} is rendered and applied in {namespaces}"
+
+
+# Words that only make sense to someone who followed the tracker: issue numbers, run letters, device loans.
+TRACKER_LANGUAGE = re.compile(
+    r"\bissues?[- ]\d+|\bthe issue'?s?\b|\bruns? [A-Z]\b|\blent\b|\bthis task\b|\bnot drawn\b", flags=re.I
+)
+
+
+@pytest.mark.parametrize("path", [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_the_docs_speak_to_a_reader_who_never_saw_the_tracker(path: Path) -> None:
+    found = [
+        (n, m.group())
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        for m in TRACKER_LANGUAGE.finditer(line)
+    ]
+    assert not found, f"{path.name}: tracker language at (line, words) {found}"
