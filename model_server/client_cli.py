@@ -1,4 +1,4 @@
-"""`bertmesh embed|classify|info`: call a running server from the shell (prints JSON)."""
+"""`bertmesh embed|classify|info`: call a running server from the shell (JSON Lines by default)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,30 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
+import numpy as np
 from google.protobuf import json_format
 
 from model_server.client import BertmeshClient
+from model_server.client_output import FORMATS, Record, rounded, write_json, write_jsonl, write_npy
 from model_server.config import DEFAULT_PORT
+from model_server.tasks import FloatArray
 
 TARGET_VARIABLE = "BERTMESH_TARGET"
 DEFAULT_TARGET = f"127.0.0.1:{DEFAULT_PORT}"
+
+
+def _format_option(parser: argparse.ArgumentParser, formats: Sequence[str]) -> None:
+    parser.add_argument(
+        "--format",
+        choices=formats,
+        default="jsonl",
+        help="jsonl: one compact JSON line per input (default); json: one indented array"
+        + ("; npy: the vectors as a float32 .npy array" if "npy" in formats else ""),
+    )
 
 
 def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -35,10 +48,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     embed.add_argument("--pooling", choices=["mean", "cls"], default=None)
     embed.add_argument("--no-normalize", action="store_true", help="return raw (un-normalised) vectors")
     embed.add_argument("--truncate", action="store_true")
+    _format_option(embed, FORMATS)
     classify = sub.add_parser("classify", parents=[common], help="classify texts")
     classify.add_argument("texts", nargs="+")
     classify.add_argument("--top-k", type=int, default=1)
     classify.add_argument("--truncate", action="store_true")
+    _format_option(classify, ("jsonl", "json"))
     sub.add_parser("info", parents=[common], help="describe the served model")
     return p
 
@@ -51,31 +66,49 @@ def rpc_error_message(error: grpc.RpcError, target: str) -> str:
     return message
 
 
+def _records(client: BertmeshClient, args: argparse.Namespace) -> Iterator[Record] | FloatArray:
+    """What a per-input command prints: a record per input, or for `embed --format npy` the vectors alone."""
+    if args.command == "embed":
+        vectors = client.embed(
+            args.texts, pooling=args.pooling, normalize=False if args.no_normalize else None, truncate=args.truncate
+        )
+        if args.format == "npy":
+            return vectors
+        return ({"text": t, "embedding": rounded(v)} for t, v in zip(args.texts, vectors, strict=True))
+    results = client.classify(args.texts, top_k=args.top_k, truncate=args.truncate)
+    return (
+        {"text": t, "labels": [{"label": s.label, "score": s.score} for s in r]}
+        for t, r in zip(args.texts, results, strict=True)
+    )
+
+
+def _print(found: Iterator[Record] | FloatArray, output: str) -> None:
+    if isinstance(found, np.ndarray):
+        sys.stdout.flush()
+        write_npy(found, sys.stdout.buffer)
+    elif output == "json":
+        write_json(found, sys.stdout)
+    else:
+        write_jsonl(found, sys.stdout)
+
+
 def main(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
-    """Runs one client command; prints the result as JSON; exit 1 on an RPC error."""
+    """Runs one client command and prints its result; exit 1 on an RPC error, 2 on a usage error."""
     args = _parser(environ).parse_args(list(argv))
+    if getattr(args, "format", None) == "npy" and sys.stdout.isatty():
+        print(
+            f"bertmesh {args.command}: --format npy is binary: redirect it to a file (> vectors.npy)", file=sys.stderr
+        )
+        return 2
     token = args.token_file.read_text().splitlines()[0].strip() if args.token_file else None
     with BertmeshClient(args.target, token=token, timeout=args.timeout) as client:
         try:
-            if args.command == "embed":
-                vectors = client.embed(
-                    args.texts,
-                    pooling=args.pooling,
-                    normalize=False if args.no_normalize else None,
-                    truncate=args.truncate,
-                )
-                out: object = [{"text": t, "embedding": v.tolist()} for t, v in zip(args.texts, vectors, strict=True)]
-            elif args.command == "classify":
-                results = client.classify(args.texts, top_k=args.top_k, truncate=args.truncate)
-                out = [
-                    {"text": t, "labels": [{"label": s.label, "score": s.score} for s in r]}
-                    for t, r in zip(args.texts, results, strict=True)
-                ]
+            if args.command == "info":
+                json.dump(json_format.MessageToDict(client.model_info()), sys.stdout, indent=2)
+                print()
             else:
-                out = json_format.MessageToDict(client.model_info())
+                _print(_records(client, args), args.format)
         except grpc.RpcError as exc:
             print(rpc_error_message(exc, args.target), file=sys.stderr)
             return 1
-    json.dump(out, sys.stdout, indent=2)
-    print()
     return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -65,3 +68,48 @@ def test_a_server_that_is_not_there_is_named_with_how_to_point_elsewhere(capsys:
     error = capsys.readouterr().err
     assert error.startswith("bertmesh: UNAVAILABLE: ")
     assert f"no server answering at {target}? set --target host:port or $BERTMESH_TARGET" in error
+
+
+def test_embed_prints_one_compact_json_line_per_input(
+    fake_client: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert client_cli.main(["embed", "a", "a longer text"], environ={}) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"text": "a", "embedding": [1.0, 0.5]},
+        {"text": "a longer text", "embedding": [13.0, 0.5]},
+    ]
+    assert all(" " not in line.replace("a longer text", "") for line in lines)
+
+
+def test_vectors_print_as_the_shortest_decimals_of_their_float32_values(
+    monkeypatch: pytest.MonkeyPatch, fake_client: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(FakeClient, "embed", lambda self, texts, **_: np.full((1, 2), 0.1, dtype=np.float32))
+    assert client_cli.main(["embed", "x"], environ={}) == 0
+    assert capsys.readouterr().out == '{"text":"x","embedding":[0.1,0.1]}\n'
+
+
+def test_embed_json_is_one_indented_array(fake_client: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    assert client_cli.main(["embed", "a", "bb", "--format", "json"], environ={}) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out) == [{"text": "a", "embedding": [1.0, 0.5]}, {"text": "bb", "embedding": [2.0, 0.5]}]
+    assert out.startswith("[\n  {")
+
+
+def test_embed_npy_is_the_vectors_as_numpy_loads_them(
+    fake_client: type[FakeClient], capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    assert client_cli.main(["embed", "a", "bb", "--format", "npy"], environ={}) == 0
+    vectors = np.load(io.BytesIO(capsysbinary.readouterr().out))
+    assert vectors.dtype == np.float32
+    assert vectors.tolist() == [[1.0, 0.5], [2.0, 0.5]]
+
+
+def test_npy_to_a_terminal_is_refused(
+    fake_client: type[FakeClient], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert client_cli.main(["embed", "a", "--format", "npy"], environ={}) == 2
+    assert "--format npy is binary: redirect it to a file" in capsys.readouterr().err
+    assert fake_client.calls == []
