@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import grpc
 import numpy as np
@@ -43,14 +44,15 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     common.add_argument("--token-file", type=Path, default=None, help="file whose first line is a bearer token")
     common.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
-    embed = sub.add_parser("embed", parents=[common], help="embed texts")
-    embed.add_argument("texts", nargs="+")
+    inputs = argparse.ArgumentParser(add_help=False)
+    inputs.add_argument("texts", nargs="*", metavar="TEXT", help="the inputs; - reads one per line from stdin")
+    inputs.add_argument("--file", type=Path, default=None, help="read the inputs from a file, one per line")
+    embed = sub.add_parser("embed", parents=[common, inputs], help="embed texts")
     embed.add_argument("--pooling", choices=["mean", "cls"], default=None)
     embed.add_argument("--no-normalize", action="store_true", help="return raw (un-normalised) vectors")
     embed.add_argument("--truncate", action="store_true")
     _format_option(embed, FORMATS)
-    classify = sub.add_parser("classify", parents=[common], help="classify texts")
-    classify.add_argument("texts", nargs="+")
+    classify = sub.add_parser("classify", parents=[common, inputs], help="classify texts")
     classify.add_argument("--top-k", type=int, default=1)
     classify.add_argument("--truncate", action="store_true")
     _format_option(classify, ("jsonl", "json"))
@@ -64,6 +66,25 @@ def rpc_error_message(error: grpc.RpcError, target: str) -> str:
     if error.code() == grpc.StatusCode.UNAVAILABLE:
         message += f" (no server answering at {target}? set --target host:port or ${TARGET_VARIABLE})"
     return message
+
+
+def read_texts(texts: Sequence[str], file: Path | None, stdin: TextIO) -> list[str]:
+    """The inputs: TEXT arguments, `-` for stdin's lines, and --file's lines, in that order; blank lines skipped."""
+    found: list[str] = []
+    for text in texts:
+        found += _lines(stdin.read()) if text == "-" else [text]
+    if file is not None:
+        try:
+            found += _lines(file.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ValueError(f"cannot read {file}: {error.strerror}") from None
+    if not found:
+        raise ValueError("no inputs: give TEXT arguments, - to read lines from stdin, or --file PATH")
+    return found
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def _records(client: BertmeshClient, args: argparse.Namespace) -> Iterator[Record] | FloatArray:
@@ -100,6 +121,12 @@ def main(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
             f"bertmesh {args.command}: --format npy is binary: redirect it to a file (> vectors.npy)", file=sys.stderr
         )
         return 2
+    if hasattr(args, "texts"):
+        try:
+            args.texts = read_texts(args.texts, args.file, sys.stdin)
+        except ValueError as error:
+            print(f"bertmesh {args.command}: {error}", file=sys.stderr)
+            return 2
     token = args.token_file.read_text().splitlines()[0].strip() if args.token_file else None
     with BertmeshClient(args.target, token=token, timeout=args.timeout) as client:
         try:

@@ -6,6 +6,7 @@ import io
 import json
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,4 +113,34 @@ def test_npy_to_a_terminal_is_refused(
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     assert client_cli.main(["embed", "a", "--format", "npy"], environ={}) == 2
     assert "--format npy is binary: redirect it to a file" in capsys.readouterr().err
+    assert fake_client.calls == []
+
+
+def test_inputs_come_from_arguments_stdin_and_a_file_one_per_line(
+    tmp_path: Path,
+    fake_client: type[FakeClient],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("from stdin\n\nsecond line\n"))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("from the file\n   \nlast\n", encoding="utf-8")
+    assert client_cli.main(["embed", "first", "-", "--file", str(texts)], environ={}) == 0
+    assert fake_client.calls == [["first", "from stdin", "second line", "from the file", "last"]]
+    printed = [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
+    assert printed == fake_client.calls[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["embed"], "bertmesh embed: no inputs: give TEXT arguments, - to read lines from stdin, or --file PATH"),
+        (["classify", "--file", "/nonexistent/texts.txt"], "bertmesh classify: cannot read /nonexistent/texts.txt:"),
+    ],
+)
+def test_no_inputs_or_an_unreadable_file_is_a_usage_error(
+    argv: list[str], message: str, fake_client: type[FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert client_cli.main(argv, environ={}) == 2
+    assert capsys.readouterr().err.startswith(message)
     assert fake_client.calls == []
