@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from model_server.client import BertmeshClient
-from model_server.client_output import FORMATS, Record, rounded, write_json, write_jsonl, write_npy
+from model_server.client import BertmeshClient, split_inputs
+from model_server.client_output import FORMATS, Progress, Record, rounded, write_json, write_jsonl, write_npy
 from model_server.config import DEFAULT_PORT
 from model_server.tasks import FloatArray
 
@@ -87,30 +87,37 @@ def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def _records(client: BertmeshClient, args: argparse.Namespace) -> Iterator[Record] | FloatArray:
-    """What a per-input command prints: a record per input, or for `embed --format npy` the vectors alone."""
+def _vectors(client: BertmeshClient, args: argparse.Namespace, texts: Sequence[str]) -> FloatArray:
+    normalize = False if args.no_normalize else None
+    return client.embed(texts, pooling=args.pooling, normalize=normalize, truncate=args.truncate)
+
+
+def _answer(client: BertmeshClient, args: argparse.Namespace, texts: Sequence[str]) -> list[Record]:
+    """The records of one request's inputs, one per input."""
     if args.command == "embed":
-        vectors = client.embed(
-            args.texts, pooling=args.pooling, normalize=False if args.no_normalize else None, truncate=args.truncate
-        )
-        if args.format == "npy":
-            return vectors
-        return ({"text": t, "embedding": rounded(v)} for t, v in zip(args.texts, vectors, strict=True))
-    results = client.classify(args.texts, top_k=args.top_k, truncate=args.truncate)
-    return (
+        vectors = _vectors(client, args, texts)
+        return [{"text": t, "embedding": rounded(v)} for t, v in zip(texts, vectors, strict=True)]
+    results = client.classify(texts, top_k=args.top_k, truncate=args.truncate)
+    return [
         {"text": t, "labels": [{"label": s.label, "score": s.score} for s in r]}
-        for t, r in zip(args.texts, results, strict=True)
-    )
+        for t, r in zip(texts, results, strict=True)
+    ]
 
 
-def _print(found: Iterator[Record] | FloatArray, output: str) -> None:
-    if isinstance(found, np.ndarray):
+def _print(client: BertmeshClient, args: argparse.Namespace) -> None:
+    """Sends the inputs in requests of at most the server's max_inputs_per_request and prints as answers come."""
+    parts = split_inputs(args.texts, client.max_inputs_per_request() if len(args.texts) > 1 else 0)
+    # Progress only where it cannot mix with the results: a terminal on stderr, the results going elsewhere.
+    shown = len(parts) > 1 and sys.stderr.isatty() and not sys.stdout.isatty()
+    progress = Progress(f"bertmesh {args.command}", len(args.texts), sys.stderr if shown else None)
+    if args.format == "npy":
+        vectors = np.concatenate([progress.after(len(p), _vectors(client, args, p)) for p in parts])
         sys.stdout.flush()
-        write_npy(found, sys.stdout.buffer)
-    elif output == "json":
-        write_json(found, sys.stdout)
+        write_npy(vectors, sys.stdout.buffer)
     else:
-        write_jsonl(found, sys.stdout)
+        records = (r for p in parts for r in progress.after(len(p), _answer(client, args, p)))
+        (write_json if args.format == "json" else write_jsonl)(records, sys.stdout)
+    progress.close()
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
@@ -134,7 +141,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
                 json.dump(json_format.MessageToDict(client.model_info()), sys.stdout, indent=2)
                 print()
             else:
-                _print(_records(client, args), args.format)
+                _print(client, args)
         except grpc.RpcError as exc:
             print(rpc_error_message(exc, args.target), file=sys.stderr)
             return 1

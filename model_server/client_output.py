@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from model_server.tasks import FloatArray
 
 FORMATS = ("jsonl", "json", "npy")
 Record = Mapping[str, Any]
+T = TypeVar("T")
 
 
 def rounded(vector: FloatArray) -> list[float]:
@@ -42,3 +43,24 @@ def write_npy(vectors: FloatArray, out: BinaryIO) -> None:
     buffer = io.BytesIO()
     np.save(buffer, vectors.astype(np.float32), allow_pickle=False)
     out.write(buffer.getvalue())
+
+
+class Progress:
+    """ "LABEL: done/total inputs" redrawn on one terminal line after each request; silent without a terminal."""
+
+    def __init__(self, label: str, total: int, out: TextIO | None) -> None:
+        self.label, self.total, self.out = label, total, out
+        self.done = 0
+
+    def after(self, count: int, result: T) -> T:
+        """Counts `count` more inputs answered and passes the answer through."""
+        self.done += count
+        if self.out is not None:
+            self.out.write(f"\r{self.label}: {self.done}/{self.total} inputs")
+            self.out.flush()
+        return result
+
+    def close(self) -> None:
+        """Ends the progress line."""
+        if self.out is not None and self.done:
+            self.out.write("\n")

@@ -22,6 +22,10 @@ class FakeClient:
 
     targets: list[str] = []
     calls: list[list[str]] = []
+    max_inputs = 0  # the server's max_inputs_per_request
+
+    def max_inputs_per_request(self) -> int:
+        return FakeClient.max_inputs
 
     def __init__(self, target: str, **_: Any) -> None:
         FakeClient.targets.append(target)
@@ -39,7 +43,7 @@ class FakeClient:
 
 @pytest.fixture
 def fake_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeClient]]:
-    FakeClient.targets, FakeClient.calls = [], []
+    FakeClient.targets, FakeClient.calls, FakeClient.max_inputs = [], [], 0
     monkeypatch.setattr(client_cli, "BertmeshClient", FakeClient)
     yield FakeClient
 
@@ -144,3 +148,33 @@ def test_no_inputs_or_an_unreadable_file_is_a_usage_error(
     assert client_cli.main(argv, environ={}) == 2
     assert capsys.readouterr().err.startswith(message)
     assert fake_client.calls == []
+
+
+def test_more_inputs_than_the_server_takes_go_in_several_requests_in_order(
+    fake_client: type[FakeClient], capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    fake_client.max_inputs = 2
+    texts = ["a", "bb", "ccc", "dddd", "eeeee"]
+    assert client_cli.main(["embed", *texts], environ={}) == 0
+    assert fake_client.calls == [["a", "bb"], ["ccc", "dddd"], ["eeeee"]]
+    lines = capsysbinary.readouterr().out.decode().splitlines()
+    assert [json.loads(line)["embedding"][0] for line in lines] == [1, 2, 3, 4, 5]
+    fake_client.calls = []
+    assert client_cli.main(["embed", *texts, "--format", "npy"], environ={}) == 0
+    assert len(fake_client.calls) == 3
+    assert np.load(io.BytesIO(capsysbinary.readouterr().out))[:, 0].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_progress_shows_on_a_terminal_while_the_results_go_to_a_pipe(
+    fake_client: type[FakeClient], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_client.max_inputs = 2
+    texts = ["a", "bb", "ccc"]
+    assert client_cli.main(["embed", *texts], environ={}) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert client_cli.main(["embed", *texts], environ={}) == 0
+    assert capsys.readouterr().err == "\rbertmesh embed: 2/3 inputs\rbertmesh embed: 3/3 inputs\n"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert client_cli.main(["embed", *texts], environ={}) == 0
+    assert capsys.readouterr().err == ""
