@@ -9,6 +9,7 @@ side is not installed says so and which extra installs it.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable
@@ -72,8 +73,16 @@ def usage() -> str:
     return (
         "usage: bertmesh <command> [options]\n\ncommands:\n"
         + "\n".join(lines)
-        + "\n\nRun `bertmesh <command> --help` for the options of one command.\n"
+        + "\n\nRun `bertmesh <command> --help` for the options of one command, `bertmesh --version` for the version.\n"
     )
+
+
+def version() -> str:
+    """The installed bertmesh distribution's version ("unknown" when run from sources not installed)."""
+    try:
+        return importlib.metadata.version("bertmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def load(command: Subcommand) -> Callable[[list[str]], int] | str:
@@ -113,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: list[str]) -> int:
     """Run the command line `args` names."""
+    if args[:1] in (["--version"], ["-V"]):
+        print(f"bertmesh {version()}")
+        return 0
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage(), end="")
         return 0 if args else 2
