@@ -43,6 +43,23 @@ SUBCOMMANDS = (
     Subcommand(
         "classify", "classify texts with a running server", "model_server.client_cli", "server", takes_name=True
     ),
+    Subcommand(
+        "classify-tokens",
+        "label the spans of texts (entities) with a running server",
+        "model_server.client_cli",
+        "server",
+        takes_name=True,
+    ),
+    Subcommand(
+        "fill-mask",
+        "fill the mask token of texts with a running server",
+        "model_server.client_cli",
+        "server",
+        takes_name=True,
+    ),
+    Subcommand(
+        "tokenize", "show how a running server tokenizes texts", "model_server.client_cli", "server", takes_name=True
+    ),
     Subcommand("info", "show what a running server serves", "model_server.client_cli", "server", takes_name=True),
     Subcommand(
         "render",

@@ -30,6 +30,8 @@ _AGGREGATION = {
     "average": pb.AGGREGATION_AVERAGE,
     "max": pb.AGGREGATION_MAX,
 }
+AGGREGATIONS = tuple(_AGGREGATION)  # the names classify_tokens takes
+
 # UNAVAILABLE (loading, draining, connection refused) is retried with backoff; RESOURCE_EXHAUSTED is not:
 # an overloaded server must see less traffic, not more.
 _SERVICE_CONFIG = json.dumps(

@@ -1,4 +1,7 @@
-"""`bertmesh embed|classify|info`: call a running server from the shell (JSON Lines by default)."""
+"""`bertmesh embed|classify|classify-tokens|fill-mask|tokenize|info`: call a running server from the shell.
+
+Every per-input command prints JSON Lines by default (one compact object per input, its text first).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,18 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from model_server.client import BertmeshClient, split_inputs
+from model_server.client import AGGREGATIONS, BertmeshClient, split_inputs
 from model_server.client_output import FORMATS, Progress, Record, rounded, write_json, write_jsonl, write_npy
 from model_server.config import DEFAULT_PORT
+from model_server.proto.bertmesh.v1 import inference_pb2 as pb
 from model_server.tasks import FloatArray
 
 TARGET_VARIABLE = "BERTMESH_TARGET"
@@ -47,15 +52,21 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     inputs = argparse.ArgumentParser(add_help=False)
     inputs.add_argument("texts", nargs="*", metavar="TEXT", help="the inputs; - reads one per line from stdin")
     inputs.add_argument("--file", type=Path, default=None, help="read the inputs from a file, one per line")
-    embed = sub.add_parser("embed", parents=[common, inputs], help="embed texts")
+    truncate = argparse.ArgumentParser(add_help=False)
+    truncate.add_argument("--truncate", action="store_true", help="cut over-long inputs instead of refusing them")
+    embed = sub.add_parser("embed", parents=[common, inputs, truncate], help="embed texts")
     embed.add_argument("--pooling", choices=["mean", "cls"], default=None)
     embed.add_argument("--no-normalize", action="store_true", help="return raw (un-normalised) vectors")
-    embed.add_argument("--truncate", action="store_true")
     _format_option(embed, FORMATS)
-    classify = sub.add_parser("classify", parents=[common, inputs], help="classify texts")
-    classify.add_argument("--top-k", type=int, default=1)
-    classify.add_argument("--truncate", action="store_true")
-    _format_option(classify, ("jsonl", "json"))
+    classify = sub.add_parser("classify", parents=[common, inputs, truncate], help="classify texts")
+    classify.add_argument("--top-k", type=int, default=1, help="labels per input, best first (0: all)")
+    tokens = sub.add_parser("classify-tokens", parents=[common, inputs, truncate], help="label spans of texts")
+    tokens.add_argument("--aggregation", choices=AGGREGATIONS, default="simple", help="default: simple")
+    fill = sub.add_parser("fill-mask", parents=[common, inputs, truncate], help="fill the mask token of texts")
+    fill.add_argument("--top-k", type=int, default=5, help="candidates per mask, best first")
+    tokenize = sub.add_parser("tokenize", parents=[common, inputs], help="the tokens of texts")
+    for command in (classify, tokens, fill, tokenize):
+        _format_option(command, ("jsonl", "json"))
     sub.add_parser("info", parents=[common], help="describe the served model")
     return p
 
@@ -92,16 +103,29 @@ def _vectors(client: BertmeshClient, args: argparse.Namespace, texts: Sequence[s
     return client.embed(texts, pooling=args.pooling, normalize=normalize, truncate=args.truncate)
 
 
+def _token(token: pb.Token) -> dict[str, Any]:
+    return {"id": token.id, "text": token.text, "start": token.start, "end": token.end, "special": token.special}
+
+
 def _answer(client: BertmeshClient, args: argparse.Namespace, texts: Sequence[str]) -> list[Record]:
     """The records of one request's inputs, one per input."""
     if args.command == "embed":
         vectors = _vectors(client, args, texts)
         return [{"text": t, "embedding": rounded(v)} for t, v in zip(texts, vectors, strict=True)]
-    results = client.classify(texts, top_k=args.top_k, truncate=args.truncate)
-    return [
-        {"text": t, "labels": [{"label": s.label, "score": s.score} for s in r]}
-        for t, r in zip(texts, results, strict=True)
-    ]
+    answers: Sequence[dict[str, Any]]
+    if args.command == "classify":
+        labels = client.classify(texts, top_k=args.top_k, truncate=args.truncate)
+        answers = [{"labels": [{"label": s.label, "score": s.score} for s in r]} for r in labels]
+    elif args.command == "classify-tokens":
+        entities = client.classify_tokens(texts, aggregation=args.aggregation, truncate=args.truncate)
+        answers = [{"entities": [asdict(e) for e in r]} for r in entities]
+    elif args.command == "fill-mask":
+        masks = client.fill_mask(texts, top_k=args.top_k, truncate=args.truncate)
+        answers = [{"masks": [[asdict(c) for c in m] for m in r]} for r in masks]
+    else:
+        tokenized = client.tokenize(texts).results
+        answers = [{"tokens": [_token(t) for t in r.tokens]} for r in tokenized]
+    return [{"text": t, **a} for t, a in zip(texts, answers, strict=True)]
 
 
 def _print(client: BertmeshClient, args: argparse.Namespace) -> None:

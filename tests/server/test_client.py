@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
+from model_server import client_cli
 from model_server.client import BertmeshClient, split_inputs
 from tests.server.harness import ServerThread, config_for
 
@@ -69,3 +72,39 @@ def test_split_requests_answer_every_input_in_order(limited_servers: dict[str, S
         assert [[[c.token for c in m] for m in r] for r in split.fill_mask(masked)] == [
             [[c.token for c in m] for m in single.fill_mask([t])[0]] for t in masked
         ]
+
+
+def cli_records(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict[str, Any]]:
+    """What `bertmesh ARGV` prints, one record per line."""
+    assert client_cli.main(list(argv), environ={}) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_every_rpc_has_a_command_whose_records_match_the_client(
+    limited_servers: dict[str, ServerThread], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # More inputs than the servers take: the commands split them as the client does when asked.
+    target = limited_servers["token-classification"].target
+    with BertmeshClient(target, split_requests=True) as client:
+        printed = cli_records(capsys, "classify-tokens", *TEXTS, "--aggregation", "none", "--target", target)
+        expected = client.classify_tokens(TEXTS, aggregation="none")
+    assert [r["text"] for r in printed] == TEXTS
+    assert [[(e["label"], e["start"], e["end"]) for e in r["entities"]] for r in printed] == [
+        [(e.label, e.start, e.end) for e in entities] for entities in expected
+    ]
+    target = limited_servers["fill-mask"].target
+    with BertmeshClient(target, split_requests=True) as client:
+        masked = [f"{t} {client.model_info().mask_token}" for t in TEXTS]
+        printed = cli_records(capsys, "fill-mask", *masked, "--top-k", "3", "--target", target)
+        expected_masks = client.fill_mask(masked, top_k=3)
+    assert [[[c["token"] for c in m] for m in r["masks"]] for r in printed] == [
+        [[c.token for c in m] for m in r] for r in expected_masks
+    ]
+    target = limited_servers["embedding"].target
+    with BertmeshClient(target, split_requests=True) as client:
+        printed = cli_records(capsys, "tokenize", *TEXTS, "--target", target)
+        tokenized = client.tokenize(TEXTS).results
+    assert [[(t["id"], t["text"], t["special"]) for t in r["tokens"]] for r in printed] == [
+        [(t.id, t.text, t.special) for t in r.tokens] for r in tokenized
+    ]
+    assert printed[0]["tokens"][0]["special"] is True
