@@ -9,6 +9,8 @@ side is not installed says so and which extra installs it.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +43,23 @@ SUBCOMMANDS = (
     Subcommand(
         "classify", "classify texts with a running server", "model_server.client_cli", "server", takes_name=True
     ),
+    Subcommand(
+        "classify-tokens",
+        "label the spans of texts (entities) with a running server",
+        "model_server.client_cli",
+        "server",
+        takes_name=True,
+    ),
+    Subcommand(
+        "fill-mask",
+        "fill the mask token of texts with a running server",
+        "model_server.client_cli",
+        "server",
+        takes_name=True,
+    ),
+    Subcommand(
+        "tokenize", "show how a running server tokenizes texts", "model_server.client_cli", "server", takes_name=True
+    ),
     Subcommand("info", "show what a running server serves", "model_server.client_cli", "server", takes_name=True),
     Subcommand(
         "render",
@@ -71,8 +90,16 @@ def usage() -> str:
     return (
         "usage: bertmesh <command> [options]\n\ncommands:\n"
         + "\n".join(lines)
-        + "\n\nRun `bertmesh <command> --help` for the options of one command.\n"
+        + "\n\nRun `bertmesh <command> --help` for the options of one command, `bertmesh --version` for the version.\n"
     )
+
+
+def version() -> str:
+    """The installed bertmesh distribution's version ("unknown" when run from sources not installed)."""
+    try:
+        return importlib.metadata.version("bertmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def load(command: Subcommand) -> Callable[[list[str]], int] | str:
@@ -91,9 +118,30 @@ def load(command: Subcommand) -> Callable[[list[str]], int] | str:
     return main
 
 
+# What a shell reports for a command killed by SIGPIPE (`yes | head`), so `set -o pipefail` scripts see the same.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the bertmesh CLI and return its exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run the bertmesh CLI and return its exit status; a reader that stops early (`| head`) ends it quietly."""
+    try:
+        status = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python ignores SIGPIPE, so the write raises; stdout is pointed at /dev/null so that the interpreter's
+        # own flush at exit does not raise (and print) the same error again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _dispatch(args: list[str]) -> int:
+    """Run the command line `args` names."""
+    if args[:1] in (["--version"], ["-V"]):
+        print(f"bertmesh {version()}")
+        return 0
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage(), end="")
         return 0 if args else 2

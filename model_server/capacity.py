@@ -18,9 +18,10 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -29,6 +30,31 @@ from model_server.config import openmp_defaults
 LOAD_FRACTIONS = (0.3, 0.5, 0.7, 0.9)
 BUDGETS = {"cpu": (512, 1024, 2048, 4096), "cuda": (4096, 8192, 16384, 32768)}
 FIDELITY_SAMPLE = 64
+# A worker's stderr line that reports a measurement starting; the parent shows it at once (the rest of the
+# worker's stderr is kept for a failure message).
+PROGRESS_MARK = "bertmesh-bench-progress "
+
+
+def measurement_steps(device: str, seconds: float) -> list[tuple[str, float]]:
+    """What a worker measures, in order, with each measurement's length in seconds (for progress lines)."""
+    steps = [(f"throughput at batch budget {budget} tokens", seconds / 2) for budget in BUDGETS[device]]
+    steps += [("capacity at the chosen budget", seconds), ("latency unloaded", seconds)]
+    steps += [(f"latency at {round(f * 100)}% load", seconds) for f in LOAD_FRACTIONS]
+    return [*steps, (f"outputs of {FIDELITY_SAMPLE} texts for fidelity", 0.0)]
+
+
+class _Steps:
+    """Announces each measurement of a worker on stderr as it starts."""
+
+    def __init__(self, device: str, seconds: float) -> None:
+        self.steps = iter(enumerate(measurement_steps(device, seconds), start=1))
+        self.total = len(measurement_steps(device, seconds))
+
+    def next(self) -> None:
+        """Reports that the next measurement starts."""
+        number, (what, length) = next(self.steps)
+        took = f" ({length:g} s)" if length else ""
+        print(f"{PROGRESS_MARK}[{number}/{self.total}] {what}{took}", file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +133,10 @@ async def _measure(args: dict[str, Any]) -> dict[str, Any]:
         return DataPlane(dataclasses.replace(model, batching=batching), tokenizer, backend, cache_entries=0)
 
     saturating = request_plan(texts, per_request, 0)
+    steps = _Steps(device, seconds)
     sweep: dict[int, float] = {}
     for budget in BUDGETS[device]:
+        steps.next()
         plane = plane_for(budget)
         plane.start()
         sweep[budget] = (await measure_closed(task_call(plane), saturating, 32, seconds / 2)).rps
@@ -118,11 +146,15 @@ async def _measure(args: dict[str, Any]) -> dict[str, Any]:
     plane = plane_for(budget)
     plane.start()
     call = task_call(plane)
+    steps.next()
     capacity = await measure_closed(call, saturating, 32, seconds)
+    steps.next()
     unloaded = await measure_closed(call, request_plan(texts, per_request, 2), 1, seconds)
-    loaded = [
-        await measure_open(call, request_plan(texts, per_request, 3), f * capacity.rps, seconds) for f in LOAD_FRACTIONS
-    ]
+    loaded = []
+    for f in LOAD_FRACTIONS:
+        steps.next()
+        loaded.append(await measure_open(call, request_plan(texts, per_request, 3), f * capacity.rps, seconds))
+    steps.next()
     fidelity = [await call([text]) for text in texts[:FIDELITY_SAMPLE]]
     await plane.close()
     return {
@@ -145,17 +177,37 @@ def _run_worker(args: dict[str, Any]) -> dict[str, Any]:
     """Measures one precision in a child process; returns its results."""
     env = dict(os.environ)
     openmp_defaults(env)  # as `bertmesh serve` runs
-    done = subprocess.run(
+    worker = subprocess.Popen(
         [sys.executable, "-m", "model_server.capacity", "--worker", json.dumps(args)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-        check=False,
     )
-    if done.returncode != 0:
-        raise SystemExit(f"bertmesh bench: measuring {args['precision']} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    assert worker.stdout is not None and worker.stderr is not None
+    kept: list[str] = []
+    # stderr is read on a thread while stdout is read here: the worker's last write, its results, can outgrow a
+    # pipe's buffer, and it must not block on it while this process waits on stderr.
+    relay = threading.Thread(target=_relay, args=(worker.stderr, args["precision"], kept), daemon=True)
+    relay.start()
+    out = worker.stdout.read()
+    worker.wait()
+    relay.join()
+    if worker.returncode != 0:
+        raise SystemExit(f"bertmesh bench: measuring {args['precision']} failed:\n{''.join(kept)[-3000:]}")
+    result: dict[str, Any] = json.loads(out.splitlines()[-1])
     return result
+
+
+def _relay(stream: TextIO, precision: str, kept: list[str]) -> None:
+    """Shows the worker's progress lines as they come; keeps its other stderr lines."""
+    for line in stream:
+        if line.startswith(PROGRESS_MARK):
+            print(
+                f"bertmesh bench: {precision} {line.removeprefix(PROGRESS_MARK)}", end="", file=sys.stderr, flush=True
+            )
+        else:
+            kept.append(line)
 
 
 def fidelity(task: str, reference: Sequence[Any], other: Sequence[Any]) -> dict[str, float]:
@@ -288,8 +340,10 @@ def main(argv: Sequence[str]) -> int:
         "per_request": args.texts_per_request,
     }
     results = []
+    steps = measurement_steps("cuda" if device.startswith("cuda") else "cpu", args.seconds)
+    plan = f"{len(steps)} measurements, about {sum(length for _, length in steps):.0f} s"
     for precision in precisions:
-        print(f"bertmesh bench: measuring {precision} ...", file=sys.stderr, flush=True)
+        print(f"bertmesh bench: measuring {precision}: loading the model, then {plan}", file=sys.stderr, flush=True)
         results.append(_run_worker({**common, "precision": precision}))
     reference = results[0]["outputs"]
     for r in results:

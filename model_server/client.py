@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -30,6 +30,8 @@ _AGGREGATION = {
     "average": pb.AGGREGATION_AVERAGE,
     "max": pb.AGGREGATION_MAX,
 }
+AGGREGATIONS = tuple(_AGGREGATION)  # the names classify_tokens takes
+
 # UNAVAILABLE (loading, draining, connection refused) is retried with backoff; RESOURCE_EXHAUSTED is not:
 # an overloaded server must see less traffic, not more.
 _SERVICE_CONFIG = json.dumps(
@@ -48,6 +50,16 @@ _SERVICE_CONFIG = json.dumps(
         ]
     }
 )
+
+
+T = TypeVar("T")
+
+
+def split_inputs(texts: Sequence[str], limit: int) -> list[Sequence[str]]:
+    """Consecutive slices of at most `limit` texts, in order; the whole as one slice when `limit` is 0 (none)."""
+    if limit <= 0 or len(texts) <= limit:
+        return [texts]
+    return [texts[start : start + limit] for start in range(0, len(texts), limit)]
 
 
 def _vectors(response: pb.EmbedResponse) -> FloatArray:
@@ -79,7 +91,10 @@ class BertmeshClient:
         timeout: float = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
         model: str = "",
+        split_requests: bool = False,
     ) -> None:
+        """split_requests: send more inputs than the server's max_inputs_per_request as several requests (in
+        order, one after another) instead of having the server refuse them."""
         options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.max_receive_message_length", -1)]
         if credentials is not None:
             self._channel = grpc.secure_channel(target, credentials, options=options)
@@ -90,6 +105,8 @@ class BertmeshClient:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.model = model
+        self.split_requests = split_requests
+        self._max_inputs: int | None = None
 
     def __enter__(self) -> BertmeshClient:
         return self
@@ -104,6 +121,17 @@ class BertmeshClient:
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
 
+    def max_inputs_per_request(self) -> int:
+        """The server's limit on inputs per request (0: none), asked once per client."""
+        if self._max_inputs is None:
+            self._max_inputs = int(self.model_info().limits.max_inputs_per_request)
+        return self._max_inputs
+
+    def _per_slice(self, texts: Sequence[str], call: Callable[[Sequence[str]], list[T]]) -> list[T]:
+        if not self.split_requests or len(texts) <= 1:
+            return call(texts)
+        return [item for part in split_inputs(texts, self.max_inputs_per_request()) for item in call(part)]
+
     def embed(
         self,
         texts: Sequence[str],
@@ -114,10 +142,15 @@ class BertmeshClient:
         timeout: float | None = None,
     ) -> FloatArray:
         """Vectors [len(texts), dimensions], float32."""
-        request = embed_request(
-            texts, pooling=pooling, normalize=normalize, truncate=truncate, model=self.model, request_id=""
-        )
-        return _vectors(self._call(self._stub.Embed, request, timeout))
+
+        def call(part: Sequence[str]) -> list[FloatArray]:
+            request = embed_request(
+                part, pooling=pooling, normalize=normalize, truncate=truncate, model=self.model, request_id=""
+            )
+            return [_vectors(self._call(self._stub.Embed, request, timeout))]
+
+        parts = self._per_slice(texts, call)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def embed_stream(
         self,
@@ -142,9 +175,13 @@ class BertmeshClient:
         self, texts: Sequence[str], *, top_k: int = 0, truncate: bool = False, timeout: float | None = None
     ) -> list[list[LabelScore]]:
         """Labels per input, best first (top_k 0: all)."""
-        request = pb.ClassifyRequest(inputs=list(texts), top_k=top_k, truncate=truncate, model=self.model)
-        response = self._call(self._stub.Classify, request, timeout)
-        return [[LabelScore(s.label, s.index, s.score) for s in r.labels] for r in response.results]
+
+        def call(part: Sequence[str]) -> list[list[LabelScore]]:
+            request = pb.ClassifyRequest(inputs=list(part), top_k=top_k, truncate=truncate, model=self.model)
+            response = self._call(self._stub.Classify, request, timeout)
+            return [[LabelScore(s.label, s.index, s.score) for s in r.labels] for r in response.results]
+
+        return self._per_slice(texts, call)
 
     def classify_tokens(
         self,
@@ -155,26 +192,42 @@ class BertmeshClient:
         timeout: float | None = None,
     ) -> list[list[Entity]]:
         """Entities per input (aggregation: none, simple, first, average or max)."""
-        request = pb.ClassifyTokensRequest(
-            inputs=list(texts), aggregation=_AGGREGATION[aggregation], truncate=truncate, model=self.model
-        )
-        response = self._call(self._stub.ClassifyTokens, request, timeout)
-        return [[Entity(e.label, e.score, e.start, e.end, e.text) for e in r.entities] for r in response.results]
+
+        def call(part: Sequence[str]) -> list[list[Entity]]:
+            request = pb.ClassifyTokensRequest(
+                inputs=list(part), aggregation=_AGGREGATION[aggregation], truncate=truncate, model=self.model
+            )
+            response = self._call(self._stub.ClassifyTokens, request, timeout)
+            return [[Entity(e.label, e.score, e.start, e.end, e.text) for e in r.entities] for r in response.results]
+
+        return self._per_slice(texts, call)
 
     def fill_mask(
         self, texts: Sequence[str], *, top_k: int = 5, truncate: bool = False, timeout: float | None = None
     ) -> list[list[list[TokenScore]]]:
         """Per input, per mask, the candidate tokens best first."""
-        request = pb.FillMaskRequest(inputs=list(texts), top_k=top_k, truncate=truncate, model=self.model)
-        response = self._call(self._stub.FillMask, request, timeout)
-        return [
-            [[TokenScore(c.token_id, c.token, c.score) for c in m.candidates] for m in r.masks]
-            for r in response.results
-        ]
+
+        def call(part: Sequence[str]) -> list[list[list[TokenScore]]]:
+            request = pb.FillMaskRequest(inputs=list(part), top_k=top_k, truncate=truncate, model=self.model)
+            response = self._call(self._stub.FillMask, request, timeout)
+            return [
+                [[TokenScore(c.token_id, c.token, c.score) for c in m.candidates] for m in r.masks]
+                for r in response.results
+            ]
+
+        return self._per_slice(texts, call)
 
     def tokenize(self, texts: Sequence[str], *, timeout: float | None = None) -> pb.TokenizeResponse:
         """The tokens of each input."""
-        return self._call(self._stub.Tokenize, pb.TokenizeRequest(inputs=list(texts), model=self.model), timeout)  # type: ignore[no-any-return]
+
+        def call(part: Sequence[str]) -> list[pb.TokenizeResponse]:
+            request = pb.TokenizeRequest(inputs=list(part), model=self.model)
+            return [self._call(self._stub.Tokenize, request, timeout)]
+
+        merged = pb.TokenizeResponse()
+        for part in self._per_slice(texts, call):
+            merged.MergeFrom(part)  # repeated results concatenate, in order
+        return merged
 
     def model_info(self, *, timeout: float | None = None) -> pb.ModelInfoResponse:
         """The served model and the server's limits."""

@@ -30,12 +30,27 @@ MERGE_PATCH: Final = "application/merge-patch+json"
 TRANSIENT_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 
 
+def missing_kubeconfig(kubeconfig: str | None, environ: Mapping[str, str]) -> None:
+    """Raises ConfigException "file not found: PATH" when no kubeconfig file the load would read exists.
+
+    The kubernetes client says "Invalid kube-config file. No configuration found." for a path that is not there,
+    which reads as a broken file rather than a wrong path.
+    """
+    if kubeconfig is not None:
+        paths = [kubeconfig]
+    else:
+        paths = [p for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p] or ["~/.kube/config"]
+    if not any(os.path.isfile(os.path.expanduser(path)) for path in paths):
+        raise k8s_config.ConfigException(f"file not found: {', '.join(paths)}")
+
+
 def load_api_client(kubeconfig: str | None = None, *, pool_size: int | None = None) -> k8s.ApiClient:
     """An ApiClient for the in-cluster service account, or the kubeconfig ($KUBECONFIG, ~/.kube/config)."""
     configuration = k8s.Configuration()
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
+        missing_kubeconfig(kubeconfig, os.environ)
         k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
     if pool_size is not None:
         configuration.connection_pool_maxsize = pool_size

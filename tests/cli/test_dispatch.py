@@ -3,12 +3,18 @@ to install instead of a traceback."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from bertmesh_cli import SUBCOMMANDS, Subcommand, load, main
+from bertmesh_cli import EXIT_BROKEN_PIPE, SUBCOMMANDS, Subcommand, load, main
+
+REPO = Path(__file__).parents[2]
 
 
 def test_every_command_loads_when_both_sides_are_installed() -> None:
@@ -59,3 +65,26 @@ def test_commands_that_serve_several_names_get_the_name(monkeypatch: pytest.Monk
     assert main(["embed", "--target", "x:1", "hello"]) == 0
     assert main(["rollout", "status", "minilm"]) == 0
     assert seen == [["embed", "--target", "x:1", "hello"], ["status", "minilm"]]
+
+
+@pytest.mark.parametrize("command", [["help"], ["render", "-f", str(REPO / "examples" / "cpu-embedding.yaml")]])
+def test_a_reader_that_stops_early_ends_the_command_quietly(command: list[str]) -> None:
+    # A pipe whose reading end is closed before the command starts: its first write fails, as under `| head`.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "bertmesh_cli", *command], stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == EXIT_BROKEN_PIPE
+
+
+def test_version_prints_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    expected = f"bertmesh {importlib.metadata.version('bertmesh')}\n"
+    assert main(["--version"]) == 0
+    assert main(["-V"]) == 0
+    assert capsys.readouterr().out == expected * 2
+    assert expected.strip() == f"bertmesh {tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['version']}"

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import importlib.util
 import json
 import re
 import shlex
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 from types import ModuleType
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the lock
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from bertmesh_operator.crd import CRD_PATH, openapi_schema
 from bertmesh_operator.resource import parse_model_deployment
+from model_server.client_cli import TARGET_VARIABLE
+from model_server.config import parse_args
 from tests.charts.chart import CHART, RELEASE_NAMESPACE, REPO, Helm
 
 INSTALL = REPO / "docs" / "install.md"
@@ -122,3 +129,69 @@ def test_the_guides_canary_patch_is_a_valid_spec() -> None:
     md["spec"].setdefault("traffic", {}).update(patch["spec"]["traffic"])
     jsonschema.Draft202012Validator(openapi_schema()).validate(md)
     assert parse_model_deployment(md).spec.traffic.canary is not None
+
+
+def test_the_readme_shows_make_serve_with_flags_that_bertmesh_serve_takes() -> None:
+    readme = (REPO / "README.md").read_text()
+    commands = [c for c in shell_commands(readme) if c[:2] == ["make", "serve"] and len(c) > 2]
+    assert commands, "the README shows `make serve ARGS=...`"
+    for command in commands:
+        (assignment,) = command[2:]
+        name, _, flags = assignment.partition("=")
+        assert name == "ARGS"
+        parse_args(shlex.split(flags))  # exits 2 on a flag `bertmesh serve` does not take
+
+
+def test_the_readme_names_the_variable_that_points_the_client_commands_at_a_server() -> None:
+    exports = [c for c in shell_commands((REPO / "README.md").read_text()) if c[:1] == ["export"]]
+    assert [c[1].partition("=")[0] for c in exports] == [TARGET_VARIABLE]
+
+
+def test_every_module_the_readmes_python_imports_comes_with_an_install_the_readme_names() -> None:
+    readme = (REPO / "README.md").read_text()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    named = {""} | set(re.findall(r"pip install '\.\[(\w+)\]'", readme))
+    installs = {
+        extra: {Requirement(r).name for r in project["optional-dependencies"].get(extra, project["dependencies"])}
+        for extra in named
+    }
+    distributions = importlib.metadata.packages_distributions()
+    for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S):
+        for node in ast.walk(ast.parse(block)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for top in {name.partition(".")[0] for name in names} - set(sys.stdlib_module_names):
+                (distribution,) = distributions[top]
+                where = [extra for extra, names in installs.items() if distribution.lower() in names]
+                assert where or distribution == "bertmesh", f"the README imports {top}: name the extra that installs it"
+
+
+def test_the_guide_renders_an_example_in_the_namespace_it_applies_it_to() -> None:
+    def namespace(command: list[str]) -> str | None:
+        return command[command.index("-n") + 1] if "-n" in command else None
+
+    for_example: dict[str, set[str | None]] = {}
+    for command in shell_commands(INSTALL.read_text()):
+        if command[:2] in (["bertmesh", "render"], ["kubectl", "apply"]) and "-f" in command:
+            path = command[command.index("-f") + 1]
+            if path.startswith("examples/"):
+                for_example.setdefault(path, set()).add(namespace(command))
+    assert for_example
+    for path, namespaces in for_example.items():
+        assert len(namespaces) == 1, f"{path} is rendered and applied in {namespaces}"
+
+
+# Words that only make sense to someone who followed the tracker: issue numbers, run letters, device loans.
+TRACKER_LANGUAGE = re.compile(
+    r"\bissues?[- ]\d+|\bthe issue'?s?\b|\bruns? [A-Z]\b|\blent\b|\bthis task\b|\bnot drawn\b", flags=re.I
+)
+
+
+@pytest.mark.parametrize("path", [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_the_docs_speak_to_a_reader_who_never_saw_the_tracker(path: Path) -> None:
+    found = [
+        (n, m.group())
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        for m in TRACKER_LANGUAGE.finditer(line)
+    ]
+    assert not found, f"{path.name}: tracker language at (line, words) {found}"

@@ -163,7 +163,9 @@ def test_rollout_without_credentials_says_so(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     assert main(["rollout", "status", "minilm"]) == 1
-    assert "no Kubernetes credentials" in capsys.readouterr().err
+    assert f"no Kubernetes credentials: file not found: {tmp_path / 'missing'}" in capsys.readouterr().err
+    assert main(["rollout", "status", "minilm", "--kubeconfig", "/missing"]) == 1
+    assert capsys.readouterr().err == "bertmesh rollout: no Kubernetes credentials: file not found: /missing\n"
 
 
 def test_the_operator_imports_and_starts_without_torch(tmp_path: Path) -> None:

@@ -104,6 +104,30 @@ def test_unusable_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], cont
     assert message in capsys.readouterr().err
 
 
+def test_namespace_places_what_names_none_as_kubectl_apply_does(
+    tmp_path: Path, make_md: MakeManifest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unplaced = make_md()
+    unplaced["metadata"].pop("namespace", None)
+    assert main(["render", "-n", "search", "-f", str(write(tmp_path, unplaced)), "-o", "json"]) == 0
+    items = json.loads(capsys.readouterr().out)["items"]
+    placed = {**unplaced, "metadata": {**unplaced["metadata"], "namespace": "search"}}
+    assert items == render(placed)
+    assert {o["metadata"].get("namespace") for o in items} == {"search"}
+
+
+def test_a_namespace_that_disagrees_with_the_documents_own_is_refused(
+    tmp_path: Path, make_md: MakeManifest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = make_md()
+    manifest["metadata"]["namespace"] = "ml"
+    path = str(write(tmp_path, manifest))
+    assert main(["render", "--namespace", "ml", "-f", path]) == 0
+    capsys.readouterr()
+    assert main(["render", "--namespace", "search", "-f", path]) == 1
+    assert "document 1: its namespace 'ml' does not match --namespace 'search'" in capsys.readouterr().err
+
+
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", "-f", str(tmp_path / "nope.yaml")]) == 1
     assert "cannot read" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from model_server.capacity import fidelity, recommend
+from model_server.capacity import fidelity, measurement_steps, recommend
 from model_server.capacity_workload import measurement, request_plan
 from model_server.errors import Overloaded
 from model_server.loadgen.drivers import TIMEOUT, Window
@@ -58,6 +58,14 @@ def test_capacity_report_measures_every_precision(tiny_models: dict[str, Path], 
     assert report.startswith(f"# Capacity report: {task} ({task}) on cpu")
     assert "Recommended: `--precision" in report and report in done.stdout
     assert (out / "latency_vs_load.png").stat().st_size > 1000
+    # Each measurement is announced as it starts, so a two-minute run is never silent.
+    steps = measurement_steps("cpu", 0.6)
+    for precision in ("fp32", "int8"):
+        shown = [line for line in done.stderr.splitlines() if line.startswith(f"bertmesh bench: {precision} [")]
+        assert [line.split("] ", 1)[1] for line in shown] == [
+            f"{what} ({length:g} s)" if length else what for what, length in steps
+        ]
+        assert shown[-1].startswith(f"bertmesh bench: {precision} [{len(steps)}/{len(steps)}] outputs of")
 
 
 def test_recommend_picks_the_highest_load_meeting_the_p99_and_rounds_replicas_up() -> None:

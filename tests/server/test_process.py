@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -168,7 +169,7 @@ def test_cli_calls_a_running_server(tiny_process: Process) -> None:
         text=True,
         check=True,
     )
-    assert '"text": "world"' in out.stdout
+    assert [json.loads(line)["text"] for line in out.stdout.splitlines()] == ["hello", "world"]
     info = subprocess.run(
         [*BERTMESH, "info", "--target", tiny_process.target], capture_output=True, text=True, check=True
     )

@@ -39,6 +39,11 @@ def _render_parser() -> argparse.ArgumentParser:
         "runtime shows its canary as the operator's next reconcile creates it (at weight 0).",
     )
     parser.add_argument("-f", "--filename", required=True, help="ModelDeployment YAML (multi-document); - is stdin")
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        help="namespace of ModelDeployments that name none, as `kubectl apply -n` (default: their own, else default)",
+    )
     parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml", help="default: yaml")
     parser.add_argument("--cluster-domain", default="cluster.local", help="default: cluster.local")
     parser.add_argument("--trust-domain", default="cluster.local", help="Istio trust domain; default: cluster.local")
@@ -56,12 +61,29 @@ def _documents(text: str) -> Iterator[tuple[int, Any]]:
             yield index, doc
 
 
-def render_documents(text: str, options: RenderOptions, now: datetime) -> list[dict[str, Any]]:
+def _in_namespace(doc: dict[str, Any], namespace: str | None) -> dict[str, Any]:
+    """The document placed in `namespace` as `kubectl apply -n` does; a different namespace of its own is refused."""
+    meta = doc.get("metadata")
+    if namespace is None or not isinstance(meta, dict):
+        return doc
+    own = meta.get("namespace")
+    if own is not None and own != namespace:
+        raise ValueError(f"its namespace {own!r} does not match --namespace {namespace!r}")
+    return {**doc, "metadata": {**meta, "namespace": namespace}}
+
+
+def render_documents(
+    text: str, options: RenderOptions, now: datetime, namespace: str | None = None
+) -> list[dict[str, Any]]:
     """Every object for every ModelDeployment in a multi-document YAML text; raises ValueError if invalid."""
     objects: list[dict[str, Any]] = []
     for index, doc in _documents(text):
         if not isinstance(doc, dict):
             raise ValueError(f"document {index}: not a mapping")
+        try:
+            doc = _in_namespace(doc, namespace)
+        except ValueError as error:
+            raise ValueError(f"document {index}: {error}") from None
         try:
             md = parse_model_deployment(doc)
         except InvalidSpecError as error:
@@ -96,7 +118,7 @@ def main(argv: list[str]) -> int:
         storage_initializer_image=args.storage_initializer_image,
     )
     try:
-        objects = render_documents(text, options, datetime.now(UTC))
+        objects = render_documents(text, options, datetime.now(UTC), args.namespace)
     except yaml.YAMLError as error:
         print(f"bertmesh render: {source}: not valid YAML: {error}", file=sys.stderr)
         return 1
