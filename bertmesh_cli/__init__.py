@@ -8,8 +8,10 @@ side is not installed says so and which extra installs it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -135,6 +137,26 @@ def main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         return EXIT_BROKEN_PIPE
     return status
+
+
+# Native libraries whose objects live until interpreter teardown and which then print a report of every one
+# (`nanobind: leaked N instances!`, ~30 lines): OpenAI's Triton, which torch._dynamo imports whenever
+# transformers' BERT modules load, though CPU serving never runs it.
+NOISY_AT_TEARDOWN = frozenset({"triton"})
+
+
+def run() -> None:
+    """The console script: `main`, then an exit that skips interpreter teardown where a library that prints
+    leak reports there was loaded (output flushed and logs closed first, so nothing of the command's is lost)."""
+    status = main()
+    if NOISY_AT_TEARDOWN.isdisjoint(sys.modules):
+        sys.exit(status)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # A reader that left, or a stream already closed: nothing is left to keep.
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 def _dispatch(args: list[str]) -> int:
