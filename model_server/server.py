@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from model_server import mkl_amd
 from model_server.backend import Backend
@@ -52,6 +50,7 @@ from model_server.proto.bertmesh.v1 import inference_pb2
 from model_server.proto.inference import grpc_service_pb2
 from model_server.servicers.interceptors import AuthInterceptor, StatusInterceptor
 from model_server.servicers.oip import OpenInferenceServicer
+from model_server.servicers.reflection import enable_reflection
 from model_server.servicers.registration import add_service
 from model_server.servicers.task import InferenceServicer
 from model_server.tasks import Task
@@ -63,21 +62,6 @@ TASK_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
 OIP_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 # Slack over max_message_bytes before grpc's own hard limit: in between, the caller gets our clear message.
 _HARD_LIMIT_FACTOR = 2
-
-
-def _reflection_pool() -> descriptor_pool.DescriptorPool:
-    """One pool describing every served service: the OIP descriptors live in a private pool (see hack/gen_protos.py)."""
-    pool = descriptor_pool.DescriptorPool()
-    for file in (
-        health_pb2.DESCRIPTOR,
-        reflection_pb2.DESCRIPTOR,
-        inference_pb2.DESCRIPTOR,
-        grpc_service_pb2.DESCRIPTOR,
-    ):
-        proto = descriptor_pb2.FileDescriptorProto()
-        file.CopyToProto(proto)
-        pool.Add(proto)
-    return pool
 
 
 def version() -> str:
@@ -225,8 +209,11 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_service(server, InferenceServicer(state.get), TASK_SERVICE, max_bytes)
     add_service(server, OpenInferenceServicer(state.get, version()), OIP_SERVICE, max_bytes)
-    names = (TASK_SERVICE.full_name, OIP_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server, pool=_reflection_pool())
+    enable_reflection(
+        server,
+        (TASK_SERVICE.full_name, OIP_SERVICE.full_name, health.SERVICE_NAME),
+        (health_pb2.DESCRIPTOR, inference_pb2.DESCRIPTOR, grpc_service_pb2.DESCRIPTOR),
+    )
     for name in ("", TASK_SERVICE.full_name, OIP_SERVICE.full_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 

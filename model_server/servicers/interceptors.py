@@ -180,17 +180,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if self._authorized(handler_call_details.invocation_metadata):
             return handler
-        return _refusing(handler)
+        return _refusing(handler, counted=method.startswith(SERVED_PREFIXES))
 
 
-def _refusing(handler: Handler) -> Handler:
+def _refusing(handler: Handler, *, counted: bool) -> Handler:
     message = "missing or unknown bearer token: send metadata 'authorization: Bearer <token>'"
 
+    async def deny(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if counted:  # the status interceptor answers it and counts the call
+            raise Unauthenticated(message)
+        # Reflection has no status interceptor around it: an exception would reach the caller as UNKNOWN.
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        raise Unauthenticated(message)
+        await deny(context)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        raise Unauthenticated(message)
+        await deny(context)
         yield  # pragma: no cover - makes this an async generator
 
     return _rebuild(handler, refuse_stream if handler.response_streaming else refuse)

@@ -11,11 +11,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from model_server.client import BertmeshClient
 from model_server.config import OPENMP_DEFAULTS
@@ -126,6 +127,12 @@ def test_bearer_tokens_guard_everything_but_health(tiny_models: dict[str, Path],
                 anonymous.embed(["x"])
             assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
             assert "authorization: Bearer <token>" in details(err.value)
+        with grpc.insecure_channel(process.target) as channel:
+            for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
+                with pytest.raises(grpc.RpcError) as err:
+                    reflect(channel, package, reflection_pb2.ServerReflectionRequest(list_services=""))
+                assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+                assert "authorization: Bearer <token>" in details(err.value)
         with BertmeshClient(process.target, token="wrong") as wrong, pytest.raises(grpc.RpcError) as err:
             wrong.embed(["x"])
         assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
@@ -145,20 +152,33 @@ def test_warns_when_serving_beyond_loopback_without_tokens(tiny_models: dict[str
         process.proc.wait(60)
 
 
-def test_reflection_lists_every_service(tiny_process: Process) -> None:
+def reflect(channel: grpc.Channel, package: str, request: reflection_pb2.ServerReflectionRequest) -> Any:
+    """One reflection call under `package` (v1 and v1alpha share their messages)."""
+    call = channel.stream_stream(
+        f"/{package}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    return next(call(iter([request]), timeout=10))
+
+
+@pytest.mark.parametrize("package", ["grpc.reflection.v1", "grpc.reflection.v1alpha"])
+def test_reflection_lists_every_service(tiny_process: Process, package: str) -> None:
     with grpc.insecure_channel(tiny_process.target) as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        request = reflection_pb2.ServerReflectionRequest(list_services="")
-        reply = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+        reply = reflect(channel, package, reflection_pb2.ServerReflectionRequest(list_services=""))
         names = {s.name for s in reply.list_services_response.service}
-        described = next(
-            stub.ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService")]),
-                timeout=10,
-            )
-        )
-    assert names >= {"bertmesh.v1.InferenceService", "inference.GRPCInferenceService", "grpc.health.v1.Health"}
-    assert described.file_descriptor_response.file_descriptor_proto
+        described = [
+            reflect(channel, package, reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+            for symbol in ("inference.GRPCInferenceService", f"{package}.ServerReflection")
+        ]
+    assert names >= {
+        "bertmesh.v1.InferenceService",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    assert all(reply.file_descriptor_response.file_descriptor_proto for reply in described)
 
 
 def test_cli_calls_a_running_server(tiny_process: Process) -> None:
