@@ -40,6 +40,11 @@ class Reply(Generic[T]):
     cached: int
 
 
+def with_article(noun: str) -> str:
+    """The noun after 'a' or 'an', as it is spoken ("an embedding", "a fill-mask")."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 class DataPlane:
     """Runs requests for one loaded model."""
 
@@ -107,8 +112,8 @@ class DataPlane:
         task = spec_of(options)
         if self.model.task is not task.task:
             raise FailedPrecondition(
-                f"{task.api.rpc} needs a {task.task.value} model; "
-                f"{self.model.name!r} is a {self.model.task.value} model"
+                f"{task.api.rpc} needs {with_article(task.task.value)} model; "
+                f"{self.model.name!r} is {with_article(self.model.task.value)} model"
             )
         task.check(options)
         check_texts(texts, self.model.limits)
