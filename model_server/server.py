@@ -217,21 +217,28 @@ async def serve(
     for name in ("", TASK_SERVICE.full_name, OIP_SERVICE.full_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
-    if port == 0:
-        raise ConfigError(f"cannot listen on {config.host}:{config.port}")
-    await server.start()
-    stop_metrics = metrics.serve(config.host, config.metrics_port) if config.metrics_port else None
-    running = RunningServer(port, getattr(metrics, "port", 0), state, metrics, asyncio.Event(), stop)
-    log.info(
-        "listening on %s:%d (gRPC)%s; loading the model",
-        config.host,
-        port,
-        f", metrics on http://{config.host}:{running.metrics_port}/metrics" if stop_metrics else "",
-    )
-    if on_started is not None:
-        on_started(running)
     try:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError:
+        await server.stop(None)  # or grpc's finalizer runs after the event loop has closed
+        raise ConfigError(
+            f"--port {config.port}: cannot listen on {config.host}:{config.port}; the port is in use "
+            "(or the address is not this machine's): choose another --port or stop what holds it"
+        ) from None
+    stop_metrics: Callable[[], None] | None = None
+    try:
+        await server.start()
+        if config.metrics_port:
+            stop_metrics = serve_metrics(metrics, config.host, config.metrics_port)
+        running = RunningServer(port, getattr(metrics, "port", 0), state, metrics, asyncio.Event(), stop)
+        log.info(
+            "listening on %s:%d (gRPC)%s; loading the model",
+            config.host,
+            port,
+            f", metrics on http://{config.host}:{running.metrics_port}/metrics" if stop_metrics else "",
+        )
+        if on_started is not None:
+            on_started(running)
         loaded = await _load_unless_stopped(config, stop)
         if loaded is not None:
             description, tokenizer, backend, seconds = loaded
@@ -273,6 +280,17 @@ async def serve(
         if stop_metrics is not None:
             stop_metrics()
     log.info("stopped")
+
+
+def serve_metrics(metrics: Metrics, host: str, port: int) -> Callable[[], None]:
+    """Starts the metrics endpoint (see Metrics.serve); ConfigError naming the flag when the port is taken."""
+    try:
+        return metrics.serve(host, port)
+    except OSError as exc:
+        raise ConfigError(
+            f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror}): choose another "
+            "--metrics-port, or 0 for none"
+        ) from None
 
 
 async def _load_unless_stopped(

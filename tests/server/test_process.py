@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -242,3 +243,21 @@ def test_unusable_models_exit_2_with_the_reason(tmp_path: Path, tiny_models: dic
 def test_client_and_servicers_import_without_torch(module: str) -> None:
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
+def test_a_busy_port_exits_2_naming_the_flag_and_the_port(flag: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = str(holder.getsockname()[1])
+        ports = {"--port": "0", "--metrics-port": "0", flag: busy}
+        result = subprocess.run(
+            [*BERTMESH, "serve", "--host", "127.0.0.1", *(a for item in ports.items() for a in item)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2
+    assert f"{flag} {busy}: cannot listen on 127.0.0.1:{busy}" in result.stderr
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
