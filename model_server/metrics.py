@@ -10,10 +10,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
 )
 
 from model_server.batcher import BatchStats
+from model_server.metrics_endpoint import serve_metrics_endpoint
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -83,13 +83,6 @@ class Metrics:
             self.cache_misses.inc(misses)
 
     def serve(self, host: str, port: int) -> Callable[[], None]:
-        """Serves /metrics on host:port in a daemon thread; returns a function that stops it."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-
-        self.port = server.server_port
+        """Serves /metrics (only) on host:port in a daemon thread; returns a function that stops it."""
+        self.port, stop = serve_metrics_endpoint(self.registry, host, port)
         return stop
