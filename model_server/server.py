@@ -2,13 +2,15 @@
 
 Start-up order: the gRPC port opens first with health NOT_SERVING (probes and clients see "loading", not
 "refused"), the model loads and warms in a thread, then health flips to SERVING. On SIGTERM health flips back
-to NOT_SERVING, the server stops accepting calls, every in-flight call finishes within the grace period, and the
-process exits 0.
+to NOT_SERVING and new calls get UNAVAILABLE while the port stays open for the drain delay (so load balancers
+see the replica leave), then the server stops accepting connections, every in-flight call finishes within the
+grace period, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -181,8 +183,10 @@ async def serve(
     *,
     on_started: Callable[[RunningServer], None] | None = None,
     stop: asyncio.Event | None = None,
+    hurry: asyncio.Event | None = None,
 ) -> None:
-    """Runs the server until `stop` is set, then drains; raises ConfigError for an unusable setup."""
+    """Runs the server until `stop` is set, then drains; `hurry` cuts the drain delay short. Raises ConfigError
+    for an unusable setup."""
     stop = stop or asyncio.Event()
     tokens = read_tokens(config.auth_token_file) if config.auth_token_file else None
     if tokens is None and not is_loopback(config.host):
@@ -268,11 +272,21 @@ async def serve(
                 port,
             )
             await stop.wait()
-        log.info("shutting down: health NOT_SERVING, finishing in-flight calls (grace %.0fs)", config.grace_seconds)
         metrics.ready.set(0)
+        state.draining = True  # new calls: UNAVAILABLE; calls already holding the data plane go on
         await health_servicer.enter_graceful_shutdown()
+        if state.plane is not None and config.drain_delay_seconds and not (hurry and hurry.is_set()):
+            # Still listening: health checks and load balancers see NOT_SERVING and stop routing here,
+            # instead of meeting a refused connection while their endpoint lists catch up.
+            log.info(
+                "shutting down: health NOT_SERVING, new calls UNAVAILABLE; still listening for %.0fs "
+                "(--drain-delay-seconds), then finishing in-flight calls (grace %.0fs)",
+                config.drain_delay_seconds,
+                config.grace_seconds,
+            )
+            await _wait(hurry, config.drain_delay_seconds)
+        log.info("shutting down: finishing in-flight calls (grace %.0fs)", config.grace_seconds)
         await server.stop(config.grace_seconds)
-        state.draining = True
         if state.plane is not None:
             await state.plane.close()
     finally:
@@ -280,6 +294,12 @@ async def serve(
         if stop_metrics is not None:
             stop_metrics()
     log.info("stopped")
+
+
+async def _wait(event: asyncio.Event | None, seconds: float) -> None:
+    """Waits `seconds`, or less if `event` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for((event or asyncio.Event()).wait(), seconds)
 
 
 def serve_metrics(metrics: Metrics, host: str, port: int) -> Callable[[], None]:
@@ -329,11 +349,16 @@ def main(argv: Sequence[str]) -> int:
     log.info("OpenMP waiting: " + " ".join(f"{key}={os.environ.get(key, '')}" for key in OPENMP_DEFAULTS))
 
     async def run() -> None:
-        stop = asyncio.Event()
+        stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop=stop)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+        def interrupted() -> None:  # a person at a terminal: no load balancer to wait for
+            hurry.set()
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        await serve(config, stop=stop, hurry=hurry)
 
     try:
         asyncio.run(run())

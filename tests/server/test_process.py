@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,3 +262,31 @@ def test_a_busy_port_exits_2_naming_the_flag_and_the_port(flag: str) -> None:
     assert result.returncode == 2
     assert f"{flag} {busy}: cannot listen on 127.0.0.1:{busy}" in result.stderr
     assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
+
+
+def test_after_sigterm_new_connections_see_not_serving_until_the_drain_delay_ends(
+    tiny_models: dict[str, Path],
+) -> None:
+    # A drain delay far longer than the test: SIGINT (Ctrl-C) cuts it short at the end.
+    process = start("--model", str(tiny_models["embedding"]), "--drain-delay-seconds", "600")
+    try:
+        process.proc.send_signal(signal.SIGTERM)
+        # A fresh connection each time, as a load balancer's health check makes.
+        deadline = time.monotonic() + 60
+        while True:
+            with grpc.insecure_channel(process.target) as channel:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    with pytest.raises(grpc.RpcError) as err:
+                        pb_grpc.InferenceServiceStub(channel).Embed(pb.EmbedRequest(inputs=["x"]), timeout=10)
+                    break
+            assert time.monotonic() < deadline, "health never turned NOT_SERVING"
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in details(err.value)
+        assert process.proc.poll() is None
+        process.proc.send_signal(signal.SIGINT)
+        assert process.proc.wait(60) == 0
+    finally:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
