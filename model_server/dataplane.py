@@ -166,7 +166,10 @@ class DataPlane:
     async def _encode(self, texts: list[str], indices: list[int], truncate: bool) -> list[Encoded]:
         loop = asyncio.get_running_loop()
         encode = functools.partial(self._tokenizer.encode, texts, truncate=truncate)
+        started = time.perf_counter()
         encodings = await loop.run_in_executor(self._tokenize, encode)
+        if self._metrics is not None:
+            self._metrics.tokenization.observe(time.perf_counter() - started)
         for i in over_token_limit(encodings, self.model.limits):
             raise refuse_long(indices[i], len(encodings[i]), self.model.limits)
         return encodings

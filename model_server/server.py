@@ -255,6 +255,7 @@ async def serve(
             state.plane = plane
             for name in ("", TASK_SERVICE.full_name, OIP_SERVICE.full_name):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            metrics.on_model(description)
             metrics.ready.set(1)
             running.ready.set()
             log.info(

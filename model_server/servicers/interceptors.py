@@ -17,8 +17,9 @@ from model_server.servicers.registration import UndecodableRequest
 
 log = logging.getLogger(__name__)
 
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # Kubelet's gRPC probes and mesh health checks carry no token.
-UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+UNAUTHENTICATED_PREFIXES = (HEALTH_PREFIX,)
 # The services whose calls are counted and whose errors are mapped.
 SERVED_PREFIXES = ("/bertmesh.v1.", "/inference.")
 
@@ -143,6 +144,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     ) -> Handler | None:
         """Wraps the method's handler."""
         handler = await continuation(handler_call_details)
+        if self._metrics is not None and handler_call_details.method.startswith(HEALTH_PREFIX):
+            self._metrics.health_checks.labels(handler_call_details.method.rsplit("/", 1)[-1]).inc()
         # Health and reflection keep grpc's own behaviour, and long Watch streams stay out of in-flight counts.
         if handler is None or not handler_call_details.method.startswith(SERVED_PREFIXES):
             return handler
