@@ -52,6 +52,7 @@ class BatchStats:
     tokens: int
     padded_tokens: int
     seconds: float
+    queue_seconds: tuple[float, ...] = ()  # each input's wait from submission to its batch's start
 
 
 def select_packed(costs: Sequence[int], max_tokens: int, max_items: int) -> list[int]:
@@ -292,4 +293,5 @@ class TokenBudgetBatcher(Generic[P, R]):
         if self._on_batch is not None:
             real = sum(p.cost for p in batch)
             computed = max(p.cost for p in batch) * len(batch) if self._padded else real
-            self._on_batch(BatchStats(len(batch), real, computed, self._clock() - started))
+            waits = tuple(started - p.enqueued for p in batch)
+            self._on_batch(BatchStats(len(batch), real, computed, self._clock() - started, waits))

@@ -120,6 +120,7 @@ class ServerConfig:
     cache_entries: int  # 0 turns the result cache off
     auth_token_file: Path | None
     grace_seconds: float
+    drain_delay_seconds: float  # after SIGTERM, still listening (health NOT_SERVING) before the drain
     log_level: str
 
 
@@ -227,6 +228,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         default=20.0,
         help="on SIGTERM, time in-flight requests get to finish (default: %(default)s)",
     )
+    n.add_argument(
+        "--drain-delay-seconds",
+        type=_non_negative_float,
+        default=5.0,
+        help="on SIGTERM, time the server keeps listening first, answering health NOT_SERVING and new calls "
+        "UNAVAILABLE, so load balancers see it leave before it stops; Ctrl-C (SIGINT) skips it "
+        "(default: %(default)s)",
+    )
     lim = p.add_argument_group("limits")
     lim.add_argument(
         "--max-inputs-per-request",
@@ -308,6 +317,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ser
         cache_entries=a.cache_entries,
         auth_token_file=a.auth_token_file,
         grace_seconds=a.grace_seconds,
+        drain_delay_seconds=a.drain_delay_seconds,
         log_level=a.log_level,
     )
 

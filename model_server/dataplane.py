@@ -40,6 +40,11 @@ class Reply(Generic[T]):
     cached: int
 
 
+def with_article(noun: str) -> str:
+    """The noun after 'a' or 'an', as it is spoken ("an embedding", "a fill-mask")."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 class DataPlane:
     """Runs requests for one loaded model."""
 
@@ -107,8 +112,8 @@ class DataPlane:
         task = spec_of(options)
         if self.model.task is not task.task:
             raise FailedPrecondition(
-                f"{task.api.rpc} needs a {task.task.value} model; "
-                f"{self.model.name!r} is a {self.model.task.value} model"
+                f"{task.api.rpc} needs {with_article(task.task.value)} model; "
+                f"{self.model.name!r} is {with_article(self.model.task.value)} model"
             )
         task.check(options)
         check_texts(texts, self.model.limits)
@@ -161,7 +166,10 @@ class DataPlane:
     async def _encode(self, texts: list[str], indices: list[int], truncate: bool) -> list[Encoded]:
         loop = asyncio.get_running_loop()
         encode = functools.partial(self._tokenizer.encode, texts, truncate=truncate)
+        started = time.perf_counter()
         encodings = await loop.run_in_executor(self._tokenize, encode)
+        if self._metrics is not None:
+            self._metrics.tokenization.observe(time.perf_counter() - started)
         for i in over_token_limit(encodings, self.model.limits):
             raise refuse_long(indices[i], len(encodings[i]), self.model.limits)
         return encodings

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
 )
 
 from model_server.batcher import BatchStats
+from model_server.metrics_endpoint import serve_metrics_endpoint
+
+if TYPE_CHECKING:
+    from model_server.description import ModelDescription
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -57,6 +64,39 @@ class Metrics:
         self.cache_hits = Counter("bertmesh_cache_hits", "inputs answered from the result cache", registry=r)
         self.cache_misses = Counter("bertmesh_cache_misses", "inputs not in the result cache", registry=r)
         self.ready = Gauge("bertmesh_model_ready", "1 once the model is loaded and warm, 0 otherwise", registry=r)
+        self.model_info = Gauge(
+            "bertmesh_model_info",
+            "1 for the served model (join on it to label any series by model)",
+            ["model", "revision", "task", "precision", "engine", "device"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "bertmesh_queue_duration_seconds",
+            "time an input waited for its batch to start",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokenization = Histogram(
+            "bertmesh_tokenization_duration_seconds",
+            "time to tokenize one request's inputs",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.health_checks = Counter(
+            "bertmesh_health_requests",
+            "grpc.health.v1 calls (probes and load balancers), apart from the inference requests",
+            ["method"],
+            registry=r,
+        )
+        # The process (CPU, memory, open files) and the interpreter (GC, version), as the default registry has.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+
+    def on_model(self, model: ModelDescription) -> None:
+        """Records the served model in bertmesh_model_info."""
+        self.model_info.labels(
+            model.name, model.revision, model.task.value, model.precision, model.engine, model.device
+        ).set(1)
 
     def bind_queue(self, inputs: Callable[[], float], tokens: Callable[[], float]) -> None:
         """Makes the queue gauges read the batcher's live depth at scrape time."""
@@ -70,6 +110,8 @@ class Metrics:
         self.batch_real.inc(stats.tokens)
         self.batch_padded.inc(stats.padded_tokens)
         self.batch_seconds.observe(stats.seconds)
+        for wait in stats.queue_seconds:
+            self.queue_wait.observe(wait)
 
     def on_expired(self, count: int) -> None:
         """Records inputs dropped because their deadline passed."""
@@ -83,13 +125,6 @@ class Metrics:
             self.cache_misses.inc(misses)
 
     def serve(self, host: str, port: int) -> Callable[[], None]:
-        """Serves /metrics on host:port in a daemon thread; returns a function that stops it."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-
-        self.port = server.server_port
+        """Serves /metrics (only) on host:port in a daemon thread; returns a function that stops it."""
+        self.port, stop = serve_metrics_endpoint(self.registry, host, port)
         return stop

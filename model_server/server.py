@@ -2,13 +2,15 @@
 
 Start-up order: the gRPC port opens first with health NOT_SERVING (probes and clients see "loading", not
 "refused"), the model loads and warms in a thread, then health flips to SERVING. On SIGTERM health flips back
-to NOT_SERVING, the server stops accepting calls, every in-flight call finishes within the grace period, and the
-process exits 0.
+to NOT_SERVING and new calls get UNAVAILABLE while the port stays open for the drain delay (so load balancers
+see the replica leave), then the server stops accepting connections, every in-flight call finishes within the
+grace period, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -25,9 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from model_server import mkl_amd
 from model_server.backend import Backend
@@ -52,6 +52,7 @@ from model_server.proto.bertmesh.v1 import inference_pb2
 from model_server.proto.inference import grpc_service_pb2
 from model_server.servicers.interceptors import AuthInterceptor, StatusInterceptor
 from model_server.servicers.oip import OpenInferenceServicer
+from model_server.servicers.reflection import enable_reflection
 from model_server.servicers.registration import add_service
 from model_server.servicers.task import InferenceServicer
 from model_server.tasks import Task
@@ -63,21 +64,6 @@ TASK_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
 OIP_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 # Slack over max_message_bytes before grpc's own hard limit: in between, the caller gets our clear message.
 _HARD_LIMIT_FACTOR = 2
-
-
-def _reflection_pool() -> descriptor_pool.DescriptorPool:
-    """One pool describing every served service: the OIP descriptors live in a private pool (see hack/gen_protos.py)."""
-    pool = descriptor_pool.DescriptorPool()
-    for file in (
-        health_pb2.DESCRIPTOR,
-        reflection_pb2.DESCRIPTOR,
-        inference_pb2.DESCRIPTOR,
-        grpc_service_pb2.DESCRIPTOR,
-    ):
-        proto = descriptor_pb2.FileDescriptorProto()
-        file.CopyToProto(proto)
-        pool.Add(proto)
-    return pool
 
 
 def version() -> str:
@@ -197,8 +183,10 @@ async def serve(
     *,
     on_started: Callable[[RunningServer], None] | None = None,
     stop: asyncio.Event | None = None,
+    hurry: asyncio.Event | None = None,
 ) -> None:
-    """Runs the server until `stop` is set, then drains; raises ConfigError for an unusable setup."""
+    """Runs the server until `stop` is set, then drains; `hurry` cuts the drain delay short. Raises ConfigError
+    for an unusable setup."""
     stop = stop or asyncio.Event()
     tokens = read_tokens(config.auth_token_file) if config.auth_token_file else None
     if tokens is None and not is_loopback(config.host):
@@ -225,26 +213,36 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_service(server, InferenceServicer(state.get), TASK_SERVICE, max_bytes)
     add_service(server, OpenInferenceServicer(state.get, version()), OIP_SERVICE, max_bytes)
-    names = (TASK_SERVICE.full_name, OIP_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server, pool=_reflection_pool())
+    enable_reflection(
+        server,
+        (TASK_SERVICE.full_name, OIP_SERVICE.full_name, health.SERVICE_NAME),
+        (health_pb2.DESCRIPTOR, inference_pb2.DESCRIPTOR, grpc_service_pb2.DESCRIPTOR),
+    )
     for name in ("", TASK_SERVICE.full_name, OIP_SERVICE.full_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
-    if port == 0:
-        raise ConfigError(f"cannot listen on {config.host}:{config.port}")
-    await server.start()
-    stop_metrics = metrics.serve(config.host, config.metrics_port) if config.metrics_port else None
-    running = RunningServer(port, getattr(metrics, "port", 0), state, metrics, asyncio.Event(), stop)
-    log.info(
-        "listening on %s:%d (gRPC)%s; loading the model",
-        config.host,
-        port,
-        f", metrics on http://{config.host}:{running.metrics_port}/metrics" if stop_metrics else "",
-    )
-    if on_started is not None:
-        on_started(running)
     try:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError:
+        await server.stop(None)  # or grpc's finalizer runs after the event loop has closed
+        raise ConfigError(
+            f"--port {config.port}: cannot listen on {config.host}:{config.port}; the port is in use "
+            "(or the address is not this machine's): choose another --port or stop what holds it"
+        ) from None
+    stop_metrics: Callable[[], None] | None = None
+    try:
+        await server.start()
+        if config.metrics_port:
+            stop_metrics = serve_metrics(metrics, config.host, config.metrics_port)
+        running = RunningServer(port, getattr(metrics, "port", 0), state, metrics, asyncio.Event(), stop)
+        log.info(
+            "listening on %s:%d (gRPC)%s; loading the model",
+            config.host,
+            port,
+            f", metrics on http://{config.host}:{running.metrics_port}/metrics" if stop_metrics else "",
+        )
+        if on_started is not None:
+            on_started(running)
         loaded = await _load_unless_stopped(config, stop)
         if loaded is not None:
             description, tokenizer, backend, seconds = loaded
@@ -257,6 +255,7 @@ async def serve(
             state.plane = plane
             for name in ("", TASK_SERVICE.full_name, OIP_SERVICE.full_name):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            metrics.on_model(description)
             metrics.ready.set(1)
             running.ready.set()
             log.info(
@@ -274,11 +273,21 @@ async def serve(
                 port,
             )
             await stop.wait()
-        log.info("shutting down: health NOT_SERVING, finishing in-flight calls (grace %.0fs)", config.grace_seconds)
         metrics.ready.set(0)
+        state.draining = True  # new calls: UNAVAILABLE; calls already holding the data plane go on
         await health_servicer.enter_graceful_shutdown()
+        if state.plane is not None and config.drain_delay_seconds and not (hurry and hurry.is_set()):
+            # Still listening: health checks and load balancers see NOT_SERVING and stop routing here,
+            # instead of meeting a refused connection while their endpoint lists catch up.
+            log.info(
+                "shutting down: health NOT_SERVING, new calls UNAVAILABLE; still listening for %.0fs "
+                "(--drain-delay-seconds), then finishing in-flight calls (grace %.0fs)",
+                config.drain_delay_seconds,
+                config.grace_seconds,
+            )
+            await _wait(hurry, config.drain_delay_seconds)
+        log.info("shutting down: finishing in-flight calls (grace %.0fs)", config.grace_seconds)
         await server.stop(config.grace_seconds)
-        state.draining = True
         if state.plane is not None:
             await state.plane.close()
     finally:
@@ -286,6 +295,23 @@ async def serve(
         if stop_metrics is not None:
             stop_metrics()
     log.info("stopped")
+
+
+async def _wait(event: asyncio.Event | None, seconds: float) -> None:
+    """Waits `seconds`, or less if `event` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for((event or asyncio.Event()).wait(), seconds)
+
+
+def serve_metrics(metrics: Metrics, host: str, port: int) -> Callable[[], None]:
+    """Starts the metrics endpoint (see Metrics.serve); ConfigError naming the flag when the port is taken."""
+    try:
+        return metrics.serve(host, port)
+    except OSError as exc:
+        raise ConfigError(
+            f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror}): choose another "
+            "--metrics-port, or 0 for none"
+        ) from None
 
 
 async def _load_unless_stopped(
@@ -324,11 +350,16 @@ def main(argv: Sequence[str]) -> int:
     log.info("OpenMP waiting: " + " ".join(f"{key}={os.environ.get(key, '')}" for key in OPENMP_DEFAULTS))
 
     async def run() -> None:
-        stop = asyncio.Event()
+        stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop=stop)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+        def interrupted() -> None:  # a person at a terminal: no load balancer to wait for
+            hurry.set()
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        await serve(config, stop=stop, hurry=hurry)
 
     try:
         asyncio.run(run())

@@ -50,7 +50,7 @@ def refuse_long(index: int, tokens: int, limits: Limits, field: str = "inputs") 
     """The error for an input over the token limit when the request did not ask for truncation."""
     return InvalidArgument(
         f"{field}[{index}]: {tokens} tokens exceed max_tokens_per_input={limits.max_tokens_per_input}; "
-        "shorten the input or set truncate=true"
+        "shorten the input, or let the server cut it: truncate=true in the request (--truncate in the bertmesh CLI)"
     )
 
 

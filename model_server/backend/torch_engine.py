@@ -8,7 +8,7 @@ model_server.backend.packed_engine and model_server.backend.transformers_engine.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from model_server.checkpoint import Checkpoint
 from model_server.errors import ConfigError
 from model_server.tasks.base import EncoderOutput, FloatArray, Pooling, TaskSpec
 
+_SHOWN_WEIGHTS = 4  # missing weights a refusal names; the count gives the rest
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 
 
@@ -54,16 +55,34 @@ def load_model_class(checkpoint: Checkpoint, task: TaskSpec[Any, Any], precision
     transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the directory is the model
     try:
-        model = getattr(transformers, task.model_class).from_pretrained(
+        model, info = getattr(transformers, task.model_class).from_pretrained(
             str(checkpoint.path),
             local_files_only=True,
             use_safetensors=True,
             attn_implementation="sdpa",
             dtype=DTYPES[precision],
+            output_loading_info=True,
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load {checkpoint.path} as {task.task.value}: {exc}") from exc
+    # Mismatched shapes are re-initialised too (e.g. a classifier trained for other labels).
+    fresh = {*info["missing_keys"], *(key for key, *_ in info["mismatched_keys"])}
+    refuse_fresh_weights(checkpoint, task, fresh)
     return model.eval()
+
+
+def refuse_fresh_weights(checkpoint: Checkpoint, task: TaskSpec[Any, Any], fresh: Collection[str]) -> None:
+    """ConfigError when the task would run weights the checkpoint lacks: transformers fills them with random
+    values and the server would answer with noise."""
+    used = sorted(key for key in fresh if task.unused_modules.isdisjoint(key.split(".")))
+    if not used:
+        return
+    shown = ", ".join(used[:_SHOWN_WEIGHTS]) + (", ..." if len(used) > _SHOWN_WEIGHTS else "")
+    raise ConfigError(
+        f"{checkpoint.path} cannot serve {task.task.value}: {len(used)} weights of {task.model_class} are not "
+        f"in the checkpoint and would be random ({shown}); this checkpoint is a {checkpoint.architecture}: "
+        f"serve one trained for {task.task.value}, or pass the --task it was trained for"
+    )
 
 
 def quantize_int8(model: Any) -> Any:

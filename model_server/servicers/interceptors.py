@@ -17,8 +17,9 @@ from model_server.servicers.registration import UndecodableRequest
 
 log = logging.getLogger(__name__)
 
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # Kubelet's gRPC probes and mesh health checks carry no token.
-UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+UNAUTHENTICATED_PREFIXES = (HEALTH_PREFIX,)
 # The services whose calls are counted and whose errors are mapped.
 SERVED_PREFIXES = ("/bertmesh.v1.", "/inference.")
 
@@ -143,6 +144,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     ) -> Handler | None:
         """Wraps the method's handler."""
         handler = await continuation(handler_call_details)
+        if self._metrics is not None and handler_call_details.method.startswith(HEALTH_PREFIX):
+            self._metrics.health_checks.labels(handler_call_details.method.rsplit("/", 1)[-1]).inc()
         # Health and reflection keep grpc's own behaviour, and long Watch streams stay out of in-flight counts.
         if handler is None or not handler_call_details.method.startswith(SERVED_PREFIXES):
             return handler
@@ -180,17 +183,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if self._authorized(handler_call_details.invocation_metadata):
             return handler
-        return _refusing(handler)
+        return _refusing(handler, counted=method.startswith(SERVED_PREFIXES))
 
 
-def _refusing(handler: Handler) -> Handler:
+def _refusing(handler: Handler, *, counted: bool) -> Handler:
     message = "missing or unknown bearer token: send metadata 'authorization: Bearer <token>'"
 
+    async def deny(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if counted:  # the status interceptor answers it and counts the call
+            raise Unauthenticated(message)
+        # Reflection has no status interceptor around it: an exception would reach the caller as UNKNOWN.
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        raise Unauthenticated(message)
+        await deny(context)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        raise Unauthenticated(message)
+        await deny(context)
         yield  # pragma: no cover - makes this an async generator
 
     return _rebuild(handler, refuse_stream if handler.response_streaming else refuse)

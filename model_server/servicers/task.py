@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from model_server.dataplane import DataPlane, deadline_from
+from model_server.errors import ServingError
 from model_server.proto.bertmesh.v1 import inference_pb2 as pb
 from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
 from model_server.servicers import task_codec as codec
@@ -58,9 +59,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
         async def read() -> None:
             try:
+                index = 0
                 async for request in request_iterator:
-                    embed = self._task(plane, Task.EMBEDDING, request, deadline, wait_for_room=True)
+                    embed = self._stream_item(plane, index, request, deadline)
                     await window.put(asyncio.create_task(embed))
+                    index += 1
                 await window.put(None)
             except Exception as exc:  # a bad request ends the stream after the answers before it
                 await window.put(exc)
@@ -77,6 +80,13 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 leftover = window.get_nowait()
                 if isinstance(leftover, asyncio.Task):
                     leftover.cancel()
+
+    async def _stream_item(self, plane: DataPlane, index: int, request: Any, deadline: float | None) -> Any:
+        """One EmbedStream message's reply; an error names the message, since each has its own inputs[0]."""
+        try:
+            return await self._task(plane, Task.EMBEDDING, request, deadline, wait_for_room=True)
+        except ServingError as exc:
+            raise type(exc)(f"stream message {index}: {exc.message}") from exc
 
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
         """See the proto."""

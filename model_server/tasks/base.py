@@ -146,6 +146,8 @@ class TaskSpec(Generic[Opt, R]):
     finish: Callable[[FloatArray, Encoded, str, Opt, Served], R]  # one input's head output to its result
     api: TaskApi[Opt, R]
     oip: TaskOip[Opt, R]
+    # Modules of model_class the task never runs (a weight of theirs missing from a checkpoint is harmless).
+    unused_modules: frozenset[str] = frozenset()
 
 
 def any_options(options: object) -> None:

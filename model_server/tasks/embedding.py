@@ -117,4 +117,5 @@ SPEC: TaskSpec[EmbedOptions, FloatArray] = TaskSpec(
     finish=_finish,
     api=TaskApi("Embed", options_from_request, response),
     oip=TaskOip((OipOutput("embedding", "FP32", (-1, -1)),), _oip_options, _tensors),
+    unused_modules=frozenset({"pooler"}),  # embeddings pool the hidden states; the pooler is never run
 )

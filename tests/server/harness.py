@@ -40,6 +40,7 @@ def free_port() -> int:
 def config_for(model: Path | None, *extra: str, metrics: bool = False) -> ServerConfig:
     """A config parsed from real command-line arguments: loopback, any free port."""
     argv = ["--host", "127.0.0.1", "--port", "0", "--metrics-port", str(free_port() if metrics else 0)]
+    argv += ["--drain-delay-seconds", "0"]  # no load balancer to wait for; tests/server/test_process.py tests it
     if model is not None:
         argv += ["--model", str(model)]
     return parse_args([*argv, *extra])

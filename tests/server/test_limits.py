@@ -78,10 +78,20 @@ def test_tokens_per_input_reject_or_truncate(stub: pb_grpc.InferenceServiceStub)
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert details(err) == (
         f"inputs[1]: {MAX_TOKENS + 1} tokens exceed max_tokens_per_input={MAX_TOKENS}; "
-        "shorten the input or set truncate=true"
+        "shorten the input, or let the server cut it: truncate=true in the request (--truncate in the bertmesh CLI)"
     )
     cut = embed(stub, [words + " the"], truncate=True)
     assert cut.usage.tokens == MAX_TOKENS
+
+
+def test_an_embed_stream_error_names_the_message_it_is_in(stub: pb_grpc.InferenceServiceStub) -> None:
+    too_long = " ".join(["the"] * (MAX_TOKENS - 1))  # + [CLS] and [SEP]: one token over
+    requests = [pb.EmbedRequest(inputs=["fine"]), pb.EmbedRequest(inputs=[too_long]), pb.EmbedRequest(inputs=["x"])]
+    replies = stub.EmbedStream(iter(requests), timeout=30)
+    assert len(next(replies).embeddings) == 1  # the answers before the bad message still arrive
+    err = refused(lambda: next(replies))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert details(err).startswith(f"stream message 1: inputs[0]: {MAX_TOKENS + 1} tokens exceed")
 
 
 def test_message_size(stub: pb_grpc.InferenceServiceStub) -> None:

@@ -6,17 +6,20 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from model_server.client import BertmeshClient
 from model_server.config import OPENMP_DEFAULTS
@@ -127,6 +130,12 @@ def test_bearer_tokens_guard_everything_but_health(tiny_models: dict[str, Path],
                 anonymous.embed(["x"])
             assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
             assert "authorization: Bearer <token>" in details(err.value)
+        with grpc.insecure_channel(process.target) as channel:
+            for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
+                with pytest.raises(grpc.RpcError) as err:
+                    reflect(channel, package, reflection_pb2.ServerReflectionRequest(list_services=""))
+                assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+                assert "authorization: Bearer <token>" in details(err.value)
         with BertmeshClient(process.target, token="wrong") as wrong, pytest.raises(grpc.RpcError) as err:
             wrong.embed(["x"])
         assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
@@ -146,20 +155,33 @@ def test_warns_when_serving_beyond_loopback_without_tokens(tiny_models: dict[str
         process.proc.wait(60)
 
 
-def test_reflection_lists_every_service(tiny_process: Process) -> None:
+def reflect(channel: grpc.Channel, package: str, request: reflection_pb2.ServerReflectionRequest) -> Any:
+    """One reflection call under `package` (v1 and v1alpha share their messages)."""
+    call = channel.stream_stream(
+        f"/{package}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    return next(call(iter([request]), timeout=10))
+
+
+@pytest.mark.parametrize("package", ["grpc.reflection.v1", "grpc.reflection.v1alpha"])
+def test_reflection_lists_every_service(tiny_process: Process, package: str) -> None:
     with grpc.insecure_channel(tiny_process.target) as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        request = reflection_pb2.ServerReflectionRequest(list_services="")
-        reply = next(stub.ServerReflectionInfo(iter([request]), timeout=10))
+        reply = reflect(channel, package, reflection_pb2.ServerReflectionRequest(list_services=""))
         names = {s.name for s in reply.list_services_response.service}
-        described = next(
-            stub.ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService")]),
-                timeout=10,
-            )
-        )
-    assert names >= {"bertmesh.v1.InferenceService", "inference.GRPCInferenceService", "grpc.health.v1.Health"}
-    assert described.file_descriptor_response.file_descriptor_proto
+        described = [
+            reflect(channel, package, reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+            for symbol in ("inference.GRPCInferenceService", f"{package}.ServerReflection")
+        ]
+    assert names >= {
+        "bertmesh.v1.InferenceService",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    assert all(reply.file_descriptor_response.file_descriptor_proto for reply in described)
 
 
 def test_cli_calls_a_running_server(tiny_process: Process) -> None:
@@ -223,3 +245,49 @@ def test_unusable_models_exit_2_with_the_reason(tmp_path: Path, tiny_models: dic
 def test_client_and_servicers_import_without_torch(module: str) -> None:
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
+def test_a_busy_port_exits_2_naming_the_flag_and_the_port(flag: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = str(holder.getsockname()[1])
+        ports = {"--port": "0", "--metrics-port": "0", flag: busy}
+        result = subprocess.run(
+            [*BERTMESH, "serve", "--host", "127.0.0.1", *(a for item in ports.items() for a in item)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2
+    assert f"{flag} {busy}: cannot listen on 127.0.0.1:{busy}" in result.stderr
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
+
+
+def test_after_sigterm_new_connections_see_not_serving_until_the_drain_delay_ends(
+    tiny_models: dict[str, Path],
+) -> None:
+    # A drain delay far longer than the test: SIGINT (Ctrl-C) cuts it short at the end.
+    process = start("--model", str(tiny_models["embedding"]), "--drain-delay-seconds", "600")
+    try:
+        process.proc.send_signal(signal.SIGTERM)
+        # A fresh connection each time, as a load balancer's health check makes.
+        deadline = time.monotonic() + 60
+        while True:
+            with grpc.insecure_channel(process.target) as channel:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    with pytest.raises(grpc.RpcError) as err:
+                        pb_grpc.InferenceServiceStub(channel).Embed(pb.EmbedRequest(inputs=["x"]), timeout=10)
+                    break
+            assert time.monotonic() < deadline, "health never turned NOT_SERVING"
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in details(err.value)
+        assert process.proc.poll() is None
+        process.proc.send_signal(signal.SIGINT)
+        assert process.proc.wait(60) == 0
+    finally:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()

@@ -127,4 +127,6 @@ def test_a_task_the_model_does_not_do_is_a_failed_precondition(
         with pytest.raises(grpc.RpcError) as err:
             call(stub)  # type: ignore[operator]
     assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert f"is a {task} model" in details(err.value)
+    article = "an" if task == "embedding" else "a"
+    assert f"is {article} {task} model" in details(err.value)
+    assert " a embedding" not in details(err.value)
