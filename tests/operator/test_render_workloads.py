@@ -118,6 +118,7 @@ def test_server_container_follows_the_contract(make_md: MakeManifest) -> None:
         "--max-message-bytes": "4194304",
         "--cache-entries": "10000",
         "--grace-seconds": "20",
+        "--drain-delay-seconds": "0",  # the preStop pause is the pod's endpoint-propagation window
         "--threads": "2",  # 1500m rounded up
     }
     assert {flag: arg(args, flag) for flag in expected} == expected

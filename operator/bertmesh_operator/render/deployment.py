@@ -53,6 +53,9 @@ def server_args(name: str, serving: ServingSpec, resources: ResourcesSpec, model
         ("--max-message-bytes", runtime.max_message_bytes),
         ("--cache-entries", runtime.cache_entries),
         ("--grace-seconds", runtime.grace_seconds),
+        # The preStop pause already keeps the pod serving while endpoints drop it; a second wait inside the
+        # server would only eat into the termination grace.
+        ("--drain-delay-seconds", 0),
         ("--threads", threads),
     ]
     return [part for flag, value in options for part in (flag, str(value))]
