@@ -382,8 +382,12 @@ def test_every_dashboard_query_answers_on_a_real_prometheus(start_prometheus: St
             metrics.expired.inc(1)
             metrics.inflight.set(4)
             metrics.ready.set(1)
+            metrics.queue_wait.observe(0.003)
+            metrics.tokenization.observe(0.001)
+            metrics.health_checks.labels(method="Check").inc()
 
         metrics.bind_queue(lambda: 3.0, lambda: 700.0)
+        metrics.model_info.labels("sentiment", "r1", "sequence-classification", "fp16", "packed", "cuda:0").set(1)
         traffic()
         wait_for_scrape(prom, address)
         traffic()  # counters move between scrapes, so every rate() is positive

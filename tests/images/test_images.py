@@ -207,7 +207,7 @@ def test_each_image_carries_the_dispatcher_and_its_own_side_only(
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         scripts = archive.read(entry_points).decode()
     assert {name.partition("/")[0] for name in names if ".dist-info/" not in name} == ours
-    assert "bertmesh = bertmesh_cli:main" in scripts
+    assert "bertmesh = bertmesh_cli:run" in scripts
 
 
 # The packages of ours each image carries (test_each_image_carries_the_dispatcher_and_its_own_side_only).
