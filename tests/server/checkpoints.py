@@ -8,6 +8,8 @@ from typing import Any
 import torch
 import transformers
 
+from model_server.backend.packed_bert import Packing
+
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = (
     "the a an is are was were be to of and in on at for with by from as it this that these those i you "
@@ -71,3 +73,9 @@ def build(path: Path, task: str, *, seed: int = 0) -> Path:
     model.save_pretrained(str(path), safe_serialization=True)
     write_tokenizer(path)
     return path
+
+
+def mean_pool(states: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """Reference pooling for packed-encoder tests: each sequence's mean token vector, [sequences, hidden]."""
+    starts = packing.starts.tolist()
+    return torch.stack([states[start : start + n].mean(0) for start, n in zip(starts, packing.lengths, strict=True)])

@@ -20,13 +20,8 @@ from model_server import native
 from model_server.backend import native_attention
 from model_server.backend.native_attention import NativeAttention
 from model_server.backend.onednn import onednn_available
-from model_server.backend.packed_bert import PackedModel, Packing, plan
-
-
-def mean_pool(states: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """Each sequence's mean token vector: [sequences, hidden]."""
-    starts = packing.starts.tolist()
-    return torch.stack([states[start : start + n].mean(0) for start, n in zip(starts, packing.lengths, strict=True)])
+from model_server.backend.packed_bert import PackedModel, plan
+from tests.server.checkpoints import mean_pool
 
 
 @pytest.fixture(scope="module")

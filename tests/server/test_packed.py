@@ -12,15 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from model_server.backend.onednn import OneDnnInt8Linear, OneDnnLinear, onednn_available
-from model_server.backend.packed_bert import PackedModel, Packing, plan
+from model_server.backend.packed_bert import PackedModel, plan
+from tests.server.checkpoints import mean_pool
 
 TEXTS = ["john lives in paris", "the weather is really good today in london", "berlin", "a b c d e f g h i j"]
-
-
-def mean_pool(states: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """Each sequence's mean token vector: [sequences, hidden]."""
-    starts = packing.starts.tolist()
-    return torch.stack([states[start : start + n].mean(0) for start, n in zip(starts, packing.lengths, strict=True)])
 
 
 @given(st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=80))
