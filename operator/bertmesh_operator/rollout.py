@@ -201,16 +201,10 @@ def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: dat
     elapsed = (now - (state.step_started_at or now)).total_seconds()
     if state.step == 0:
         if obs.canary_ready_replicas > 0:
-            return replace(
-                state,
-                step=1,
-                step_started_at=now,
-                reason=Reason.CANARY_READY,
-                message=f"{_stage(state, policy, 1)}: canary at {policy.schedule[0]}%"
-                if state.mode is RolloutMode.WEIGHTED
-                else f"{_stage(state, policy, 1)}: canary ready, {policy.mirror_percent}% of live traffic "
-                f"mirrored to it; {_WAITING}",
-            )
+            message = f"step 1/{len(policy.schedule)}: canary at {policy.schedule[0]}%"
+            if state.mode is RolloutMode.REINDEX:
+                message = f"re-index: canary ready, {policy.mirror_percent}% of live traffic mirrored to it; {_WAITING}"
+            return replace(state, step=1, step_started_at=now, reason=Reason.CANARY_READY, message=message)
         if elapsed >= policy.progress_deadline_seconds:
             return _abort(state, now, f"the canary had no ready replica within {policy.progress_deadline}")
         return state

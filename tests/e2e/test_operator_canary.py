@@ -4,17 +4,17 @@ the test sets; good numbers step the weights up to promotion, bad numbers or non
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 from tests.e2e.cluster import KubeApi
 from tests.e2e.istio_traffic import IstioTraffic, Profile
 from tests.e2e.kube_objects import (
     apply_md,
+    bertmesh,
     children,
     condition,
     get_md,
+    phase,
     ready,
     route_weights,
     tiny,
@@ -31,10 +31,6 @@ def canary(name: str, **policy: Any) -> dict[str, Any]:
     """`tiny(name)` whose spec now asks for revision v2 through a canary with `policy`."""
     candidate = {"storageUri": f"https://models.example.internal/{name}-v2.tar.gz", "revision": "v2"}
     return tiny(name, traffic={"canary": {"model": candidate, **policy}})
-
-
-def phase(md: dict[str, Any]) -> str | None:
-    return (md.get("status") or {}).get("phase")
 
 
 def canary_weight(md: dict[str, Any]) -> int | None:
@@ -145,18 +141,6 @@ def test_bad_metrics_or_none_abort_to_100_percent_stable_and_a_canary_at_zero(
         watch=[operator.process],
     )
     assert ready(get_md(api, namespace, "failing"))  # stable kept serving throughout
-
-
-def bertmesh(api: KubeApi, *args: str) -> subprocess.CompletedProcess[str]:
-    """`bertmesh ...` as a user runs it, with the admin kubeconfig."""
-    return subprocess.run(
-        [sys.executable, "-m", "bertmesh_cli", *args],
-        env=api.tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_rollout_status_abort_and_promote_from_the_command_line(

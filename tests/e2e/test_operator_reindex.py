@@ -5,8 +5,6 @@ its space still steps through its weights."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +15,18 @@ from kubernetes import watch as k8s_watch
 
 from tests.e2e.cluster import KubeApi
 from tests.e2e.istio_traffic import IstioTraffic, Profile
-from tests.e2e.kube_objects import apply_md, children, condition, get_md, ready, route_weights, tiny, wait_for_md
+from tests.e2e.kube_objects import (
+    apply_md,
+    bertmesh,
+    children,
+    condition,
+    get_md,
+    phase,
+    ready,
+    route_weights,
+    tiny,
+    wait_for_md,
+)
 from tests.e2e.operator_process import StartOperator
 from tests.e2e.processes import wait_until
 from tests.e2e.simcluster import SimCluster
@@ -40,10 +49,6 @@ def new_model(name: str, **policy: Any) -> dict[str, Any]:
 
 def canary_status(md: dict[str, Any]) -> dict[str, Any]:
     return dict((md.get("status") or {}).get("canary") or {})
-
-
-def phase(md: dict[str, Any]) -> str | None:
-    return (md.get("status") or {}).get("phase")
 
 
 def mirroring(md: dict[str, Any]) -> bool:
@@ -103,18 +108,6 @@ def record_routes(md_crd: KubeApi, namespace: str) -> Iterator[Any]:
     yield start
     for recorder in recorders:
         recorder.close()
-
-
-def bertmesh(api: KubeApi, *args: str) -> subprocess.CompletedProcess[str]:
-    """`bertmesh ...` as a user runs it, with the admin kubeconfig."""
-    return subprocess.run(
-        [sys.executable, "-m", "bertmesh_cli", *args],
-        env=api.tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def split(route: dict[str, Any]) -> dict[str, int]:
