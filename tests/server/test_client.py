@@ -115,10 +115,10 @@ def test_every_rpc_has_a_command_whose_records_match_the_client(
 
 def test_extra_metadata_rides_on_every_call() -> None:
     """What reaches a canary through its header pin (`x-bertmesh-track: canary` at the mesh)."""
-    seen: list[dict[str, str]] = []
+    seen: list[dict[str, str | bytes]] = []
 
     def embed(request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
-        seen.append({item.key: item.value for item in context.invocation_metadata()})
+        seen.append(dict(context.invocation_metadata()))
         return pb.EmbedResponse(dimensions=3)
 
     handler = grpc.unary_unary_rpc_method_handler(
