@@ -92,9 +92,11 @@ class BertmeshClient:
         credentials: grpc.ChannelCredentials | None = None,
         model: str = "",
         split_requests: bool = False,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         """split_requests: send more inputs than the server's max_inputs_per_request as several requests (in
-        order, one after another) instead of having the server refuse them."""
+        order, one after another) instead of having the server refuse them. metadata: gRPC metadata sent with
+        every call, e.g. `[("x-bertmesh-track", "canary")]` to reach a canary through its header pin."""
         options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.max_receive_message_length", -1)]
         if credentials is not None:
             self._channel = grpc.secure_channel(target, credentials, options=options)
@@ -102,7 +104,7 @@ class BertmeshClient:
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = (*metadata, *((("authorization", f"Bearer {token}"),) if token else ()))
         self.timeout = timeout
         self.model = model
         self.split_requests = split_requests

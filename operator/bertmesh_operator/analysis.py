@@ -30,14 +30,19 @@ class AnalysisTarget:
     """Which calls to measure: those served by one workload (a track's Deployment) of one Service."""
 
     namespace: str
-    service: str
+    service: str | None  # None: any Service (mirrored calls arrive with the Service's host plus "-shadow")
     workload: str
     window: str = "1m"
 
 
-def canary_target(name: str, namespace: str, window: str) -> AnalysisTarget:
-    """The target for the canary track of a ModelDeployment (its Deployment is `<name>-canary`)."""
-    return AnalysisTarget(namespace=namespace, service=name, workload=f"{name}-canary", window=window)
+def canary_target(name: str, namespace: str, window: str, *, mirrored: bool = False) -> AnalysisTarget:
+    """The target for the canary track of a ModelDeployment (its Deployment is `<name>-canary`).
+
+    `mirrored`: the canary serves mirrored calls, which Istio reports under the host Envoy shadowed them to;
+    the canary Deployment serves only this ModelDeployment, so the workload alone selects them.
+    """
+    service = None if mirrored else name
+    return AnalysisTarget(namespace=namespace, service=service, workload=f"{name}-canary", window=window)
 
 
 def _quote(value: str) -> str:
@@ -50,8 +55,9 @@ def _selector(target: AnalysisTarget, extra: str = "") -> str:
         'request_protocol="grpc"',
         f"destination_workload_namespace={_quote(target.namespace)}",
         f"destination_workload={_quote(target.workload)}",
-        f"destination_service_name={_quote(target.service)}",
     ]
+    if target.service is not None:
+        labels.append(f"destination_service_name={_quote(target.service)}")
     if extra:
         labels.append(extra)
     return "{" + ", ".join(labels) + "}"

@@ -32,9 +32,16 @@ from bertmesh_operator.observe import (
 from bertmesh_operator.prometheus import MetricsSource
 from bertmesh_operator.render import RenderOptions, grpc_endpoint, render
 from bertmesh_operator.resource import ModelDeployment, parse_model_deployment
-from bertmesh_operator.rollout import COMMAND_ANNOTATION, Command, Observation, RolloutState, step
+from bertmesh_operator.rollout import (
+    COMMAND_ANNOTATION,
+    REINDEXED_ANNOTATION,
+    Command,
+    Observation,
+    RolloutState,
+    step,
+)
 from bertmesh_operator.spec import CanarySpec
-from bertmesh_operator.states import Phase, Reason
+from bertmesh_operator.states import Phase, Reason, RolloutMode
 from bertmesh_operator.status import degraded_status_patch, rollout_state, status_patch
 from bertmesh_operator.status_model import ModelDeploymentStatus
 
@@ -210,11 +217,18 @@ class Reconciler:
         self, md: ModelDeployment, state: RolloutState, policy: CanarySpec, children: list[Child], now: datetime
     ) -> Observation:
         seen = observe_tracks(children, state, md.metadata.uid or "")
-        observation = Observation(canary_ready_replicas=seen.canary_ready_replicas, stable_ready=seen.stable_rolled_out)
+        observation = Observation(
+            canary_ready_replicas=seen.canary_ready_replicas,
+            stable_ready=seen.stable_rolled_out,
+            reindexed_space=(md.metadata.annotations or {}).get(REINDEXED_ANNOTATION),
+        )
         if not analysis_due(state, policy, now) or seen.canary_ready_replicas == 0:
             return observation
+        mirrored = state.mode is RolloutMode.REINDEX
         try:
-            measured = self.metrics.canary_metrics(canary_target(md.name, md.namespace, policy.interval))
+            measured = self.metrics.canary_metrics(
+                canary_target(md.name, md.namespace, policy.interval, mirrored=mirrored)
+            )
         except MetricsUnavailableError as error:
             return replace(observation, metrics_error=str(error))
         return replace(observation, success_rate=measured.success_rate, p99_latency_ms=measured.p99_latency_ms)

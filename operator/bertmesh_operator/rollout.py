@@ -8,6 +8,13 @@ and reaching it aborts (100% stable, canary scaled to zero, Degraded). After the
 track takes the candidate ("Promoting": traffic stays split while the stable Deployment rolls) and, once it
 is rolled out, the canary is removed. A new change during a rollout restarts it from the first step. The
 traffic split to route is the new state's `weights`; phases and reasons are the types of `states`.
+
+A rollout that changes an embedder's vector space runs in re-index mode (`rollout_mode`): once the canary is
+ready it gets no weight but `mirror_percent` of live traffic mirrored, is checked every interval like a step,
+and waits there (the re-index job writes the new index through the header pin) until `bertmesh rollout
+promote`, or until a check passes after the job declared the canary's space re-indexed (the
+`REINDEXED_ANNOTATION` naming that space). Promotion then routes 100% to the canary at once while the stable
+Deployment rolls, so the two spaces never serve side by side.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from bertmesh_operator.rollout_mode import decide_mode
 from bertmesh_operator.spec import AnalysisSpec, CanarySpec, ModelDeploymentSpec, ServingSpec
-from bertmesh_operator.states import Action, Phase, Reason, command_applies
+from bertmesh_operator.states import Action, Phase, Reason, RolloutMode, command_applies
 
 
 @dataclass(frozen=True)
@@ -44,10 +52,15 @@ class Observation:
     # Why the metrics could not be asked for (Prometheus unreachable); None when they were. A due check waits
     # for up to one more interval for the metrics source to come back, then counts as failed like no data.
     metrics_error: str | None = None
+    # The embedding space a re-index job declared complete (REINDEXED_ANNOTATION); promotes a re-index rollout.
+    reindexed_space: str | None = None
 
 
 # `bertmesh rollout promote|abort` writes "<action>:<canary revision>" here; the operator reads it.
 COMMAND_ANNOTATION = "serving.bertmesh.io/rollout-command"
+# A re-index job sets this to the canary's embedding space when the new index is complete; the next passing
+# mirror check then promotes the canary.
+REINDEXED_ANNOTATION = "serving.bertmesh.io/reindexed-space"
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,9 @@ class RolloutState:
     step_started_at: datetime | None = None
     reason: Reason = Reason.STABLE
     message: str = ""
+    mode: RolloutMode = RolloutMode.WEIGHTED
+    mode_reason: str = ""
+    mirror_percent: int = 0  # share of live traffic mirrored to the canary (re-index mode only)
 
     @property
     def stable_revision(self) -> str:
@@ -118,6 +134,10 @@ def initial_state(spec: ModelDeploymentSpec) -> RolloutState:
 def follow_spec(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -> RolloutState:
     """Start, restart or cancel a rollout when what the spec serves differs from what the tracks serve."""
     desired = spec.desired_serving
+    if state.phase is Phase.PROMOTING and state.mode is RolloutMode.REINDEX:
+        # Stable's pods are switching spaces while the canary takes 100%: a new rollout now would route to
+        # both spaces at once, so it starts once the promotion is over.
+        return state
     if desired.revision == state.stable_revision:
         if state.phase in (Phase.PROGRESSING, Phase.ABORTED):
             return _to_stable(
@@ -126,13 +146,17 @@ def follow_spec(state: RolloutState, spec: ModelDeploymentSpec, now: datetime) -
         return state
     if state.phase is not Phase.STABLE and desired.revision == state.canary_revision:
         return state
+    decision = decide_mode(state.stable, desired, spec.traffic.policy)
+    how = " by re-index (mirrored traffic, then 100% at once)" if decision.mode is RolloutMode.REINDEX else ""
     return RolloutState(
         stable=state.stable,
         phase=Phase.PROGRESSING,
         canary=desired,
         step_started_at=now,
         reason=Reason.CANARY_STARTED,
-        message=f"rolling out {desired.revision} over {state.stable_revision}; waiting for a ready canary",
+        message=f"rolling out {desired.revision} over {state.stable_revision}{how}; waiting for a ready canary",
+        mode=decision.mode,
+        mode_reason=decision.reason,
     )
 
 
@@ -153,12 +177,14 @@ def step(
     if observation is None or (state.stable_revision, state.canary_revision) != before:
         observation = Observation()
     state = _advance(state, observation, policy, now)
-    return replace(state, canary_weight=_weight(state, policy))
+    return replace(state, canary_weight=_weight(state, policy), mirror_percent=_mirror(state, policy))
 
 
 def _apply_command(state: RolloutState, command: Command | None, now: datetime) -> RolloutState:
     # A command names the canary revision it was meant for, so a stale one never hits a later rollout.
     if command is None or command.revision != state.canary_revision or not command_applies(command.action, state.phase):
+        return state
+    if not command_applies_to_mode(command.action, state.phase, state.mode):
         return state
     if command.action == "promote":
         return _promote(state, now, "promoted by a rollout promote command")
@@ -175,13 +201,10 @@ def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: dat
     elapsed = (now - (state.step_started_at or now)).total_seconds()
     if state.step == 0:
         if obs.canary_ready_replicas > 0:
-            return replace(
-                state,
-                step=1,
-                step_started_at=now,
-                reason=Reason.CANARY_READY,
-                message=f"step 1/{len(policy.schedule)}: canary at {policy.schedule[0]}%",
-            )
+            message = f"step 1/{len(policy.schedule)}: canary at {policy.schedule[0]}%"
+            if state.mode is RolloutMode.REINDEX:
+                message = f"re-index: canary ready, {policy.mirror_percent}% of live traffic mirrored to it; {_WAITING}"
+            return replace(state, step=1, step_started_at=now, reason=Reason.CANARY_READY, message=message)
         if elapsed >= policy.progress_deadline_seconds:
             return _abort(state, now, f"the canary had no ready replica within {policy.progress_deadline}")
         return state
@@ -192,10 +215,11 @@ def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: dat
         return replace(
             state,
             reason=Reason.ANALYSIS_DEFERRED,
-            message=f"step {state.step}/{len(policy.schedule)}: check deferred, metrics unavailable: "
-            f"{obs.metrics_error}",
+            message=f"{_stage(state, policy, state.step)}: check deferred, metrics unavailable: {obs.metrics_error}",
         )
     failure = check(obs, policy.analysis)
+    if failure is None and state.mode is RolloutMode.REINDEX:
+        return _mirror_check_passed(state, obs, now)
     if failure is None:
         if state.step >= len(policy.schedule):
             return _promote(state, now, f"all {len(policy.schedule)} steps passed their checks")
@@ -219,6 +243,39 @@ def _advance(state: RolloutState, obs: Observation, policy: CanarySpec, now: dat
     )
 
 
+_WAITING = (
+    f"waiting for re-index (bertmesh rollout promote, or annotate {REINDEXED_ANNOTATION}=<canary space> "
+    "when the new index is complete)"
+)
+
+
+def command_applies_to_mode(action: Action, phase: Phase, mode: RolloutMode) -> bool:
+    """Whether a command that applies in `phase` also applies to a rollout of `mode`.
+
+    An aborted re-index canary has no replicas: promoting it would send 100% of traffic to nothing.
+    """
+    return not (action == "promote" and phase is Phase.ABORTED and mode is RolloutMode.REINDEX)
+
+
+def _stage(state: RolloutState, policy: CanarySpec, step: int) -> str:
+    if state.mode is RolloutMode.REINDEX:
+        return "re-index"
+    return f"step {step}/{len(policy.schedule)}"
+
+
+def _mirror_check_passed(state: RolloutState, obs: Observation, now: datetime) -> RolloutState:
+    assert state.canary is not None  # only called while a canary exists
+    space = state.canary.model.effective_embedding_space
+    if obs.reindexed_space == space:
+        return _promote(state, now, f"the re-index of embedding space {space} is complete and the mirror check passed")
+    return replace(
+        state,
+        step_started_at=now,
+        reason=Reason.WAITING_FOR_REINDEX,
+        message=f"re-index: mirror check passed; {_WAITING}",
+    )
+
+
 def check(obs: Observation, analysis: AnalysisSpec) -> str | None:
     """Return why the observation fails the analysis thresholds, or None when it passes."""
     if obs.canary_ready_replicas <= 0:
@@ -236,12 +293,21 @@ def check(obs: Observation, analysis: AnalysisSpec) -> str | None:
 
 
 def _weight(state: RolloutState, policy: CanarySpec) -> int:
+    if state.mode is RolloutMode.REINDEX:
+        # All or nothing: stable's pods change space while promoting, so the canary then takes everything.
+        return 100 if state.phase is Phase.PROMOTING else 0
     # Recomputed from the policy in force, so editing the policy mid-rollout never leaves a stale weight.
     if state.phase is Phase.PROGRESSING and state.step > 0:
         schedule = policy.schedule
         return schedule[min(state.step, len(schedule)) - 1]
     if state.phase is Phase.PROMOTING:
         return min(state.canary_weight, policy.effective_max_weight)
+    return 0
+
+
+def _mirror(state: RolloutState, policy: CanarySpec) -> int:
+    if state.mode is RolloutMode.REINDEX and state.phase is Phase.PROGRESSING and state.step > 0:
+        return policy.mirror_percent
     return 0
 
 

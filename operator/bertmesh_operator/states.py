@@ -23,6 +23,15 @@ class Phase(StrEnum):
     ABORTED = "Aborted"  # the candidate failed; 100% stable, canary at zero replicas, until the spec changes
 
 
+class RolloutMode(StrEnum):
+    """How a rollout moves traffic to its canary."""
+
+    WEIGHTED = "Weighted"  # step by step through the schedule's weights
+    # Stable keeps 100% while a share is mirrored to the canary; promotion moves 100% at once. For embedders
+    # changing vector space, where a weighted split would mix two spaces' vectors in one index.
+    REINDEX = "Reindex"
+
+
 def phase_of(value: object) -> Phase | None:
     """The phase a status' `phase` field names; None when it names none (not reconciled yet)."""
     return Phase(value) if isinstance(value, str) and value in Phase.__members__.values() else None
@@ -41,6 +50,7 @@ class Reason(StrEnum):
     CANARY_READY = "CanaryReady"
     CHECK_PASSED = "CheckPassed"
     CHECK_FAILED = "CheckFailed"
+    WAITING_FOR_REINDEX = "WaitingForReindex"
     ANALYSIS_DEFERRED = "AnalysisDeferred"
     PROMOTING = "Promoting"
     PROMOTED = "Promoted"

@@ -10,8 +10,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from bertmesh_operator.rollout import RolloutState, initial_state
+from bertmesh_operator.rollout_mode import decide_mode
 from bertmesh_operator.spec import ModelDeploymentSpec, ServingSpec
-from bertmesh_operator.states import ENTERED_WITH, IN_FLIGHT, Phase, Reason
+from bertmesh_operator.states import ENTERED_WITH, IN_FLIGHT, Phase, Reason, RolloutMode
 from bertmesh_operator.status_model import CanaryStatus, Condition, ConditionType, ModelDeploymentStatus, TrackStatus
 
 
@@ -24,16 +25,22 @@ def rollout_state(status: ModelDeploymentStatus | None, spec: ModelDeploymentSpe
     canary = status.canary
     if phase is Phase.STABLE or canary is None:
         return RolloutState(stable=stable, message=status.message or "")
+    candidate = ServingSpec(model=canary.model, runtime=canary.runtime)
+    # A status written before modes existed: the tracks decide (they still differ, short of Promoting).
+    decision = decide_mode(stable, candidate, spec.traffic.policy)
     return RolloutState(
         stable=stable,
         phase=phase,
-        canary=ServingSpec(model=canary.model, runtime=canary.runtime),
+        canary=candidate,
         step=canary.step,
         canary_weight=canary.weight,
         failed_checks=canary.failed_checks,
         step_started_at=canary.step_started_at,
         reason=_reason_of(status, phase),
         message=status.message or "",
+        mode=canary.mode or decision.mode,
+        mode_reason=canary.mode_reason or decision.reason,
+        mirror_percent=canary.mirror_percent,
     )
 
 
@@ -61,6 +68,7 @@ def rollout_status(
         ready_replicas=stable_ready_replicas,
         model=state.stable.model,
         runtime=state.stable.runtime,
+        embedding_space=state.stable.model.effective_embedding_space,
     )
     canary = None
     if state.canary is not None:
@@ -69,11 +77,15 @@ def rollout_status(
             ready_replicas=canary_ready_replicas,
             model=state.canary.model,
             runtime=state.canary.runtime,
+            embedding_space=state.canary.model.effective_embedding_space,
             weight=state.canary_weight,
             step=state.step,
-            steps=len(spec.traffic.policy.schedule),
+            steps=1 if state.mode is RolloutMode.REINDEX else len(spec.traffic.policy.schedule),
             failed_checks=state.failed_checks,
             step_started_at=state.step_started_at,
+            mode=state.mode,
+            mode_reason=state.mode_reason,
+            mirror_percent=state.mirror_percent,
         )
     return {
         "phase": state.phase.value,

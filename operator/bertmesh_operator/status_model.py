@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field
 
 from bertmesh_operator.schema import CrdModel
 from bertmesh_operator.spec import ModelSpec, RuntimeSpec
-from bertmesh_operator.states import Phase
+from bertmesh_operator.states import Phase, RolloutMode
 
 ConditionType = Literal["Ready", "Progressing", "Degraded"]
 Revision = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[a-f0-9]+$")]
@@ -38,6 +38,12 @@ class TrackStatus(CrdModel):
     ready_replicas: Replicas = 0
     model: ModelSpec
     runtime: RuntimeSpec
+    embedding_space: str | None = Field(
+        default=None,
+        max_length=63,
+        description="The embedding space the track writes: the model's embeddingSpace, or the one derived "
+        "from its storageUri and revision (auto:<hash>).",
+    )
 
 
 class CanaryStatus(TrackStatus):
@@ -48,6 +54,15 @@ class CanaryStatus(TrackStatus):
     steps: int = Field(default=0, ge=0, le=20, description="Number of steps in the schedule.")
     failed_checks: int = Field(default=0, ge=0, le=100)
     step_started_at: datetime | None = None
+    mode: RolloutMode | None = Field(
+        default=None,
+        description="Weighted (steps through the weights) or Reindex (an embedder changing space: mirrored "
+        "traffic, then 100% at once).",
+    )
+    mode_reason: str | None = Field(default=None, max_length=1024, description="Why the rollout runs in its mode.")
+    mirror_percent: int = Field(
+        default=0, ge=0, le=100, description="Share of live traffic mirrored to the canary (%), re-index mode."
+    )
 
 
 class ModelDeploymentStatus(CrdModel):

@@ -2,7 +2,8 @@
 
 Session-scoped, started once and shared: `kube_api` (etcd + kube-apiserver), `sim_cluster` (adds the
 controller-manager, the scheduler and kwok with fake GPU nodes), `istioctl`/`istio_validate`/`istio_analyze`.
-Per test: `namespace`, `api_client`, `start_prometheus`, `metrics_exporter`. For the operator: `md_crd` (the
+Per test: `namespace`, `api_client`, `start_prometheus`, `metrics_exporter`, `traffic` (Istio-shaped canary
+metrics through it) and `prometheus_url` (a Prometheus scraping it). For the operator: `md_crd` (the
 ModelDeployment CRD, session), `start_operator` (per test). All need the toolchain that `make toolchain`
 builds: without it they skip, or fail when BERTMESH_REQUIRE_E2E=1 (CI).
 """
@@ -22,8 +23,9 @@ from kubernetes import client as k8s_client
 
 from tests.e2e.cluster import KubeApi, NewNamespace
 from tests.e2e.istio import IstioAnalyze, Istioctl, IstioValidate
+from tests.e2e.istio_traffic import IstioTraffic
 from tests.e2e.operator_process import OperatorProcess, StartOperator, install_crd, operator_kubeconfig
-from tests.e2e.prometheus import MetricsExporter, Prometheus, StartPrometheus
+from tests.e2e.prometheus import MetricsExporter, Prometheus, StartPrometheus, wait_for_scrape
 from tests.e2e.simcluster import SimCluster
 from tests.e2e.toolchain import REQUIRE_ENV, Toolchain, ToolchainMissingError, e2e_required, find_toolchain
 
@@ -217,6 +219,22 @@ def metrics_exporter() -> Iterator[MetricsExporter]:
     exporter = MetricsExporter()
     yield exporter
     exporter.close()
+
+
+@pytest.fixture
+def traffic(metrics_exporter: MetricsExporter, namespace: str) -> Iterator[IstioTraffic]:
+    """Istio-shaped metrics of the canaries in `namespace`, served through `metrics_exporter`."""
+    feeder = IstioTraffic(metrics_exporter, namespace)
+    yield feeder
+    feeder.close()
+
+
+@pytest.fixture
+def prometheus_url(start_prometheus: StartPrometheus, metrics_exporter: MetricsExporter) -> str:
+    """A Prometheus that has scraped `metrics_exporter` at least once."""
+    prom = start_prometheus([metrics_exporter.address])
+    wait_for_scrape(prom, metrics_exporter.address)
+    return prom.url
 
 
 @pytest.fixture(scope="session")

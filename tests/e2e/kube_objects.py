@@ -1,8 +1,11 @@
-"""Reading a ModelDeployment and its children back from the harness's apiserver, for the operator's e2e tests."""
+"""Reading a ModelDeployment and its children back from the harness's apiserver, and `bertmesh` run against it, for
+the operator's e2e tests."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,3 +99,21 @@ def wait_for_md(
 
     watch = [operator.process] if operator is not None else []
     return wait_until(f"{namespace}/{name}: {what}", probe, timeout=timeout, interval=0.25, watch=watch)
+
+
+def phase(md: Mapping[str, Any]) -> str | None:
+    """The rollout phase in the status (None before the first reconcile)."""
+    found: str | None = (md.get("status") or {}).get("phase")
+    return found
+
+
+def bertmesh(api: KubeApi, *args: str) -> subprocess.CompletedProcess[str]:
+    """`bertmesh ...` as a user runs it, with the admin kubeconfig."""
+    return subprocess.run(
+        [sys.executable, "-m", "bertmesh_cli", *args],
+        env=api.tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -4,22 +4,17 @@ the test sets; good numbers step the weights up to promotion, bad numbers or non
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import pytest
-
 from tests.e2e.cluster import KubeApi
+from tests.e2e.istio_traffic import IstioTraffic, Profile
 from tests.e2e.kube_objects import (
     apply_md,
+    bertmesh,
     children,
     condition,
     get_md,
+    phase,
     ready,
     route_weights,
     tiny,
@@ -27,99 +22,15 @@ from tests.e2e.kube_objects import (
 )
 from tests.e2e.operator_process import StartOperator, get_json
 from tests.e2e.processes import wait_until
-from tests.e2e.prometheus import MetricsExporter, StartPrometheus, wait_for_scrape
 from tests.e2e.simcluster import SimCluster
 
-BUCKETS = ("5", "10", "25", "50", "100", "250", "500", "1000", "2500", "+Inf")
 FAST = {"interval": "10s", "threshold": 1}
-
-
-@dataclass
-class Profile:
-    """The traffic one canary workload serves: calls per second, share failing UNAVAILABLE, latency."""
-
-    rps: float = 50.0
-    error_ratio: float = 0.0
-    latency_ms: float = 8.0
-
-
-class IstioTraffic:
-    """Counters as Istio's destination sidecars report them, advanced every 0.2s in the exporter.
-
-    `istio_requests_total` by `grpc_response_status` and `istio_request_duration_milliseconds_bucket`, labelled
-    with the destination workload, its namespace and service, as `bertmesh_operator.analysis` queries them.
-    """
-
-    def __init__(self, exporter: MetricsExporter, namespace: str) -> None:
-        self.exporter = exporter
-        self.namespace = namespace
-        self.profiles: dict[str, Profile] = {}
-        self.totals: dict[tuple[str, ...], float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="istio-traffic", daemon=True)
-        self._thread.start()
-
-    def serve(self, model_deployment: str, profile: Profile) -> None:
-        """Have the canary of `model_deployment` serve `profile` from now on."""
-        self.profiles[model_deployment] = profile
-
-    def _add(self, name: str, labels: dict[str, str], amount: float) -> None:
-        key = (name, *sorted(f"{k}={v}" for k, v in labels.items()))
-        self.totals[key] = self.totals.get(key, 0.0) + amount
-        self.exporter.set(name, self.totals[key], labels, metric_type="counter")
-
-    def _run(self) -> None:
-        last = time.monotonic()
-        while not self._stop.wait(0.2):
-            now = time.monotonic()
-            elapsed, last = now - last, now
-            for md, profile in list(self.profiles.items()):
-                labels = {
-                    "reporter": "destination",
-                    "request_protocol": "grpc",
-                    "destination_workload_namespace": self.namespace,
-                    "destination_workload": f"{md}-canary",
-                    "destination_service_name": md,
-                }
-                calls = profile.rps * elapsed
-                self._add(
-                    "istio_requests_total", {**labels, "grpc_response_status": "0"}, calls * (1 - profile.error_ratio)
-                )
-                self._add("istio_requests_total", {**labels, "grpc_response_status": "14"}, calls * profile.error_ratio)
-                for le in BUCKETS:
-                    within = le == "+Inf" or profile.latency_ms <= float(le)
-                    self._add(
-                        "istio_request_duration_milliseconds_bucket", {**labels, "le": le}, calls if within else 0
-                    )
-
-    def close(self) -> None:
-        """Stop advancing the counters."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-@pytest.fixture
-def traffic(metrics_exporter: MetricsExporter, namespace: str) -> Iterator[IstioTraffic]:
-    feeder = IstioTraffic(metrics_exporter, namespace)
-    yield feeder
-    feeder.close()
-
-
-@pytest.fixture
-def prometheus_url(start_prometheus: StartPrometheus, metrics_exporter: MetricsExporter) -> str:
-    prom = start_prometheus([metrics_exporter.address])
-    wait_for_scrape(prom, metrics_exporter.address)
-    return prom.url
 
 
 def canary(name: str, **policy: Any) -> dict[str, Any]:
     """`tiny(name)` whose spec now asks for revision v2 through a canary with `policy`."""
     candidate = {"storageUri": f"https://models.example.internal/{name}-v2.tar.gz", "revision": "v2"}
     return tiny(name, traffic={"canary": {"model": candidate, **policy}})
-
-
-def phase(md: dict[str, Any]) -> str | None:
-    return (md.get("status") or {}).get("phase")
 
 
 def canary_weight(md: dict[str, Any]) -> int | None:
@@ -230,18 +141,6 @@ def test_bad_metrics_or_none_abort_to_100_percent_stable_and_a_canary_at_zero(
         watch=[operator.process],
     )
     assert ready(get_md(api, namespace, "failing"))  # stable kept serving throughout
-
-
-def bertmesh(api: KubeApi, *args: str) -> subprocess.CompletedProcess[str]:
-    """`bertmesh ...` as a user runs it, with the admin kubeconfig."""
-    return subprocess.run(
-        [sys.executable, "-m", "bertmesh_cli", *args],
-        env=api.tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_rollout_status_abort_and_promote_from_the_command_line(

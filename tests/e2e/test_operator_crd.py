@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from bertmesh_operator.crd import CRD_NAME
+from bertmesh_operator.errors import InvalidSpecError
+from bertmesh_operator.resource import parse_model_deployment
 from tests.e2e.cluster import KubeApi
 from tests.e2e.kube_objects import manifest
 from tests.e2e.operator_process import get_json
@@ -112,3 +114,56 @@ def test_a_valid_model_deployment_is_accepted_and_status_is_a_subresource(md_crd
     with_status["status"] = {"phase": "Aborted"}
     md_crd.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(with_status))
     assert "status" not in get_json(md_crd, "md", "minilm", "-n", namespace)
+
+
+def _embedder(canary: dict[str, Any], **model: Any) -> dict[str, Any]:
+    """An embedder (revision v1) with this canary; `model` adds to or replaces stable's model fields."""
+    return md(model={"storageUri": "pvc://models/minilm", "task": "embedding", "revision": "v1", **model},
+              traffic={"canary": canary})  # fmt: skip
+
+
+# The space rule in CEL and in Python on the same specs: refused by both, or accepted by both.
+SPACE_RULE = [
+    pytest.param(_embedder({"model": {"storageUri": "pvc://models/bge"}, "steps": [10, 50]}), False, id="new-uri"),
+    pytest.param(
+        _embedder({"model": {"embeddingSpace": "s2"}, "stepWeight": 20}, embeddingSpace="s1"), False, id="new-space"
+    ),
+    pytest.param(
+        _embedder({"model": {"revision": "v2"}, "maxWeight": 30}, embeddingSpace="s1"), False, id="declared-reset"
+    ),
+    pytest.param(_embedder({"model": {"storageUri": "pvc://models/minilm"}, "steps": [10]}), False, id="rev-dropped"),
+    pytest.param(
+        _embedder({"model": {"storageUri": "pvc://models/bge", "task": "embedding"}, "steps": [10]}, task="auto"),
+        False,
+        id="canary-embeds",
+    ),
+    pytest.param(_embedder({"model": {"storageUri": "pvc://models/bge"}}), True, id="reindex-no-steps"),
+    pytest.param(
+        _embedder({"model": {"storageUri": "pvc://m/bge", "embeddingSpace": "s1"}, "steps": [10]}, embeddingSpace="s1"),
+        True,
+        id="same-declared-space",
+    ),
+    pytest.param(_embedder({"runtime": {"precision": "int8"}, "steps": [10]}), True, id="runtime-only"),
+    pytest.param(_embedder({"model": {"revision": "v1"}, "steps": [10]}), True, id="same-revision"),
+    pytest.param(
+        _embedder({"model": {"storageUri": "pvc://models/bge"}, "steps": [10]}, task="fill-mask"), True, id="no-vectors"
+    ),
+    pytest.param(_embedder({"model": {"storageUri": "pvc://models/bge"}, "steps": [10]}, task="auto"), True, id="auto"),
+]
+
+
+@pytest.mark.parametrize(("manifest", "accepted"), SPACE_RULE)
+def test_weighted_steps_across_embedding_spaces_are_refused_by_cel_as_by_pydantic(
+    md_crd: KubeApi, namespace: str, manifest: dict[str, Any], accepted: bool
+) -> None:
+    result = md_crd.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest), check=False)
+    assert (result.returncode == 0) is accepted, result.stderr
+    if not accepted:
+        assert "spec.traffic.canary" in result.stderr and "never split by weight" in result.stderr, result.stderr
+    try:
+        parse_model_deployment(manifest)
+    except InvalidSpecError as error:
+        assert not accepted, error
+        assert "never split by weight" in str(error)
+    else:
+        assert accepted

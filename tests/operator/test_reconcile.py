@@ -13,7 +13,7 @@ from bertmesh_operator.errors import MetricsUnavailableError
 from bertmesh_operator.observe import Child
 from bertmesh_operator.prometheus import CanaryMetrics
 from bertmesh_operator.reconcile import ObjectMemory, Reconciler
-from bertmesh_operator.rollout import COMMAND_ANNOTATION
+from bertmesh_operator.rollout import COMMAND_ANNOTATION, REINDEXED_ANNOTATION
 from tests.operator.fakes import Clock, FakeCluster, FakeMetrics
 
 MakeManifest = Callable[..., dict[str, Any]]
@@ -264,3 +264,30 @@ def test_a_child_already_gone_is_reported_so_the_registry_forgets_it(world: Worl
 def cluster_reconcile(world: World, children: list[Child], memory: ObjectMemory) -> Any:
     cluster, _, _, reconciler = world
     return reconciler.reconcile(copy.deepcopy(cluster.md), children, memory)
+
+
+def test_a_reindex_rollout_measures_the_mirrored_canary_and_promotes_on_the_annotation(
+    world: World, t0: datetime
+) -> None:
+    cluster, metrics, clock, _ = world
+    memory = ObjectMemory()
+    cluster.md["spec"]["model"]["task"] = "embedding"
+    run(world, memory)
+    reindex = {"model": {"storageUri": "pvc://models/v2"}, "interval": "10s"}
+    cluster.edit_spec({**cluster.md["spec"], "traffic": {"canary": reindex}})
+    run(world, memory)
+    run(world, memory)  # the canary is ready: mirrored, no weight
+    weighted = cluster.objects[("VirtualService", "minilm")]["spec"]["http"][-1]
+    assert [d["weight"] for d in weighted["route"]] == [100, 0] and weighted["mirrorPercentage"] == {"value": 10.0}
+    clock.now = t0 + timedelta(seconds=10)
+    run(world, memory)
+    # Mirrored calls reach the canary under the "-shadow" host: only its workload selects them.
+    assert (metrics.asked[-1].workload, metrics.asked[-1].service) == ("minilm-canary", None)
+    assert cluster.md["status"]["phase"] == "Progressing"
+    space = cluster.md["status"]["canary"]["embeddingSpace"]
+    cluster.md["metadata"]["annotations"] = {REINDEXED_ANNOTATION: space}
+    clock.now = t0 + timedelta(seconds=20)
+    run(world, memory)
+    assert cluster.md["status"]["phase"] == "Promoting"
+    weighted = cluster.objects[("VirtualService", "minilm")]["spec"]["http"][-1]
+    assert [d["weight"] for d in weighted["route"]] == [0, 100] and "mirror" not in weighted

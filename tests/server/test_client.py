@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ import pytest
 
 from model_server import client_cli
 from model_server.client import BertmeshClient, split_inputs
+from model_server.proto.bertmesh.v1 import inference_pb2 as pb
 from tests.server.harness import ServerThread, config_for
 
 LIMIT = 2
+SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 TEXTS = ["the first text", "a second one", "third", "and a fourth text here", "five"]
 
 
@@ -108,3 +111,34 @@ def test_every_rpc_has_a_command_whose_records_match_the_client(
         [(t.id, t.text, t.special) for t in r.tokens] for r in tokenized
     ]
     assert printed[0]["tokens"][0]["special"] is True
+
+
+def test_extra_metadata_rides_on_every_call() -> None:
+    """What reaches a canary through its header pin (`x-bertmesh-track: canary` at the mesh)."""
+    seen: list[dict[str, str | bytes]] = []
+
+    def embed(request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
+        seen.append(dict(context.invocation_metadata()))
+        return pb.EmbedResponse(dimensions=3)
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        embed, request_deserializer=pb.EmbedRequest.FromString, response_serializer=pb.EmbedResponse.SerializeToString
+    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"Embed": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        pinned = [("x-bertmesh-track", "canary")]
+        with BertmeshClient(f"127.0.0.1:{port}", metadata=pinned, token="t0ken") as client:
+            assert client.embed(["one"]).shape == (0, 3)
+            client.embed(["two"])
+        with BertmeshClient(f"127.0.0.1:{port}") as plain:
+            plain.embed(["three"])
+    finally:
+        server.stop(None)
+    assert [(m.get("x-bertmesh-track"), m.get("authorization")) for m in seen] == [
+        ("canary", "Bearer t0ken"),
+        ("canary", "Bearer t0ken"),
+        (None, None),
+    ]

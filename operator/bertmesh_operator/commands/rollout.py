@@ -16,8 +16,8 @@ from typing import Any
 
 from bertmesh_operator.errors import ApiRejectedError, InvalidSpecError, TransientApiError
 from bertmesh_operator.resource import parse_model_deployment
-from bertmesh_operator.rollout import COMMAND_ANNOTATION, Command
-from bertmesh_operator.states import Action, Phase, command_applies, phase_of
+from bertmesh_operator.rollout import COMMAND_ANNOTATION, Command, command_applies_to_mode
+from bertmesh_operator.states import Action, Phase, RolloutMode, command_applies, phase_of
 
 FIELD_MANAGER = "bertmesh-rollout"
 
@@ -58,8 +58,24 @@ def _track(track: Mapping[str, Any] | None) -> str:
     return f"{label} (revision {track.get('revision', '?')}), {track.get('readyReplicas', 0)} ready"
 
 
+def _mode_lines(status: Mapping[str, Any]) -> list[str]:
+    canary = status.get("canary") or {}
+    stable_space = (status.get("stable") or {}).get("embeddingSpace")
+    lines = []
+    if canary.get("mode"):
+        lines.append(f"Mode:          {canary['mode']}: {canary.get('modeReason') or '-'}")
+    if canary.get("mode") == RolloutMode.REINDEX:
+        lines.append(f"Mirror:        {canary.get('mirrorPercent', 0)}% of live traffic mirrored to the canary")
+    if stable_space:
+        spaces = f"stable {stable_space}"
+        if canary.get("embeddingSpace"):
+            spaces += f", canary {canary['embeddingSpace']}"
+        lines.append(f"Spaces:        {spaces}")
+    return lines
+
+
 def format_status(md: Mapping[str, Any], now: datetime | None = None) -> str:
-    """The rollout as a person reads it: phase, weights, step, failed checks, revisions, conditions."""
+    """The rollout as a person reads it: phase, mode and why, weights, step, checks, revisions, conditions."""
     now = now or datetime.now(UTC)
     meta, status = md.get("metadata") or {}, md.get("status") or {}
     threshold = steps = None
@@ -74,6 +90,7 @@ def format_status(md: Mapping[str, Any], now: datetime | None = None) -> str:
         f"ModelDeployment {meta.get('namespace', 'default')}/{meta.get('name')} "
         f"(generation {meta.get('generation', '?')}, observed {status.get('observedGeneration', '-')})",
         f"Phase:         {status.get('phase') or 'not reconciled yet'}",
+        *_mode_lines(status),
         f"Weights:       stable {100 - weight}%, canary {weight}%",
     ]
     if canary:
@@ -127,6 +144,12 @@ def command_for(md: Mapping[str, Any], action: Action) -> Command:
     if phase is None or not command_applies(action, phase):
         hint = _NOT_APPLICABLE.get(phase, f"phase {shown}")
         raise RolloutCommandError(f"cannot {action} canary {canary['revision']} of {where}: {hint}")
+    mode = RolloutMode(canary["mode"]) if canary.get("mode") in set(RolloutMode) else RolloutMode.WEIGHTED
+    if not command_applies_to_mode(action, phase, mode):
+        raise RolloutCommandError(
+            f"cannot {action} canary {canary['revision']} of {where}: an aborted re-index canary has no "
+            "replicas to take 100% of traffic (change the spec to roll it out again)"
+        )
     return Command(action, str(canary["revision"]))
 
 

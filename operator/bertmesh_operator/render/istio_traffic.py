@@ -4,6 +4,9 @@ Weights come from the rollout state (they always sum to 100). Retries cover only
 server or that the server refused before work began (connect-failure, refused-stream, unavailable,
 cancelled): never resource-exhausted, which is the rate limiter or the server shedding load, and retrying it
 would only multiply the overload.
+
+A re-index rollout (`rollout_mode`) mirrors a share of the weighted route's calls to the canary: Envoy sends a
+copy, discards its answer and never waits for it, so callers only ever get vectors of stable's space.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def _resilience(ctx: RenderContext) -> dict[str, Any]:
 
 
 def render_virtual_service(ctx: RenderContext) -> dict[str, Any]:
-    """Routes: the header pin to the canary first (while one is routable), then the weighted split."""
+    """Routes: the header pin to the canary first (while one is routable), then the split and any mirror."""
     weights = ctx.state.weights
     routes: list[dict[str, Any]] = []
     split = [{"destination": _destination(ctx, "stable"), "weight": weights.stable}]
@@ -44,7 +47,11 @@ def render_virtual_service(ctx: RenderContext) -> dict[str, Any]:
             }
         )
         split.append({"destination": _destination(ctx, "canary"), "weight": weights.canary})
-    routes.append({"name": "weighted", "route": split, **_resilience(ctx)})
+    weighted: dict[str, Any] = {"name": "weighted", "route": split, **_resilience(ctx)}
+    if ctx.canary_routable and ctx.state.mirror_percent > 0:
+        weighted["mirror"] = _destination(ctx, "canary")
+        weighted["mirrorPercentage"] = {"value": float(ctx.state.mirror_percent)}
+    routes.append(weighted)
     return {
         "apiVersion": NETWORKING,
         "kind": "VirtualService",

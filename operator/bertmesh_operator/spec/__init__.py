@@ -50,6 +50,44 @@ __all__ = [
 ]
 
 
+def weighted_across_spaces(s: ModelDeploymentSpec) -> bool:
+    """Whether the spec asks for weighted steps between two embedding spaces (which would mix their vectors)."""
+    canary = s.traffic.canary
+    if canary is None or (canary.steps is None and canary.step_weight is None and canary.max_weight is None):
+        return False
+    try:
+        desired = s.desired_serving
+    except ValidationError:
+        return False  # the candidate is invalid anyway, and `_candidate_is_valid` says why
+    base = s.base_serving.model
+    if "embedding" not in (base.task, desired.model.task):
+        return False
+    return base.effective_embedding_space != desired.model.effective_embedding_space
+
+
+# The same test in CEL. Derived spaces ("auto:<hash>") cannot be computed there, but they need not be: two
+# derived spaces differ exactly when storageUri or revision differ, and a derived one never equals a declared one.
+_C, _M = "self.traffic.canary.model", "self.model"
+_SPACES_DIFFER = (
+    f"(has({_C}.embeddingSpace) ? (!has({_M}.embeddingSpace) || {_C}.embeddingSpace != {_M}.embeddingSpace)"
+    f" : ((has({_C}.storageUri) || has({_C}.revision)) && (has({_M}.embeddingSpace)"
+    f" || (has({_C}.storageUri) && {_C}.storageUri != {_M}.storageUri)"
+    f" || (has({_C}.revision) ? (!has({_M}.revision) || {_C}.revision != {_M}.revision) : has({_M}.revision)))))"
+)
+_WEIGHTED_ACROSS_SPACES = CelRule(
+    rule="!has(self.traffic.canary) || !has(self.traffic.canary.model)"
+    " || !(has(self.traffic.canary.steps) || has(self.traffic.canary.stepWeight)"
+    " || has(self.traffic.canary.maxWeight))"
+    f" || !((has({_M}.task) && {_M}.task == 'embedding') || (has({_C}.task) && {_C}.task == 'embedding'))"
+    f" || !{_SPACES_DIFFER}",
+    message="an embedding canary in another embeddingSpace is never split by weight (callers would mix two "
+    "spaces' vectors in one index): remove steps, stepWeight and maxWeight for a re-index rollout (mirrored "
+    "traffic, then 100% at once), or declare the same embeddingSpace if the vectors are interchangeable",
+    check=lambda s: not weighted_across_spaces(s),
+    field_path=".traffic.canary",
+)
+
+
 def _precision_fits_device(s: ModelDeploymentSpec) -> bool:
     if s.resources.gpus > 0:
         return s.runtime.precision != "int8"
@@ -67,6 +105,7 @@ class ModelDeploymentSpec(CrdModel):
             check=_precision_fits_device,
             field_path=".runtime.precision",
         ),
+        _WEIGHTED_ACROSS_SPACES,
     )
 
     model: ModelSpec

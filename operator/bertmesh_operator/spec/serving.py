@@ -17,6 +17,8 @@ from bertmesh_operator.schema import DNS1123_SUBDOMAIN, IMAGE, CelRule, CrdModel
 
 DEFAULT_IMAGE = "ghcr.io/bertmesh/model-server:0.1.0"
 REVISION_LENGTH = 10
+# A derived embedding space is "auto:<hash>": the colon cannot occur in a declared one, so the two never match.
+DERIVED_SPACE_PREFIX = "auto:"
 
 Task = Literal["auto", "embedding", "sequence-classification", "token-classification", "fill-mask"]
 Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
@@ -48,6 +50,23 @@ ModelRevision = Annotated[
         "(app.kubernetes.io/version). Default: the serving revision hash.",
     ),
 ]
+EmbeddingSpace = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$",
+        description="The vector space the model writes: two tracks in one space give interchangeable vectors "
+        "(the same model re-quantised or on a new image), two spaces never share traffic by weight. "
+        "Default: derived from storageUri and revision, so two different models never match by accident.",
+    ),
+]
+
+
+def derived_space(storage_uri: str, revision: str | None) -> str:
+    """The embedding space of a model that declares none: a hash of its location and version."""
+    digest = hashlib.sha256(f"{storage_uri}\n{revision or ''}".encode()).hexdigest()[:12]
+    return DERIVED_SPACE_PREFIX + digest
 
 
 def _no_parent_segment(uri: str | None) -> bool:
@@ -93,6 +112,12 @@ class ModelSpec(CrdModel):
     task: Task = Field(default="auto", description="The server's task; auto reads config.json. Default: auto.")
     revision: ModelRevision | None = None
     secret_name: SecretName | None = None
+    embedding_space: EmbeddingSpace | None = None
+
+    @property
+    def effective_embedding_space(self) -> str:
+        """The declared embedding space, or the one derived from storageUri and revision."""
+        return self.embedding_space or derived_space(self.storage_uri, self.revision)
 
 
 class _Override(CrdModel):
@@ -108,7 +133,7 @@ class _Override(CrdModel):
 
 
 class ModelOverride(_Override):
-    """Canary overrides of `model`; a new storageUri also resets secretName and revision unless set here."""
+    """Canary overrides of `model`; a new storageUri or revision also resets what describes the old model."""
 
     cel_rules = _MODEL_RULES
 
@@ -116,6 +141,7 @@ class ModelOverride(_Override):
     task: Task | None = None
     revision: ModelRevision | None = None
     secret_name: SecretName | None = None
+    embedding_space: EmbeddingSpace | None = None
 
 
 def _batch_fits(r: RuntimeSpec) -> bool:
@@ -236,6 +262,10 @@ class ServingSpec(CrdModel):
                 # do not describe it.
                 merged["model"].pop("secretName", None)
                 merged["model"].pop("revision", None)
+            if model.storage_uri is not None or model.revision is not None:
+                # Nor does the stable model's declared space: another model writes another space unless the
+                # override says otherwise.
+                merged["model"].pop("embeddingSpace", None)
             merged["model"] |= model.wire()
         if runtime is not None:
             merged["runtime"] |= runtime.wire()

@@ -19,6 +19,7 @@ from bertmesh_operator.spec.serving import ModelOverride, RuntimeOverride
 
 DEFAULT_STEP_WEIGHT = 10
 DEFAULT_MAX_WEIGHT = 50
+DEFAULT_MIRROR_PERCENT = 10
 
 
 def _duration_rule(field: str, low: str, high: str) -> CelRule:
@@ -102,8 +103,8 @@ class CanarySpec(CrdModel):
 
     model: ModelOverride | None = Field(
         default=None,
-        description="Model fields the canary changes; a new storageUri also resets secretName and revision "
-        "unless they are set here too.",
+        description="Model fields the canary changes; a new storageUri also resets secretName and revision, "
+        "and a new storageUri or revision resets embeddingSpace, unless they are set here too.",
     )
     runtime: RuntimeOverride | None = Field(default=None, description="Runtime fields the canary changes.")
     # A set (no duplicates) that is sorted is strictly ascending: two cheap checks instead of a pairwise rule.
@@ -136,6 +137,14 @@ class CanarySpec(CrdModel):
     )
     analysis: AnalysisSpec = Field(default=AnalysisSpec())
     header_pin: HeaderPin = Field(default=HeaderPin())
+    mirror_percent: int = Field(
+        default=DEFAULT_MIRROR_PERCENT,
+        ge=1,
+        le=100,
+        description="Re-index rollouts only (an embedding canary in another embeddingSpace): the share of live "
+        "traffic (%) Istio mirrors to the canary, its answers discarded, for the analysis to measure. "
+        f"Default: {DEFAULT_MIRROR_PERCENT}.",
+    )
 
     @property
     def schedule(self) -> tuple[int, ...]:
