@@ -31,7 +31,9 @@ import kopf
 
 from bertmesh_operator.errors import TransientApiError
 from bertmesh_operator.observe import ChildRegistry
-from bertmesh_operator.permissions import CHILD_RESOURCES
+from bertmesh_operator.owned import Owner, OwnerIndex
+from bertmesh_operator.permissions import CHILD_RESOURCES, POD_RESOURCE
+from bertmesh_operator.readiness import PodView, pod_owner, pod_view
 from bertmesh_operator.reconcile import ObjectMemory, Outcome, Reconciler
 from bertmesh_operator.render.context import MD_LABEL
 from bertmesh_operator.resource import GROUP, PLURAL, VERSION
@@ -43,6 +45,7 @@ ROLLOUT_TICK_SECONDS = 5.0
 FINALIZER = "serving.bertmesh.io/operator"
 ANNOTATION_PREFIX = "serving.bertmesh.io"
 CHILD_EVENTS = "children"  # the id of the handler of the children's watch events
+POD_EVENTS = "pods"  # the id of the handler of the pods' watch events
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +66,15 @@ class Runtime:
     executor: ThreadPoolExecutor
     resync_seconds: float
     children: ChildRegistry = field(default_factory=ChildRegistry)
+    pods: OwnerIndex[PodView] = field(default_factory=OwnerIndex)
+    # One per ModelDeployment being followed: set when what its children report changes.
+    wakeups: dict[Owner, asyncio.Event] = field(default_factory=dict)
+
+    def wake(self, owner: Owner | None) -> None:
+        """Have the ModelDeployment's follower reconcile it soon (many wakes before it runs make one)."""
+        wakeup = self.wakeups.get(owner) if owner is not None else None
+        if wakeup is not None:
+            wakeup.set()
 
     @property
     def rollout_tick_seconds(self) -> float:
@@ -87,9 +99,10 @@ async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> Outco
         snapshot = copy.deepcopy(dict(body))
         meta = snapshot["metadata"]
         children = runtime.children.children(meta.get("namespace", ""), meta["name"])
+        pods = runtime.pods.values((meta.get("namespace", ""), meta["name"]))
         try:
             outcome = await loop.run_in_executor(
-                runtime.executor, runtime.reconciler.reconcile, snapshot, children, slot.memory
+                runtime.executor, runtime.reconciler.reconcile, snapshot, children, slot.memory, pods
             )
         except TransientApiError as error:
             raise kopf.TemporaryError(str(error), delay=error.delay) from None
@@ -111,6 +124,48 @@ async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> Outco
     return outcome
 
 
+async def _woken(wakeup: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(wakeup.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def follow_children(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> None:
+    """Reconcile the ModelDeployment whenever its children report a change, and re-check it every resync.
+
+    What the Deployments and pods report changes the status (ready replicas, why not ready): the watches wake
+    this loop, so the status follows them within a reconcile. The re-check on a quiet object is the safety
+    net for a lost watch event or a drifted child (level-based), skipped right after another reconcile.
+    """
+    loop = asyncio.get_running_loop()
+    meta = body.get("metadata", {})
+    owner = (meta.get("namespace", ""), meta.get("name", ""))
+    wakeup = runtime.wakeups.setdefault(owner, asyncio.Event())
+    delay = runtime.resync_seconds
+    try:
+        while True:
+            woken = await _woken(wakeup, delay)
+            wakeup.clear()
+            delay = runtime.resync_seconds
+            if not woken and loop.time() - _slot(memo).last_reconciled < runtime.resync_seconds / 2:
+                continue
+            try:
+                outcome = await reconcile(runtime, body, memo)
+            except kopf.TemporaryError as error:
+                delay = error.delay or runtime.resync_seconds
+                log.warning("%s/%s: %s (retrying in %gs)", owner[0], owner[1], error, delay)
+                continue
+            if outcome.gone:
+                return
+            if outcome.retry is not None:
+                delay = outcome.retry_delay
+    finally:
+        if runtime.wakeups.get(owner) is wakeup:
+            del runtime.wakeups[owner]
+
+
 def _rollout_in_flight(status: kopf.Status, **_: Any) -> bool:
     return phase_of(status.get("phase")) in IN_FLIGHT
 
@@ -126,9 +181,24 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     async def on_child_event(type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002 - kopf's name
         if type == "DELETED":
-            runtime.children.discard(body.get("metadata", {}).get("uid", ""))
+            runtime.wake(runtime.children.discard(body.get("metadata", {}).get("uid", "")))
         else:
-            runtime.children.upsert(body)
+            runtime.wake(runtime.children.upsert(body))
+
+    async def on_pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002 - kopf's name
+        uid = body.get("metadata", {}).get("uid", "")
+        owner = pod_owner(body)
+        if type == "DELETED" or owner is None:
+            found = runtime.pods.pop(uid)
+            runtime.wake(found[0] if found is not None else None)
+            return
+        view = pod_view(body)
+        if runtime.pods.put(owner, uid, view) != view:
+            runtime.wake(owner)
+
+    kopf.on.event("", "v1", POD_RESOURCE, id=POD_EVENTS, labels={MD_LABEL: kopf.PRESENT}, registry=registry)(
+        on_pod_event
+    )
 
     for api_version, kind in CHILD_RESOURCES:
         group, _, version = api_version.rpartition("/")
@@ -149,13 +219,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if outcome.retry is not None:
             raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
 
-    async def on_recheck(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        # Right after a change handler's reconcile, a re-check has nothing to find.
-        if asyncio.get_running_loop().time() - _slot(memo).last_reconciled < runtime.resync_seconds / 2:
-            return
-        outcome = await reconcile(runtime, body, memo)
-        if outcome.retry is not None:
-            raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
+    async def follow(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        await follow_children(runtime, body, memo)
 
     async def on_rollout_tick(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         outcome = await reconcile(runtime, body, memo)
@@ -165,15 +230,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-created", registry=registry)(on_change)
     kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-updated", registry=registry)(on_change)
     kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resumed", registry=registry)(on_change)
-    kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="recheck",
-        interval=runtime.resync_seconds,
-        initial_delay=runtime.resync_seconds,
-        registry=registry,
-    )(on_recheck)
+    # Cancelled (kopf's cancellation_timeout) when the object goes or the operator stops: safe anywhere.
+    kopf.daemon(GROUP, VERSION, PLURAL, id="follow", cancellation_timeout=1.0, registry=registry)(follow)
     # Only while a rollout is in flight (kopf starts and stops this timer as the phase changes).
     kopf.timer(
         GROUP,
@@ -196,10 +254,12 @@ def operator_settings(*, workers: int) -> kopf.OperatorSettings:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
-    # Watch only the operator's children (the API server filters), not every Service in the cluster.
+    # Watch only the operator's children and their pods (the API server filters), not every Service in the
+    # cluster.
     for api_version, kind in CHILD_RESOURCES:
         group, _, version = api_version.rpartition("/")
         settings.watching.label_selectors[group, version, CHILD_RESOURCES[(api_version, kind)][1]] = MD_LABEL
+    settings.watching.label_selectors["", "v1", POD_RESOURCE] = MD_LABEL
     # Only the resources present at start-up: no list/watch of CRDs or namespaces (not in permissions.RULES).
     settings.scanning.disabled = True
     settings.posting.reporting_component = "bertmesh-operator"

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bertmesh_operator.owned import Owner, OwnerIndex
+from bertmesh_operator.readiness import deployment_failure
 from bertmesh_operator.render.context import MD_LABEL, REVISION_LABEL, TRACK_LABEL
 from bertmesh_operator.rollout import RolloutState
 from bertmesh_operator.spec import CanarySpec
@@ -57,6 +59,12 @@ class DeploymentState:
     updated: int
     ready: int
     available: int
+    failure: str | None = None  # why the Deployment could not create its pods (readiness.deployment_failure)
+
+    @property
+    def reported(self) -> tuple[int, int, int, int, int, str | None]:
+        """What the Deployment controller reports (its status): a change here can change the owner's status."""
+        return (self.observed_generation, self.replicas, self.updated, self.ready, self.available, self.failure)
 
     @property
     def current(self) -> bool:
@@ -116,6 +124,7 @@ def _deployment_state(body: Mapping[str, Any]) -> DeploymentState:
         updated=_int(status.get("updatedReplicas")),
         ready=_int(status.get("readyReplicas")),
         available=_int(status.get("availableReplicas")),
+        failure=deployment_failure(body),
     )
 
 
@@ -141,45 +150,44 @@ def child_of(body: Mapping[str, Any]) -> tuple[tuple[str, str], Child] | None:
     return (meta.get("namespace", ""), owner), child
 
 
-class ChildRegistry:
-    """Every labelled child as last seen, by (namespace, ModelDeployment name). Not thread-safe: one writer.
+# What a Deployment reports before its controller has seen it: a new Deployment changes nothing observed.
+_UNREPORTED = (0, 0, 0, 0, 0, None)
 
-    Keyed by uid, so an object whose label moves to another ModelDeployment moves with it.
-    """
+
+class ChildRegistry:
+    """Every labelled child as last seen, by (namespace, ModelDeployment name). Not thread-safe: one writer."""
 
     def __init__(self) -> None:
-        self._by_owner: dict[tuple[str, str], dict[str, Child]] = {}
-        self._owner_of: dict[str, tuple[str, str]] = {}
+        self._index: OwnerIndex[Child] = OwnerIndex()
 
     def __len__(self) -> int:
-        return len(self._owner_of)
+        return len(self._index)
 
-    def upsert(self, body: Mapping[str, Any]) -> None:
-        """Record an object as it is now (one no longer labelled is forgotten)."""
+    def upsert(self, body: Mapping[str, Any]) -> Owner | None:
+        """Record an object as it is now (one no longer labelled is forgotten).
+
+        Returns the owner whose status may change because of it (a Deployment's reported state changed, or a
+        child was forgotten), else None: the operator's own applies wake no one.
+        """
         uid = (body.get("metadata") or {}).get("uid", "")
         found = child_of(body)
         if found is None:
-            self.discard(uid)
-            return
+            return self.discard(uid)
         owner, child = found
-        if self._owner_of.get(uid) not in (None, owner):
-            self.discard(uid)
-        self._by_owner.setdefault(owner, {})[uid] = child
-        self._owner_of[uid] = owner
+        previous = self._index.put(owner, uid, child)
+        if child.deployment is None:
+            return None
+        before = previous.deployment.reported if previous is not None and previous.deployment else _UNREPORTED
+        return owner if child.deployment.reported != before else None
 
-    def discard(self, uid: str) -> None:
-        """Forget a deleted object."""
-        owner = self._owner_of.pop(uid, None)
-        if owner is None:
-            return
-        children = self._by_owner.get(owner, {})
-        children.pop(uid, None)
-        if not children:
-            self._by_owner.pop(owner, None)
+    def discard(self, uid: str) -> Owner | None:
+        """Forget a deleted object; returns its owner if it was known."""
+        found = self._index.pop(uid)
+        return found[0] if found is not None else None
 
     def children(self, namespace: str, name: str) -> list[Child]:
         """A copy of the ModelDeployment's children."""
-        return list(self._by_owner.get((namespace, name), {}).values())
+        return self._index.values((namespace, name))
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,7 @@ class TracksSeen:
     stable_ready_replicas: int = 0  # ready pods of the stable Deployment, whatever their revision
     canary_ready_replicas: int = 0  # ready pods of the state's canary revision
     stable_rolled_out: bool = False  # the stable Deployment runs the state's stable revision everywhere
+    stable_failure: str | None = None  # why the stable Deployment could not create its pods
 
 
 def _deployment(children: Iterable[Child], track: str, owner_uid: str) -> DeploymentState | None:
@@ -208,6 +217,7 @@ def observe_tracks(children: Iterable[Child], state: RolloutState, owner_uid: st
         stable_ready_replicas=stable.ready if stable is not None else 0,
         canary_ready_replicas=canary.ready_of(canary_revision) if canary and canary_revision else 0,
         stable_rolled_out=stable is not None and stable.rolled_out(state.stable_revision),
+        stable_failure=stable.failure if stable is not None else None,
     )
 
 

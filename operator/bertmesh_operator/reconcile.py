@@ -30,6 +30,7 @@ from bertmesh_operator.observe import (
     stale_children,
 )
 from bertmesh_operator.prometheus import MetricsSource
+from bertmesh_operator.readiness import PodView, not_ready_reason
 from bertmesh_operator.render import RenderOptions, grpc_endpoint, render
 from bertmesh_operator.resource import ModelDeployment, parse_model_deployment
 from bertmesh_operator.rollout import COMMAND_ANNOTATION, Command, Observation, RolloutState, step
@@ -136,8 +137,17 @@ class Reconciler:
         self.rejected_retry_seconds = rejected_retry_seconds
         self.metrics_retry_seconds = metrics_retry_seconds
 
-    def reconcile(self, body: Mapping[str, Any], children: Iterable[Child], memory: ObjectMemory) -> Outcome:
-        """Bring one ModelDeployment's children and status in line with its spec and rollout."""
+    def reconcile(
+        self,
+        body: Mapping[str, Any],
+        children: Iterable[Child],
+        memory: ObjectMemory,
+        pods: Iterable[PodView] = (),
+    ) -> Outcome:
+        """Bring one ModelDeployment's children and status in line with its spec and rollout.
+
+        `pods` are the ModelDeployment's pods as the watch last saw them: only read to say why none is ready.
+        """
         fresh = self._fresh(body, memory)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return Outcome(gone=True)
@@ -172,6 +182,9 @@ class Reconciler:
             )
 
         seen = observe_tracks(children, state, uid)
+        not_ready = None
+        if seen.stable_ready_replicas == 0:
+            not_ready = not_ready_reason(pods, "stable", seen.stable_failure)
         patch = status_patch(
             state,
             spec,
@@ -181,15 +194,19 @@ class Reconciler:
             grpc_endpoint=grpc_endpoint(md.name, md.namespace, self.options.cluster_domain),
             now=now,
             previous=md.status,
+            not_ready=not_ready,
         )
         written = self._write_status(md, fresh.get("status"), patch, memory)
+        posted = _transition_events(before, state)
+        if written and not_ready is not None and _ready_message(fresh.get("status")) != _ready_message(patch):
+            posted += (Event("Warning", Reason.NO_READY_REPLICAS, not_ready),)
         return Outcome(
             phase=state.phase,
             applied=applied,
             pruned=pruned,
             vanished=vanished,
             status_written=written,
-            events=_transition_events(before, state),
+            events=posted,
             retry=observation.metrics_error,
             retry_delay=self.metrics_retry_seconds if observation.metrics_error else 0.0,
         )
@@ -275,6 +292,16 @@ class Reconciler:
         stored = self.kube.patch_model_deployment_status(meta["namespace"], meta["name"], patch)
         memory.known_resource_version = stored.get("metadata", {}).get("resourceVersion")
         return True
+
+
+def _ready_message(status: Any) -> str | None:
+    """The Ready condition's message in a status as stored or as patched."""
+    if not isinstance(status, dict):
+        return None
+    for condition in status.get("conditions") or ():
+        if isinstance(condition, dict) and condition.get("type") == "Ready":
+            return str(condition.get("message", ""))
+    return None
 
 
 def _transition_events(before: RolloutState, after: RolloutState) -> tuple[Event, ...]:

@@ -184,3 +184,34 @@ def test_the_registry_follows_objects_by_uid() -> None:
     registry.discard("uid-stable")
     registry.discard("never-seen")
     assert len(registry) == 0 and registry.children("ml", "minilm") == []
+
+
+def test_the_registry_wakes_the_owner_when_a_deployment_reports_something_new() -> None:
+    registry = ChildRegistry()
+    applied = deployment("abc", observed=0, replicas=0, updated=0, ready=0, available=0)
+    del applied["status"]
+    assert registry.upsert(applied) is None  # the operator's own apply: nothing reported yet
+    respec = copy.deepcopy(applied)
+    respec["metadata"]["generation"] = 3
+    assert registry.upsert(respec) is None  # a spec change alone: the controller has not reported
+    reported = deployment("abc", ready=0, available=0)
+    assert registry.upsert(reported) == ("ml", "minilm")
+    assert registry.upsert(reported) is None  # the same again: no wake
+    assert registry.upsert(deployment("abc", ready=1, available=1)) == ("ml", "minilm")
+    failing = deployment("abc", ready=1, available=1)
+    failing["status"]["conditions"] = [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate"}]
+    assert registry.upsert(failing) == ("ml", "minilm")
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "minilm",
+            "namespace": "ml",
+            "uid": "uid-svc",
+            "resourceVersion": "9",
+            "labels": {"serving.bertmesh.io/model-deployment": "minilm"},
+        },
+    }
+    assert registry.upsert(service) is None
+    assert registry.discard("uid-svc") == ("ml", "minilm")  # a deleted child: re-created without waiting
+    assert registry.discard("uid-svc") is None

@@ -12,6 +12,7 @@ import pytest
 from bertmesh_operator.errors import MetricsUnavailableError
 from bertmesh_operator.observe import Child
 from bertmesh_operator.prometheus import CanaryMetrics
+from bertmesh_operator.readiness import pod_view
 from bertmesh_operator.reconcile import ObjectMemory, Reconciler
 from bertmesh_operator.rollout import COMMAND_ANNOTATION
 from tests.operator.fakes import Clock, FakeCluster, FakeMetrics
@@ -264,3 +265,57 @@ def test_a_child_already_gone_is_reported_so_the_registry_forgets_it(world: Worl
 def cluster_reconcile(world: World, children: list[Child], memory: ObjectMemory) -> Any:
     cluster, _, _, reconciler = world
     return reconciler.reconcile(copy.deepcopy(cluster.md), children, memory)
+
+
+def _unready(cluster: FakeCluster) -> None:
+    status = cluster.objects[("Deployment", "minilm-stable")]["status"]
+    status.update(readyReplicas=0, availableReplicas=0)
+
+
+def _ready_condition(cluster: FakeCluster) -> dict[str, Any]:
+    return next(c for c in cluster.md["status"]["conditions"] if c["type"] == "Ready")
+
+
+def test_ready_says_why_no_pod_is_ready_and_posts_it_once(world: World) -> None:
+    cluster, _, _, reconciler = world
+    memory = ObjectMemory()
+    run(world, memory)
+    _unready(cluster)
+    message = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    stuck = {
+        "metadata": {
+            "name": "minilm-stable-1",
+            "uid": "p1",
+            "labels": {"serving.bertmesh.io/model-deployment": "minilm", "serving.bertmesh.io/track": "stable"},
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}],
+        },
+    }
+    pods = [pod_view(stuck)]
+    outcome = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory, pods)
+    ready = _ready_condition(cluster)
+    assert ready["status"] == "False" and ready["reason"] == "NoReadyReplicas"
+    assert ready["message"].endswith(f"; pod minilm-stable-1: Unschedulable: {message}")
+    assert [(e.type, e.reason, e.message) for e in outcome.events] == [
+        ("Warning", "NoReadyReplicas", f"pod minilm-stable-1: Unschedulable: {message}")
+    ]
+    again = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory, pods)
+    assert not again.status_written and again.events == ()
+    # Without the pods' word, the condition falls back to the count alone.
+    reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory, [])
+    assert ";" not in _ready_condition(cluster)["message"]
+
+
+def test_a_ready_track_carries_no_pod_reason(world: World) -> None:
+    cluster, _, _, reconciler = world
+    memory = ObjectMemory()
+    run(world, memory)
+    stuck = {
+        "metadata": {"name": "minilm-stable-2", "uid": "p2", "labels": {"serving.bertmesh.io/track": "stable"}},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "message": "x"}]},
+    }
+    outcome = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory, [pod_view(stuck)])
+    assert _ready_condition(cluster)["status"] == "True" and "Unschedulable" not in _ready_condition(cluster)["message"]
+    assert outcome.events == ()
