@@ -87,7 +87,8 @@ CREATING = pod(containerStatuses=[container(state={"waiting": {"reason": "Contai
         (UNSCHEDULABLE, f"pod minilm-stable-7d9-abcde: Unschedulable: {SCHEDULER}"),
         (
             NO_PVC,
-            'pod minilm-stable-7d9-abcde: Unschedulable: 0/2 nodes are available: persistentvolumeclaim "models" not found.',
+            "pod minilm-stable-7d9-abcde: Unschedulable: "
+            '0/2 nodes are available: persistentvolumeclaim "models" not found.',
         ),
         (
             IMAGE_PULL,
