@@ -46,6 +46,7 @@ FINALIZER = "serving.bertmesh.io/operator"
 ANNOTATION_PREFIX = "serving.bertmesh.io"
 CHILD_EVENTS = "children"  # the id of the handler of the children's watch events
 POD_EVENTS = "pods"  # the id of the handler of the pods' watch events
+LIST_CHUNK = 250  # objects per page of the watches' first LIST
 log = logging.getLogger(__name__)
 
 
@@ -263,6 +264,11 @@ def operator_settings(*, workers: int) -> kopf.OperatorSettings:
     # Only the resources present at start-up: no list/watch of CRDs or namespaces (not in permissions.RULES).
     settings.scanning.disabled = True
     settings.posting.reporting_component = "bertmesh-operator"
+    # No Event per handler that succeeded (two API writes per ModelDeployment per start); kopf's warnings and
+    # errors, and the operator's own Events (kopf.event), are still posted.
+    settings.posting.level = logging.WARNING
+    # The first LIST of every watched kind in pages, not 1,000 Deployments decoded at once.
+    settings.watching.chunk_size = LIST_CHUNK
     settings.execution.max_workers = workers
     # Unexpected errors (bugs) are retried, but not in a hot loop.
     settings.execution.default_backoff = 30

@@ -153,13 +153,11 @@ def main(argv: list[str]) -> int:
     # The children as they are before the first reconcile (kopf's watches keep them current from then on):
     # a reconcile that saw none would misread a ready canary as missing.
     try:
-        bodies, missing = kube.list_children(config.namespaces, MD_LABEL)
+        missing = kube.list_children(config.namespaces, MD_LABEL, runtime.children.upsert)
     except (TransientApiError, ApiRejectedError) as error:
         print(f"bertmesh operator: cannot list the children: {error}", file=sys.stderr)
         executor.shutdown(wait=False)
         return 1
-    for body in bodies:
-        runtime.children.upsert(body)
     if missing:
         log.warning("not served by the API server (install their CRDs): %s", ", ".join(missing))
     log.info(
