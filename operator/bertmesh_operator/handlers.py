@@ -30,8 +30,7 @@ from typing import Any
 import kopf
 
 from bertmesh_operator.errors import TransientApiError
-from bertmesh_operator.observe import ChildRegistry
-from bertmesh_operator.owned import Owner, OwnerIndex
+from bertmesh_operator.observe import ChildRegistry, Owner, OwnerIndex
 from bertmesh_operator.permissions import CHILD_RESOURCES, POD_RESOURCE
 from bertmesh_operator.readiness import PodView, pod_owner, pod_view
 from bertmesh_operator.reconcile import ObjectMemory, Outcome, Reconciler
@@ -143,7 +142,9 @@ async def follow_children(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) ->
     loop = asyncio.get_running_loop()
     meta = body.get("metadata", {})
     owner = (meta.get("namespace", ""), meta.get("name", ""))
-    wakeup = runtime.wakeups.setdefault(owner, asyncio.Event())
+    # A new one even if a namesake's follower still runs (a ModelDeployment deleted and made again): the
+    # newest object is the one the watches' wakes are for.
+    wakeup = runtime.wakeups[owner] = asyncio.Event()
     delay = runtime.resync_seconds
     try:
         while True:

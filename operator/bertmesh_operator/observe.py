@@ -4,6 +4,7 @@ The operator watches every object carrying the `serving.bertmesh.io/model-deploy
 `Child` per object in memory (a `ChildRegistry`). From those it reads the tracks' readiness (the rollout's
 observation), which children are no longer rendered (prune), and whether a child changed since the operator
 applied it (so an unchanged child is not applied again on every re-check: status updates do not count).
+The registry is an `OwnerIndex` (the pods' watch keeps one too), and says which owner a change should wake.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from bertmesh_operator.owned import Owner, OwnerIndex
 from bertmesh_operator.readiness import deployment_failure
 from bertmesh_operator.render.context import MD_LABEL, REVISION_LABEL, TRACK_LABEL
 from bertmesh_operator.rollout import RolloutState
@@ -148,6 +148,46 @@ def child_of(body: Mapping[str, Any]) -> tuple[tuple[str, str], Child] | None:
         deployment=_deployment_state(body) if kind == "Deployment" else None,
     )
     return (meta.get("namespace", ""), owner), child
+
+
+T = TypeVar("T")
+Owner = tuple[str, str]  # (namespace, ModelDeployment name)
+
+
+class OwnerIndex(Generic[T]):
+    """Values by owner and uid; keyed by uid, so an object whose owner label moves moves with it."""
+
+    def __init__(self) -> None:
+        self._by_owner: dict[Owner, dict[str, T]] = {}
+        self._owner_of: dict[str, Owner] = {}
+
+    def __len__(self) -> int:
+        return len(self._owner_of)
+
+    def put(self, owner: Owner, uid: str, value: T) -> T | None:
+        """Record `value` for `uid` under `owner`; returns what was recorded for it there before, if anything."""
+        if self._owner_of.get(uid) not in (None, owner):
+            self.pop(uid)
+        children = self._by_owner.setdefault(owner, {})
+        previous = children.get(uid)
+        children[uid] = value
+        self._owner_of[uid] = owner
+        return previous
+
+    def pop(self, uid: str) -> tuple[Owner, T] | None:
+        """Forget `uid`; returns its owner and value, or None if it was not recorded."""
+        owner = self._owner_of.pop(uid, None)
+        if owner is None:
+            return None
+        children = self._by_owner.get(owner, {})
+        value = children.pop(uid)
+        if not children:
+            self._by_owner.pop(owner, None)
+        return owner, value
+
+    def values(self, owner: Owner) -> list[T]:
+        """A copy of the owner's values."""
+        return list(self._by_owner.get(owner, {}).values())
 
 
 # What a Deployment reports before its controller has seen it: a new Deployment changes nothing observed.
