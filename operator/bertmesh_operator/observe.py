@@ -24,6 +24,9 @@ from bertmesh_operator.states import Phase
 
 # (API group, kind, name): a child's identity whatever API version it is read or written with.
 ChildKey = tuple[str, str, str]
+# On every child: the digest of the rendered object the operator applied (its own apply writes it), so a
+# restarted operator knows which children are still exactly what it would apply now.
+APPLIED_ANNOTATION = "serving.bertmesh.io/applied"
 
 
 def child_key(api_version: str, kind: str, name: str) -> ChildKey:
@@ -45,6 +48,31 @@ def content_version(body: Mapping[str, Any]) -> str:
     tracked = [meta.get("labels"), meta.get("annotations"), meta.get("ownerReferences")]
     fingerprint = hashlib.sha256(json.dumps(tracked, sort_keys=True).encode()).hexdigest()[:16]
     return f"gen:{generation}:{fingerprint}"
+
+
+def applied_digest(meta: Mapping[str, Any]) -> str | None:
+    """The digest a child's last apply by the operator left on it, if no one has written it since; else None.
+
+    "Since" is read from managedFields: the operator's apply is the entry owning the annotation; any other
+    writer of the object itself (not of its status or scale subresources: controllers) at the same second or
+    later means an edit the operator has not taken back yet.
+    """
+    found = (meta.get("annotations") or {}).get(APPLIED_ANNOTATION)
+    if not isinstance(found, str):
+        return None
+    ours: str | None = None
+    others: list[str] = []
+    for entry in meta.get("managedFields") or ():
+        if entry.get("subresource"):
+            continue
+        fields = (entry.get("fieldsV1") or {}).get("f:metadata", {}).get("f:annotations", {})
+        if entry.get("operation") == "Apply" and f"f:{APPLIED_ANNOTATION}" in fields:
+            ours = str(entry.get("time") or "")
+        else:
+            others.append(str(entry.get("time") or ""))
+    if not ours or any(time >= ours for time in others):
+        return None
+    return found
 
 
 @dataclass(frozen=True)
@@ -101,6 +129,7 @@ class Child:
     owner_uid: str | None  # the uid of its controller owner reference
     track: str | None = None
     deployment: DeploymentState | None = None
+    applied: str | None = None  # applied_digest(): what the operator applied, if untouched since
 
     @property
     def key(self) -> ChildKey:
@@ -146,6 +175,7 @@ def child_of(body: Mapping[str, Any]) -> tuple[tuple[str, str], Child] | None:
         owner_uid=controller.get("uid") if controller else None,
         track=labels.get(TRACK_LABEL),
         deployment=_deployment_state(body) if kind == "Deployment" else None,
+        applied=applied_digest(meta),
     )
     return (meta.get("namespace", ""), owner), child
 

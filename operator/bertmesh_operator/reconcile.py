@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 from bertmesh_operator.analysis import canary_target
 from bertmesh_operator.errors import ApiRejectedError, InvalidSpecError, MetricsUnavailableError
 from bertmesh_operator.observe import (
+    APPLIED_ANNOTATION,
     Child,
     ChildKey,
     analysis_due,
@@ -76,6 +77,7 @@ class ObjectMemory:
     # child the watch still shows at that version is unchanged (neither edited nor deleted): not applied again.
     applied: dict[ChildKey, tuple[str, str]] = field(default_factory=dict)
     # When every child was last applied regardless (monotonic seconds): a safety net for a watch event lost.
+    # None before the first reconcile in this process, which trusts a child's applied digest (observe.py).
     applied_all_at: float | None = None
 
 
@@ -239,18 +241,21 @@ class Reconciler:
     def _apply(self, objects: list[dict[str, Any]], children: list[Child], memory: ObjectMemory) -> int:
         live = {child.key: child for child in children}
         started = self.monotonic()
-        everything = memory.applied_all_at is None or started - memory.applied_all_at >= self.full_apply_seconds
+        first = memory.applied_all_at is None
+        everything = memory.applied_all_at is not None and started - memory.applied_all_at >= self.full_apply_seconds
         count = 0
         for obj in objects:
             key = child_key(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
             fingerprint = digest(obj)
             child = live.get(key)
-            if not everything and child is not None and memory.applied.get(key) == (fingerprint, child.version):
+            # Unchanged since this process applied it, or (just started) since any run of the operator did.
+            if child is not None and not everything and _unchanged(child, memory.applied.get(key), fingerprint, first):
+                memory.applied[key] = (fingerprint, child.version)
                 continue
-            stored = self.kube.apply(obj)
+            stored = self.kube.apply(_stamped(obj, fingerprint))
             memory.applied[key] = (fingerprint, content_version(stored))
             count += 1
-        if everything:
+        if first or everything:
             memory.applied_all_at = started
         return count
 
@@ -292,6 +297,18 @@ class Reconciler:
         stored = self.kube.patch_model_deployment_status(meta["namespace"], meta["name"], patch)
         memory.known_resource_version = stored.get("metadata", {}).get("resourceVersion")
         return True
+
+
+def _unchanged(child: Child, remembered: tuple[str, str] | None, fingerprint: str, first: bool) -> bool:
+    """Whether a child is still exactly what the operator would apply (so it is not applied again)."""
+    return remembered == (fingerprint, child.version) or (first and child.applied == fingerprint)
+
+
+def _stamped(obj: Mapping[str, Any], fingerprint: str) -> dict[str, Any]:
+    """The object to apply: the rendered one with its digest in an annotation."""
+    meta = dict(obj["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_ANNOTATION: fingerprint}
+    return {**obj, "metadata": meta}
 
 
 def _ready_message(status: Any) -> str | None:
