@@ -2,19 +2,23 @@
 
 - `on.create` / `on.update` / `on.resume` reconcile at once when a ModelDeployment appears, changes (spec,
   labels or annotations, including `bertmesh rollout`'s command), or is found at start-up.
-- A timer re-checks every ModelDeployment (level-based) every `resync` seconds; a second one, running only
-  while a rollout is in flight, reconciles every few seconds: that is what notices a ready canary and runs
-  the canary analysis when its interval is due.
+- A daemon per ModelDeployment (`follow_children`) reconciles it when the watches wake it (a Deployment
+  reports something new, a pod changes, a child is deleted), so the status follows the pods within seconds,
+  and re-checks it (level-based) after `resync` seconds without a wake. A timer, running only while a
+  rollout is in flight, reconciles every few seconds: that is what notices a ready canary and runs the
+  canary analysis when its interval is due.
 - Watches of every labelled child (`serving.bertmesh.io/model-deployment`, selected by the API server) keep
   a `ChildRegistry`, filled by one LIST per kind before kopf starts: the reconcile gets the children as they
   are now without a request (readiness for the rollout, what to prune, what was edited or deleted since it
-  was applied: only that is applied again). Not a kopf index: kopf pre-populates indexes with one toggle per
-  listed object, each waking every waiting handler, which is quadratic (minutes at 1,000 ModelDeployments).
+  was applied: only that is applied again). Not a kopf index: kopf pre-populates indexes with one toggle
+  per listed object, each waking every waiting handler, which is quadratic (minutes at 1,000
+  ModelDeployments). A watch of the pods with that label keeps a `PodView` each (`readiness`), which the
+  reconcile reads to say why a track is not ready.
 
 One reconcile at a time per ModelDeployment (an asyncio lock in its memo); each runs in a thread pool,
 because the kubernetes client is synchronous. Errors that heal become `kopf.TemporaryError(delay=...)`; an
 invalid spec is a Degraded condition written by the reconcile and, in change handlers, a PermanentError
-(an Event, no retries); the timer does not raise for it, so a bad spec is never a retry storm.
+(an Event, no retries); the follower does not raise for it, so a bad spec is never a retry storm.
 """
 
 from __future__ import annotations
