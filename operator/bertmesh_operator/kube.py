@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import urllib3
@@ -211,36 +211,43 @@ class KubeClient:
         query = [("fieldManager", self.field_manager)]
         return self.request("PATCH", path, query=query, body=body, content_type=MERGE_PATCH)
 
-    def list_children(self, namespaces: Sequence[str], label: str) -> tuple[list[dict[str, Any]], list[str]]:
-        """Every child kind's objects carrying `label` (in `namespaces`, or all when empty), and the kinds the
-        API server does not serve."""
-        found: list[dict[str, Any]] = []
+    def list_children(
+        self, namespaces: Sequence[str], label: str, keep: Callable[[dict[str, Any]], object]
+    ) -> list[str]:
+        """Pass every child kind's objects carrying `label` (in `namespaces`, or all when empty) to `keep`, a page
+        at a time (a thousand ModelDeployments' children never sit in memory at once); returns the kinds the API
+        server does not serve."""
         missing: list[str] = []
         scopes: list[str | None] = list(namespaces) or [None]
         for (api_version, kind), (_, plural) in CHILD_RESOURCES.items():
             try:
                 for namespace in scopes:
-                    found += self._list(api_version, kind, plural, namespace, label)
+                    self._list(api_version, kind, plural, namespace, label, keep)
             except ApiRejectedError as error:
                 if error.status != 404:
                     raise
                 missing.append(f"{api_version} {kind}")
-        return found, missing
+        return missing
 
     def _list(
-        self, api_version: str, kind: str, plural: str, namespace: str | None, label: str
-    ) -> list[dict[str, Any]]:
+        self,
+        api_version: str,
+        kind: str,
+        plural: str,
+        namespace: str | None,
+        label: str,
+        keep: Callable[[dict[str, Any]], object],
+    ) -> None:
         path = resource_path(api_version, plural, namespace)
-        items: list[dict[str, Any]] = []
         token = ""
         while True:
             query = [("labelSelector", label), ("limit", "500")] + ([("continue", token)] if token else [])
             page = self.request("GET", path, query=query)
-            # List items leave out their apiVersion and kind.
-            items += [{"apiVersion": api_version, "kind": kind, **item} for item in page.get("items") or ()]
+            for item in page.pop("items", None) or ():
+                keep({"apiVersion": api_version, "kind": kind, **item})  # list items leave out their kind
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
-                return items
+                return
 
     def served(self, api_version: str, plural: str) -> bool:
         """Whether the API server serves a resource (discovery, which every authenticated user may read)."""

@@ -4,6 +4,7 @@ The operator watches every object carrying the `serving.bertmesh.io/model-deploy
 `Child` per object in memory (a `ChildRegistry`). From those it reads the tracks' readiness (the rollout's
 observation), which children are no longer rendered (prune), and whether a child changed since the operator
 applied it (so an unchanged child is not applied again on every re-check: status updates do not count).
+The registry is an `OwnerIndex` (the pods' watch keeps one too), and says which owner a change should wake.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from bertmesh_operator.readiness import deployment_failure
 from bertmesh_operator.render.context import MD_LABEL, REVISION_LABEL, TRACK_LABEL
 from bertmesh_operator.rollout import RolloutState
 from bertmesh_operator.spec import CanarySpec
@@ -22,6 +24,9 @@ from bertmesh_operator.states import Phase
 
 # (API group, kind, name): a child's identity whatever API version it is read or written with.
 ChildKey = tuple[str, str, str]
+# On every child: the digest of the rendered object the operator applied (its own apply writes it), so a
+# restarted operator knows which children are still exactly what it would apply now.
+APPLIED_ANNOTATION = "serving.bertmesh.io/applied"
 
 
 def child_key(api_version: str, kind: str, name: str) -> ChildKey:
@@ -45,6 +50,31 @@ def content_version(body: Mapping[str, Any]) -> str:
     return f"gen:{generation}:{fingerprint}"
 
 
+def applied_digest(meta: Mapping[str, Any]) -> str | None:
+    """The digest a child's last apply by the operator left on it, if no one has written it since; else None.
+
+    "Since" is read from managedFields: the operator's apply is the entry owning the annotation; any other
+    writer of the object itself (not of its status or scale subresources: controllers) at the same second or
+    later means an edit the operator has not taken back yet.
+    """
+    found = (meta.get("annotations") or {}).get(APPLIED_ANNOTATION)
+    if not isinstance(found, str):
+        return None
+    ours: str | None = None
+    others: list[str] = []
+    for entry in meta.get("managedFields") or ():
+        if entry.get("subresource"):
+            continue
+        fields = (entry.get("fieldsV1") or {}).get("f:metadata", {}).get("f:annotations", {})
+        if entry.get("operation") == "Apply" and f"f:{APPLIED_ANNOTATION}" in fields:
+            ours = str(entry.get("time") or "")
+        else:
+            others.append(str(entry.get("time") or ""))
+    if not ours or any(time >= ours for time in others):
+        return None
+    return found
+
+
 @dataclass(frozen=True)
 class DeploymentState:
     """The fields of a Deployment that say which revision it runs and how far it got."""
@@ -57,6 +87,12 @@ class DeploymentState:
     updated: int
     ready: int
     available: int
+    failure: str | None = None  # why the Deployment could not create its pods (readiness.deployment_failure)
+
+    @property
+    def reported(self) -> tuple[int, int, int, int, int, str | None]:
+        """What the Deployment controller reports (its status): a change here can change the owner's status."""
+        return (self.observed_generation, self.replicas, self.updated, self.ready, self.available, self.failure)
 
     @property
     def current(self) -> bool:
@@ -93,6 +129,7 @@ class Child:
     owner_uid: str | None  # the uid of its controller owner reference
     track: str | None = None
     deployment: DeploymentState | None = None
+    applied: str | None = None  # applied_digest(): what the operator applied, if untouched since
 
     @property
     def key(self) -> ChildKey:
@@ -116,6 +153,7 @@ def _deployment_state(body: Mapping[str, Any]) -> DeploymentState:
         updated=_int(status.get("updatedReplicas")),
         ready=_int(status.get("readyReplicas")),
         available=_int(status.get("availableReplicas")),
+        failure=deployment_failure(body),
     )
 
 
@@ -137,49 +175,89 @@ def child_of(body: Mapping[str, Any]) -> tuple[tuple[str, str], Child] | None:
         owner_uid=controller.get("uid") if controller else None,
         track=labels.get(TRACK_LABEL),
         deployment=_deployment_state(body) if kind == "Deployment" else None,
+        applied=applied_digest(meta),
     )
     return (meta.get("namespace", ""), owner), child
 
 
-class ChildRegistry:
-    """Every labelled child as last seen, by (namespace, ModelDeployment name). Not thread-safe: one writer.
+T = TypeVar("T")
+Owner = tuple[str, str]  # (namespace, ModelDeployment name)
 
-    Keyed by uid, so an object whose label moves to another ModelDeployment moves with it.
-    """
+
+class OwnerIndex(Generic[T]):
+    """Values by owner and uid; keyed by uid, so an object whose owner label moves moves with it."""
 
     def __init__(self) -> None:
-        self._by_owner: dict[tuple[str, str], dict[str, Child]] = {}
-        self._owner_of: dict[str, tuple[str, str]] = {}
+        self._by_owner: dict[Owner, dict[str, T]] = {}
+        self._owner_of: dict[str, Owner] = {}
 
     def __len__(self) -> int:
         return len(self._owner_of)
 
-    def upsert(self, body: Mapping[str, Any]) -> None:
-        """Record an object as it is now (one no longer labelled is forgotten)."""
+    def put(self, owner: Owner, uid: str, value: T) -> T | None:
+        """Record `value` for `uid` under `owner`; returns what was recorded for it there before, if anything."""
+        if self._owner_of.get(uid) not in (None, owner):
+            self.pop(uid)
+        children = self._by_owner.setdefault(owner, {})
+        previous = children.get(uid)
+        children[uid] = value
+        self._owner_of[uid] = owner
+        return previous
+
+    def pop(self, uid: str) -> tuple[Owner, T] | None:
+        """Forget `uid`; returns its owner and value, or None if it was not recorded."""
+        owner = self._owner_of.pop(uid, None)
+        if owner is None:
+            return None
+        children = self._by_owner.get(owner, {})
+        value = children.pop(uid)
+        if not children:
+            self._by_owner.pop(owner, None)
+        return owner, value
+
+    def values(self, owner: Owner) -> list[T]:
+        """A copy of the owner's values."""
+        return list(self._by_owner.get(owner, {}).values())
+
+
+# What a Deployment reports before its controller has seen it: a new Deployment changes nothing observed.
+_UNREPORTED = (0, 0, 0, 0, 0, None)
+
+
+class ChildRegistry:
+    """Every labelled child as last seen, by (namespace, ModelDeployment name). Not thread-safe: one writer."""
+
+    def __init__(self) -> None:
+        self._index: OwnerIndex[Child] = OwnerIndex()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def upsert(self, body: Mapping[str, Any]) -> Owner | None:
+        """Record an object as it is now (one no longer labelled is forgotten).
+
+        Returns the owner whose status may change because of it (a Deployment's reported state changed, or a
+        child was forgotten), else None: the operator's own applies wake no one.
+        """
         uid = (body.get("metadata") or {}).get("uid", "")
         found = child_of(body)
         if found is None:
-            self.discard(uid)
-            return
+            return self.discard(uid)
         owner, child = found
-        if self._owner_of.get(uid) not in (None, owner):
-            self.discard(uid)
-        self._by_owner.setdefault(owner, {})[uid] = child
-        self._owner_of[uid] = owner
+        previous = self._index.put(owner, uid, child)
+        if child.deployment is None:
+            return None
+        before = previous.deployment.reported if previous is not None and previous.deployment else _UNREPORTED
+        return owner if child.deployment.reported != before else None
 
-    def discard(self, uid: str) -> None:
-        """Forget a deleted object."""
-        owner = self._owner_of.pop(uid, None)
-        if owner is None:
-            return
-        children = self._by_owner.get(owner, {})
-        children.pop(uid, None)
-        if not children:
-            self._by_owner.pop(owner, None)
+    def discard(self, uid: str) -> Owner | None:
+        """Forget a deleted object; returns its owner if it was known."""
+        found = self._index.pop(uid)
+        return found[0] if found is not None else None
 
     def children(self, namespace: str, name: str) -> list[Child]:
         """A copy of the ModelDeployment's children."""
-        return list(self._by_owner.get((namespace, name), {}).values())
+        return self._index.values((namespace, name))
 
 
 @dataclass(frozen=True)
@@ -189,6 +267,7 @@ class TracksSeen:
     stable_ready_replicas: int = 0  # ready pods of the stable Deployment, whatever their revision
     canary_ready_replicas: int = 0  # ready pods of the state's canary revision
     stable_rolled_out: bool = False  # the stable Deployment runs the state's stable revision everywhere
+    stable_failure: str | None = None  # why the stable Deployment could not create its pods
 
 
 def _deployment(children: Iterable[Child], track: str, owner_uid: str) -> DeploymentState | None:
@@ -208,6 +287,7 @@ def observe_tracks(children: Iterable[Child], state: RolloutState, owner_uid: st
         stable_ready_replicas=stable.ready if stable is not None else 0,
         canary_ready_replicas=canary.ready_of(canary_revision) if canary and canary_revision else 0,
         stable_rolled_out=stable is not None and stable.rolled_out(state.stable_revision),
+        stable_failure=stable.failure if stable is not None else None,
     )
 
 

@@ -37,6 +37,10 @@ CHILD_RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
+# The pods of the operator's Deployments: watched (by label) only to say why they are not ready.
+POD_RESOURCE = "pods"
+
+
 def _child_rules() -> list[Rule]:
     by_group: dict[str, list[str]] = {}
     for group, plural in CHILD_RESOURCES.values():
@@ -54,6 +58,8 @@ OWN_RULES = [
     # kopf reports handler outcomes as Events on the ModelDeployment.
     Rule("", ("events",), ("create",)),
     Rule("events.k8s.io", ("events",), ("create",)),
+    # The pods' watch (readiness.py): read-only, never their logs.
+    Rule("", (POD_RESOURCE,), ("list", "watch")),
 ]
 
 RULES: list[Rule] = [*OWN_RULES, *_child_rules()]

@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 from bertmesh_operator.analysis import canary_target
 from bertmesh_operator.errors import ApiRejectedError, InvalidSpecError, MetricsUnavailableError
 from bertmesh_operator.observe import (
+    APPLIED_ANNOTATION,
     Child,
     ChildKey,
     analysis_due,
@@ -30,6 +31,7 @@ from bertmesh_operator.observe import (
     stale_children,
 )
 from bertmesh_operator.prometheus import MetricsSource
+from bertmesh_operator.readiness import PodView, not_ready_reason
 from bertmesh_operator.render import RenderOptions, grpc_endpoint, render
 from bertmesh_operator.resource import ModelDeployment, parse_model_deployment
 from bertmesh_operator.rollout import (
@@ -82,6 +84,7 @@ class ObjectMemory:
     # child the watch still shows at that version is unchanged (neither edited nor deleted): not applied again.
     applied: dict[ChildKey, tuple[str, str]] = field(default_factory=dict)
     # When every child was last applied regardless (monotonic seconds): a safety net for a watch event lost.
+    # None before the first reconcile in this process, which trusts a child's applied digest (observe.py).
     applied_all_at: float | None = None
 
 
@@ -143,8 +146,17 @@ class Reconciler:
         self.rejected_retry_seconds = rejected_retry_seconds
         self.metrics_retry_seconds = metrics_retry_seconds
 
-    def reconcile(self, body: Mapping[str, Any], children: Iterable[Child], memory: ObjectMemory) -> Outcome:
-        """Bring one ModelDeployment's children and status in line with its spec and rollout."""
+    def reconcile(
+        self,
+        body: Mapping[str, Any],
+        children: Iterable[Child],
+        memory: ObjectMemory,
+        pods: Iterable[PodView] = (),
+    ) -> Outcome:
+        """Bring one ModelDeployment's children and status in line with its spec and rollout.
+
+        `pods` are the ModelDeployment's pods as the watch last saw them: only read to say why none is ready.
+        """
         fresh = self._fresh(body, memory)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return Outcome(gone=True)
@@ -179,6 +191,9 @@ class Reconciler:
             )
 
         seen = observe_tracks(children, state, uid)
+        not_ready = None
+        if seen.stable_ready_replicas == 0:
+            not_ready = not_ready_reason(pods, "stable", seen.stable_failure)
         patch = status_patch(
             state,
             spec,
@@ -188,15 +203,19 @@ class Reconciler:
             grpc_endpoint=grpc_endpoint(md.name, md.namespace, self.options.cluster_domain),
             now=now,
             previous=md.status,
+            not_ready=not_ready,
         )
         written = self._write_status(md, fresh.get("status"), patch, memory)
+        posted = _transition_events(before, state)
+        if written and not_ready is not None and _ready_message(fresh.get("status")) != _ready_message(patch):
+            posted += (Event("Warning", Reason.NO_READY_REPLICAS, not_ready),)
         return Outcome(
             phase=state.phase,
             applied=applied,
             pruned=pruned,
             vanished=vanished,
             status_written=written,
-            events=_transition_events(before, state),
+            events=posted,
             retry=observation.metrics_error,
             retry_delay=self.metrics_retry_seconds if observation.metrics_error else 0.0,
         )
@@ -236,18 +255,21 @@ class Reconciler:
     def _apply(self, objects: list[dict[str, Any]], children: list[Child], memory: ObjectMemory) -> int:
         live = {child.key: child for child in children}
         started = self.monotonic()
-        everything = memory.applied_all_at is None or started - memory.applied_all_at >= self.full_apply_seconds
+        first = memory.applied_all_at is None
+        everything = memory.applied_all_at is not None and started - memory.applied_all_at >= self.full_apply_seconds
         count = 0
         for obj in objects:
             key = child_key(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
             fingerprint = digest(obj)
             child = live.get(key)
-            if not everything and child is not None and memory.applied.get(key) == (fingerprint, child.version):
+            # Unchanged since this process applied it, or (just started) since any run of the operator did.
+            if child is not None and not everything and _unchanged(child, memory.applied.get(key), fingerprint, first):
+                memory.applied[key] = (fingerprint, child.version)
                 continue
-            stored = self.kube.apply(obj)
+            stored = self.kube.apply(_stamped(obj, fingerprint))
             memory.applied[key] = (fingerprint, content_version(stored))
             count += 1
-        if everything:
+        if first or everything:
             memory.applied_all_at = started
         return count
 
@@ -289,6 +311,28 @@ class Reconciler:
         stored = self.kube.patch_model_deployment_status(meta["namespace"], meta["name"], patch)
         memory.known_resource_version = stored.get("metadata", {}).get("resourceVersion")
         return True
+
+
+def _unchanged(child: Child, remembered: tuple[str, str] | None, fingerprint: str, first: bool) -> bool:
+    """Whether a child is still exactly what the operator would apply (so it is not applied again)."""
+    return remembered == (fingerprint, child.version) or (first and child.applied == fingerprint)
+
+
+def _stamped(obj: Mapping[str, Any], fingerprint: str) -> dict[str, Any]:
+    """The object to apply: the rendered one with its digest in an annotation."""
+    meta = dict(obj["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_ANNOTATION: fingerprint}
+    return {**obj, "metadata": meta}
+
+
+def _ready_message(status: Any) -> str | None:
+    """The Ready condition's message in a status as stored or as patched."""
+    if not isinstance(status, dict):
+        return None
+    for condition in status.get("conditions") or ():
+        if isinstance(condition, dict) and condition.get("type") == "Ready":
+            return str(condition.get("message", ""))
+    return None
 
 
 def _transition_events(before: RolloutState, after: RolloutState) -> tuple[Event, ...]:

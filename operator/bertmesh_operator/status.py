@@ -103,8 +103,16 @@ def conditions(
     generation: int | None,
     now: datetime,
     previous: list[Condition] | None = None,
+    not_ready: str | None = None,
 ) -> list[Condition]:
-    """The Ready, Progressing and Degraded conditions; an unchanged one keeps its transition time."""
+    """The Ready, Progressing and Degraded conditions; an unchanged one keeps its transition time.
+
+    `not_ready` is why the stable pods are not ready (`readiness.not_ready_reason`), carried in Ready's message
+    while no stable replica is ready.
+    """
+    ready_message = f"{stable_ready_replicas} stable replica(s) ready, revision {state.stable_revision}"
+    if not_ready and stable_ready_replicas == 0:
+        ready_message += f"; {not_ready}"
     rolling = state.phase in IN_FLIGHT
     aborted = state.phase is Phase.ABORTED
     wanted: list[tuple[ConditionType, bool, Reason, str]] = [
@@ -112,7 +120,7 @@ def conditions(
             "Ready",
             stable_ready_replicas > 0,
             Reason.SERVING if stable_ready_replicas > 0 else Reason.NO_READY_REPLICAS,
-            f"{stable_ready_replicas} stable replica(s) ready, revision {state.stable_revision}",
+            ready_message,
         ),
         ("Progressing", rolling, state.reason if rolling else Reason.NO_ROLLOUT, state.message if rolling else ""),
         ("Degraded", aborted, state.reason if aborted else Reason.AS_EXPECTED, state.message if aborted else ""),
@@ -146,6 +154,7 @@ def status_patch(
     grpc_endpoint: str,
     now: datetime,
     previous: ModelDeploymentStatus | None = None,
+    not_ready: str | None = None,
 ) -> dict[str, Any]:
     """The whole status to write after a reconcile (a merge patch body for the status subresource)."""
     found = conditions(
@@ -154,6 +163,7 @@ def status_patch(
         generation=generation,
         now=now,
         previous=previous.conditions if previous is not None else None,
+        not_ready=not_ready,
     )
     return {
         "observedGeneration": generation,

@@ -65,6 +65,16 @@ class FakeCluster:
                 "readyReplicas": replicas,
                 "availableReplicas": replicas,
             }
+        annotations: dict[str, Any] = {f"f:{name}": {} for name in stored["metadata"].get("annotations") or {}}
+        # The API server's record of the apply (time: a fixed second; tests add later writers by hand).
+        stored["metadata"]["managedFields"] = [
+            {
+                "manager": "bertmesh-operator",
+                "operation": "Apply",
+                "time": "2026-01-01T00:00:00Z",
+                "fieldsV1": {"f:metadata": {"f:annotations": annotations}},
+            }
+        ]
         self._bump(stored["metadata"])
         self.objects[key] = stored
         self.applied.append(key)

@@ -206,7 +206,8 @@ def test_a_kind_the_api_server_does_not_serve_says_which_crd_is_missing(stub: St
 
 def test_children_are_listed_by_label_in_pages_with_their_kind(stub: Stub) -> None:
     stub.body = {"items": [{"metadata": {"name": "x"}}], "metadata": {}}
-    found, missing = kube_client(stub.url).list_children(["ml"], "serving.bertmesh.io/model-deployment")
+    found: list[dict[str, Any]] = []
+    missing = kube_client(stub.url).list_children(["ml"], "serving.bertmesh.io/model-deployment", found.append)
     assert missing == []
     assert len(found) == len(stub.requests) == 10  # one page per child kind
     assert {(o["apiVersion"], o["kind"]) for o in found} >= {("apps/v1", "Deployment"), ("v1", "Service")}
@@ -214,6 +215,7 @@ def test_children_are_listed_by_label_in_pages_with_their_kind(stub: Stub) -> No
     assert all("/namespaces/ml/" in r["path"] for r in stub.requests)
     stub.requests.clear()
     stub.status, stub.body = 404, "404 page not found"
-    found, missing = kube_client(stub.url).list_children([], "x")
+    found.clear()
+    missing = kube_client(stub.url).list_children([], "x", found.append)
     assert found == [] and len(missing) == 10
     assert all("/namespaces/" not in r["path"] for r in stub.requests)  # every namespace

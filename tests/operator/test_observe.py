@@ -14,6 +14,7 @@ from bertmesh_operator.observe import (
     ChildRegistry,
     DeploymentState,
     analysis_due,
+    applied_digest,
     child_key,
     child_of,
     content_version,
@@ -184,3 +185,59 @@ def test_the_registry_follows_objects_by_uid() -> None:
     registry.discard("uid-stable")
     registry.discard("never-seen")
     assert len(registry) == 0 and registry.children("ml", "minilm") == []
+
+
+def test_the_registry_wakes_the_owner_when_a_deployment_reports_something_new() -> None:
+    registry = ChildRegistry()
+    applied = deployment("abc", observed=0, replicas=0, updated=0, ready=0, available=0)
+    del applied["status"]
+    assert registry.upsert(applied) is None  # the operator's own apply: nothing reported yet
+    respec = copy.deepcopy(applied)
+    respec["metadata"]["generation"] = 3
+    assert registry.upsert(respec) is None  # a spec change alone: the controller has not reported
+    reported = deployment("abc", ready=0, available=0)
+    assert registry.upsert(reported) == ("ml", "minilm")
+    assert registry.upsert(reported) is None  # the same again: no wake
+    assert registry.upsert(deployment("abc", ready=1, available=1)) == ("ml", "minilm")
+    failing = deployment("abc", ready=1, available=1)
+    failing["status"]["conditions"] = [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate"}]
+    assert registry.upsert(failing) == ("ml", "minilm")
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "minilm",
+            "namespace": "ml",
+            "uid": "uid-svc",
+            "resourceVersion": "9",
+            "labels": {"serving.bertmesh.io/model-deployment": "minilm"},
+        },
+    }
+    assert registry.upsert(service) is None
+    assert registry.discard("uid-svc") == ("ml", "minilm")  # a deleted child: re-created without waiting
+    assert registry.discard("uid-svc") is None
+
+
+def test_the_applied_digest_is_trusted_only_while_no_one_else_wrote_the_object() -> None:
+    ours = {
+        "manager": "bertmesh-operator",
+        "operation": "Apply",
+        "time": "2026-01-01T00:00:10Z",
+        "fieldsV1": {"f:metadata": {"f:annotations": {"f:serving.bertmesh.io/applied": {}}}},
+    }
+    meta: dict[str, Any] = {"annotations": {"serving.bertmesh.io/applied": "d1"}, "managedFields": [ours]}
+    assert applied_digest(meta) == "d1"
+    status = {
+        "manager": "kube-controller-manager",
+        "operation": "Update",
+        "subresource": "status",
+        "time": "2026-01-02T00:00:00Z",
+    }
+    earlier = {"manager": "kubectl-client-side-apply", "operation": "Update", "time": "2026-01-01T00:00:09Z"}
+    assert applied_digest({**meta, "managedFields": [ours, status, earlier]}) == "d1"
+    same_second = {"manager": "kubectl-edit", "operation": "Update", "time": "2026-01-01T00:00:10Z"}
+    assert applied_digest({**meta, "managedFields": [ours, same_second]}) is None
+    other_apply = {"manager": "someone", "operation": "Apply", "time": "2026-01-01T00:01:00Z"}
+    assert applied_digest({**meta, "managedFields": [ours, other_apply]}) is None
+    assert applied_digest({"annotations": {}, "managedFields": [ours]}) is None
+    assert applied_digest({**meta, "managedFields": []}) is None  # no record of the operator's apply

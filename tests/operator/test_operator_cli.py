@@ -207,13 +207,14 @@ def test_the_operator_imports_and_starts_without_torch(tmp_path: Path) -> None:
 
 
 def test_routine_kopf_lines_are_dropped_and_the_rest_kept() -> None:
-    quiet = _QuietTicks("children")
+    quiet = _QuietTicks("children", "pods")
     kept = {
         message: quiet.filter(logging.makeLogRecord({"msg": message}))
         for message in (
             "Timer 'recheck' succeeded.",
             "Timer 'rollout' succeeded.",
             "Handler 'children' succeeded.",
+            "Handler 'pods' succeeded.",
             "Handler 'reconcile-created' succeeded.",
             "Timer 'rollout' failed temporarily: Prometheus at http://p is unreachable",
         )

@@ -12,6 +12,7 @@ import pytest
 from bertmesh_operator.errors import MetricsUnavailableError
 from bertmesh_operator.observe import Child
 from bertmesh_operator.prometheus import CanaryMetrics
+from bertmesh_operator.readiness import pod_view
 from bertmesh_operator.reconcile import ObjectMemory, Reconciler
 from bertmesh_operator.rollout import COMMAND_ANNOTATION, REINDEXED_ANNOTATION
 from tests.operator.fakes import Clock, FakeCluster, FakeMetrics
@@ -77,14 +78,14 @@ def test_an_edited_or_deleted_child_is_applied_again_and_only_that(world: World)
     assert sorted(cluster.applied) == [("Service", "minilm"), ("VirtualService", "minilm")]
 
 
-def test_a_restarted_operator_applies_everything_once_more_and_changes_nothing(world: World) -> None:
+def test_a_restarted_operator_applies_nothing_that_is_as_it_left_it_and_changes_nothing(world: World) -> None:
     cluster, _, _, _ = world
     run(world, ObjectMemory())
     before = copy.deepcopy(cluster.objects)
     cluster.applied.clear()
-    outcome = run(world, ObjectMemory())  # a new process: nothing remembered
-    assert outcome.applied == len(before)
-    assert set(cluster.objects) == set(before)
+    outcome = run(world, ObjectMemory())  # a new process: nothing remembered, the applied digests trusted
+    assert outcome.applied == 0
+    assert cluster.objects == before
 
 
 def test_a_canary_steps_on_good_metrics_then_promotes_and_prunes(world: World, t0: datetime) -> None:
@@ -291,3 +292,93 @@ def test_a_reindex_rollout_measures_the_mirrored_canary_and_promotes_on_the_anno
     assert cluster.md["status"]["phase"] == "Promoting"
     weighted = cluster.objects[("VirtualService", "minilm")]["spec"]["http"][-1]
     assert [d["weight"] for d in weighted["route"]] == [0, 100] and "mirror" not in weighted
+
+
+def _unready(cluster: FakeCluster) -> None:
+    status = cluster.objects[("Deployment", "minilm-stable")]["status"]
+    status.update(readyReplicas=0, availableReplicas=0)
+
+
+def _ready_condition(cluster: FakeCluster) -> dict[str, Any]:
+    return next(c for c in cluster.md["status"]["conditions"] if c["type"] == "Ready")
+
+
+def test_ready_says_why_no_pod_is_ready_and_posts_it_once(world: World) -> None:
+    cluster, _, _, reconciler = world
+    memory = ObjectMemory()
+    run(world, memory)
+    _unready(cluster)
+    message = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    stuck = {
+        "metadata": {
+            "name": "minilm-stable-1",
+            "uid": "p1",
+            "labels": {"serving.bertmesh.io/model-deployment": "minilm", "serving.bertmesh.io/track": "stable"},
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}],
+        },
+    }
+    pods = [pod_view(stuck)]
+    outcome = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory, pods)
+    ready = _ready_condition(cluster)
+    assert ready["status"] == "False" and ready["reason"] == "NoReadyReplicas"
+    assert ready["message"].endswith(f"; pod minilm-stable-1: Unschedulable: {message}")
+    assert [(e.type, e.reason, e.message) for e in outcome.events] == [
+        ("Warning", "NoReadyReplicas", f"pod minilm-stable-1: Unschedulable: {message}")
+    ]
+    again = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory, pods)
+    assert not again.status_written and again.events == ()
+    # Without the pods' word, the condition falls back to the count alone.
+    reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory, [])
+    assert ";" not in _ready_condition(cluster)["message"]
+
+
+def test_a_ready_track_carries_no_pod_reason(world: World) -> None:
+    cluster, _, _, reconciler = world
+    memory = ObjectMemory()
+    run(world, memory)
+    stuck = {
+        "metadata": {"name": "minilm-stable-2", "uid": "p2", "labels": {"serving.bertmesh.io/track": "stable"}},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "message": "x"}]},
+    }
+    outcome = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory, [pod_view(stuck)])
+    assert _ready_condition(cluster)["status"] == "True" and "Unschedulable" not in _ready_condition(cluster)["message"]
+    assert outcome.events == ()
+
+
+def test_a_restarted_operator_applies_only_the_children_someone_wrote_since(world: World) -> None:
+    cluster, _, _, reconciler = world
+    run(world, ObjectMemory())
+    assert len(cluster.applied) == 9
+    edited = cluster.objects[("Service", "minilm")]["metadata"]
+    edited["managedFields"].append({"manager": "kubectl-edit", "operation": "Update", "time": "2026-01-01T00:00:05Z"})
+    # Controllers writing status or scale are not edits.
+    scaled = cluster.objects[("Deployment", "minilm-stable")]["metadata"]
+    scaled["managedFields"].append(
+        {
+            "manager": "kube-controller-manager",
+            "operation": "Update",
+            "subresource": "status",
+            "time": "2026-01-02T00:00:00Z",
+        }
+    )
+    restarted = ObjectMemory()  # a new process: nothing remembered
+    outcome = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), restarted)
+    assert outcome.applied == 1 and cluster.applied[9:] == [("Service", "minilm")]
+    assert reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), restarted).applied == 0
+
+
+def test_a_child_whose_render_changed_while_the_operator_was_down_is_applied(world: World) -> None:
+    cluster, _, _, reconciler = world
+    run(world, ObjectMemory())
+    cluster.edit_spec({**cluster.md["spec"], "model": {**cluster.md["spec"]["model"], "revision": "v2"}})
+    outcome = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), ObjectMemory())
+    # The new revision goes out as a canary: its objects and the route change, the rest is as it was.
+    assert sorted(cluster.applied[9:]) == [
+        ("Deployment", "minilm-canary"),
+        ("HorizontalPodAutoscaler", "minilm-canary"),
+        ("VirtualService", "minilm"),
+    ]
+    assert outcome.applied == 3

@@ -50,15 +50,15 @@ def _positive(kind: Callable[[str], float], low: float) -> Callable[[str], float
 
 
 class _QuietTicks(logging.Filter):
-    """Drops kopf's line per timer tick and per child event ("Timer 'recheck' succeeded.")."""
+    """Drops kopf's line per timer tick and per watched child or pod event ("Timer 'rollout' succeeded.")."""
 
-    def __init__(self, child_events: str) -> None:
+    def __init__(self, *event_handlers: str) -> None:
         super().__init__()
-        self.child_events = f"Handler '{child_events}' succeeded."
+        self.routine = frozenset(f"Handler '{handler}' succeeded." for handler in event_handlers)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Timer '") and message.endswith("' succeeded.")) and message != self.child_events
+        return not (message.startswith("Timer '") and message.endswith("' succeeded.")) and message not in self.routine
 
 
 def parse_args(argv: list[str]) -> OperatorConfig:
@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
     import kopf
 
     from bertmesh_operator.errors import ApiRejectedError, TransientApiError
-    from bertmesh_operator.handlers import CHILD_EVENTS, Runtime, build_registry, operator_settings
+    from bertmesh_operator.handlers import CHILD_EVENTS, POD_EVENTS, Runtime, build_registry, operator_settings
     from bertmesh_operator.kube import KubeClient, load_api_client
     from bertmesh_operator.prometheus import PrometheusClient
     from bertmesh_operator.reconcile import Reconciler
@@ -121,7 +121,7 @@ def main(argv: list[str]) -> int:
     kopf.configure(verbose=config.verbose)
     if not config.verbose:
         # One line per object per tick says nothing; reconciles that change something log themselves.
-        logging.getLogger("kopf.objects").addFilter(_QuietTicks(CHILD_EVENTS))
+        logging.getLogger("kopf.objects").addFilter(_QuietTicks(CHILD_EVENTS, POD_EVENTS))
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per liveness probe
     try:
         api_client = load_api_client(pool_size=config.workers + 2)
@@ -153,13 +153,11 @@ def main(argv: list[str]) -> int:
     # The children as they are before the first reconcile (kopf's watches keep them current from then on):
     # a reconcile that saw none would misread a ready canary as missing.
     try:
-        bodies, missing = kube.list_children(config.namespaces, MD_LABEL)
+        missing = kube.list_children(config.namespaces, MD_LABEL, runtime.children.upsert)
     except (TransientApiError, ApiRejectedError) as error:
         print(f"bertmesh operator: cannot list the children: {error}", file=sys.stderr)
         executor.shutdown(wait=False)
         return 1
-    for body in bodies:
-        runtime.children.upsert(body)
     if missing:
         log.warning("not served by the API server (install their CRDs): %s", ", ".join(missing))
     log.info(
