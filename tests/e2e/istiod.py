@@ -99,14 +99,6 @@ class Istiod:
         with urllib.request.urlopen(f"{self.http_url}/debug/{path}", timeout=10) as response:
             return json.loads(response.read())
 
-    def has_config(self, kind: str, namespace: str, name: str) -> bool:
-        """Whether istiod's config store holds the Istio object (kind e.g. "EnvoyFilter")."""
-        for entry in self.debug("configz"):
-            meta = entry.get("metadata", entry)
-            if (entry.get("kind"), meta.get("namespace"), meta.get("name")) == (kind, namespace, name):
-                return True
-        return False
-
     def stop(self) -> None:
         """Stop pilot-discovery; idempotent."""
         self.process.stop()

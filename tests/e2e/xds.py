@@ -43,6 +43,7 @@ class Sidecar:
     service_account: str
     workload: str
     container_ports: tuple[Mapping[str, Any], ...] = ()
+    containers: tuple[str, ...] = ()
     node_name: str = ""
 
     @classmethod
@@ -58,6 +59,7 @@ class Sidecar:
             service_account=spec.get("serviceAccountName", "default"),
             workload=workload or meta["name"],
             container_ports=ports,
+            containers=tuple(c["name"] for c in spec.get("containers", [])),
             node_name=spec.get("nodeName", ""),
         )
 
@@ -84,7 +86,7 @@ class Sidecar:
             "INTERCEPTION_MODE": "REDIRECT",
             # A JSON string, as istio-agent forwards it from the pod's annotations.
             "POD_PORTS": json.dumps(list(self.container_ports)),
-            "APP_CONTAINERS": "model-server",
+            "APP_CONTAINERS": ",".join(self.containers),
             "ENVOY_STATUS_PORT": 15021,
             "ENVOY_PROMETHEUS_PORT": 15090,
         }
@@ -190,10 +192,10 @@ def message_to_dict(msg: message.Message) -> dict[str, Any]:
             out[fd.name] = [_field_value(fd, v) for v in value]
         else:
             out[fd.name] = _field_value(fd, value)
-    for fd in msg.DESCRIPTOR.fields:
+    for enum_fd in msg.DESCRIPTOR.fields:
         # An enum at its zero value is not "set" in proto3, yet patches spell it out ("HUNDRED", "ALLOW").
-        if fd.enum_type is not None and not fd.is_repeated and fd.containing_oneof is None:
-            out.setdefault(fd.name, fd.enum_type.values_by_number[0].name)
+        if enum_fd.enum_type is not None and not enum_fd.is_repeated and enum_fd.containing_oneof is None:
+            out.setdefault(enum_fd.name, enum_fd.enum_type.values_by_number[0].name)
     return out
 
 
