@@ -94,6 +94,23 @@ def routing_problems(caller: SidecarConfig, virtual_service: Obj, port: int, wei
     return problems
 
 
+def canary_problems(caller: SidecarConfig, host: str, port: int, pin: tuple[str, str] | None) -> list[str]:
+    """With a header pin (name, value), the route matching it sends every call to the canary; without one
+    (no canary, or aborted), no route of the service reaches the canary at all."""
+    routes = _envoy_routes(caller, host, port)
+    if routes is None:
+        return [f"the caller has no route for {host}:{port}"]
+    canary = cluster_name(host, port, "canary")
+    if pin is None:
+        return [f"route {r.get('name')} still reaches the canary" for r in routes if canary in route_clusters(r)]
+    pinned = [r for r in routes if pin in _header_matches(r)]
+    if not pinned:
+        return [f"no route matches the header pin {pin}"]
+    if route_clusters(pinned[0]) != {canary: 100}:
+        return [f"the header pin {pin} sends to {route_clusters(pinned[0])}, not only to the canary"]
+    return []
+
+
 def mtls_problems(model: SidecarConfig, peer_authentication: Obj, port: int) -> list[str]:
     """With STRICT mTLS, every inbound chain of the port requires a client certificate: no plaintext chain."""
     if peer_authentication["spec"]["mtls"]["mode"] != "STRICT":

@@ -29,6 +29,7 @@ from tests.e2e.envoy_config import connection_manager, http_filters, inbound_cha
 from tests.e2e.istiod import Istiod
 from tests.e2e.mesh_checks import (
     LOCAL_RATELIMIT,
+    canary_problems,
     grpc_port,
     mtls_problems,
     rate_limit_problems,
@@ -177,11 +178,20 @@ def model_check(manifest: Obj, objects: list[Obj]) -> Check:
     return check
 
 
-def caller_check(objects: list[Obj], weights: Mapping[str, int]) -> Check:
-    """The caller's outbound side: the VirtualService's routes with these weights (subset -> %)."""
+def caller_check(manifest: Obj, objects: list[Obj]) -> Check:
+    """The caller's outbound side: the VirtualService's routes with the status's weights, and the spec's
+    header pin to the canary while one is routed (no route to the canary otherwise)."""
     port = grpc_port(of_kind(objects, "Service")[0])
     (virtual_service,) = of_kind(objects, "VirtualService")
-    return lambda config: routing_problems(config, virtual_service, port, weights)
+    host = virtual_service["spec"]["hosts"][0]
+    weights = status_weights(manifest)
+    header_pin = parse_model_deployment(manifest).spec.traffic.policy.header_pin
+    pin = (header_pin.name, header_pin.value) if weights["canary"] > 0 else None
+
+    def check(config: SidecarConfig) -> list[str]:
+        return routing_problems(config, virtual_service, port, weights) + canary_problems(config, host, port, pin)
+
+    return check
 
 
 def with_status(manifest: Obj, phase: str) -> Obj:
@@ -195,10 +205,9 @@ def with_status(manifest: Obj, phase: str) -> Obj:
 
 
 def status_weights(manifest: Obj) -> dict[str, int]:
-    """subset -> % as the status says: the canary's weight, the rest to stable (no canary: all stable)."""
+    """subset -> % as the status says: the canary's weight (0 once aborted), the rest to stable."""
     canary = (manifest.get("status") or {}).get("canary") or {}
-    aborted = (manifest.get("status") or {}).get("phase") == "Aborted"
-    weight = 0 if aborted else int(canary.get("weight", 0))
+    weight = int(canary.get("weight", 0))
     return {"stable": 100 - weight, "canary": weight}
 
 
@@ -212,7 +221,7 @@ def test_sidecars_get_what_the_example_asks_for_through_a_canary_and_its_abort(
     objects = apply_rendered(kube_api, manifest)
     models = run_model_pods(kube_api, objects, mesh_node)
     caller = run_caller(kube_api, of_kind(objects, "AuthorizationPolicy")[0], mesh_node)
-    converged(istiod, caller, caller_check(objects, {"stable": 100}))
+    converged(istiod, caller, caller_check(manifest, objects))
     for model in models:
         converged(istiod, model, model_check(manifest, objects))
 
@@ -222,16 +231,14 @@ def test_sidecars_get_what_the_example_asks_for_through_a_canary_and_its_abort(
     objects = apply_rendered(kube_api, routed)
     models = run_model_pods(kube_api, objects, mesh_node)
     assert {m.labels["serving.bertmesh.io/track"] for m in models} == {"stable", "canary"}
-    converged(istiod, caller, caller_check(objects, weights))
-    vs_routes = [r["name"] for r in of_kind(objects, "VirtualService")[0]["spec"]["http"]]
-    assert vs_routes == ["canary-pin", "weighted"]  # the header pin is among what was just checked
+    converged(istiod, caller, caller_check(routed, objects))
     for model in models:
         converged(istiod, model, model_check(routed, objects))
 
     aborted = with_status(manifest, "aborted")
     assert status_weights(aborted) == {"stable": 100, "canary": 0}
     objects = apply_rendered(kube_api, aborted)
-    converged(istiod, caller, caller_check(objects, status_weights(aborted)))
+    converged(istiod, caller, caller_check(aborted, objects))
 
 
 def broken_copy(envoy_filter: Obj, suffix: str, listener: Mapping[str, Any], vhost: str) -> Obj:
