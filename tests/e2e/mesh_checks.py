@@ -39,6 +39,22 @@ def grpc_port(service: Obj) -> int:
     return int(next(p["port"] for p in service["spec"]["ports"] if p.get("appProtocol") == "grpc"))
 
 
+def pod_ports(service: Obj, pod_spec: Obj) -> dict[int, int]:
+    """Service port -> the container port it reaches (a named targetPort resolved in the pod's containers):
+    the port of the pod's inbound filter chain."""
+    named = {p["name"]: p["containerPort"] for c in pod_spec["containers"] for p in c.get("ports", []) if "name" in p}
+    ports: dict[int, int] = {}
+    for port in service["spec"]["ports"]:
+        target = port.get("targetPort", port["port"])
+        ports[int(port["port"])] = int(named[target]) if isinstance(target, str) else int(target)
+    return ports
+
+
+def _for_port(vs_route: Obj, port: int) -> bool:
+    # A route whose every match names another port is not in this port's virtual host.
+    return any(m.get("port", port) == port for m in vs_route.get("match") or [{}])
+
+
 def _envoy_routes(caller: SidecarConfig, host: str, port: int) -> list[Obj] | None:
     for vhost in caller.routes.get(str(port), {}).get("virtual_hosts", []):
         if vhost.get("name") == f"{host}:{port}":
@@ -58,7 +74,7 @@ def routing_problems(caller: SidecarConfig, virtual_service: Obj, port: int, wei
     routes = _envoy_routes(caller, host, port)
     if routes is None:
         return [f"the caller has no route for {host}:{port} (route configs: {sorted(caller.routes)})"]
-    wanted = virtual_service["spec"]["http"]
+    wanted = [r for r in virtual_service["spec"]["http"] if _for_port(r, port)]
     problems: list[str] = []
     if [r.get("name") for r in routes] != [r["name"] for r in wanted]:
         problems.append(

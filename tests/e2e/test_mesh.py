@@ -32,6 +32,7 @@ from tests.e2e.mesh_checks import (
     canary_problems,
     grpc_port,
     mtls_problems,
+    pod_ports,
     rate_limit_problems,
     rbac_problems,
     routing_problems,
@@ -161,15 +162,18 @@ def converged(istiod: Istiod, sidecar: Sidecar, check: Check) -> SidecarConfig:
 
 
 def model_check(manifest: Obj, objects: list[Obj]) -> Check:
-    """The model pod's inbound side: rate limit, STRICT mTLS, RBAC, and every EnvoyFilter patch applied."""
-    port = grpc_port(of_kind(objects, "Service")[0])
+    """The model pod's inbound side: the rate limit on the gRPC port, STRICT mTLS on every Service port, RBAC,
+    and every EnvoyFilter patch applied."""
+    service = of_kind(objects, "Service")[0]
+    ports = pod_ports(service, of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"])
     limit = parse_model_deployment(manifest).spec.rate_limit
     (peer_authentication,) = of_kind(objects, "PeerAuthentication")
     (authorization_policy,) = of_kind(objects, "AuthorizationPolicy")
 
     def check(config: SidecarConfig) -> list[str]:
-        problems = rate_limit_problems(config, limit, port)
-        problems += mtls_problems(config, peer_authentication, port)
+        problems = rate_limit_problems(config, limit, ports[grpc_port(service)])
+        for port in ports.values():
+            problems += mtls_problems(config, peer_authentication, port)
         problems += rbac_problems(config, authorization_policy)
         for envoy_filter in of_kind(objects, "EnvoyFilter"):
             problems += unapplied_patches(envoy_filter, config)
