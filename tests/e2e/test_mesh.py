@@ -53,15 +53,13 @@ Obj = dict[str, Any]
 @pytest.fixture(scope="module")
 def mesh_node(sim_cluster: SimCluster) -> Iterator[str]:
     """A fake node for this module's pods, labelled like the L4 node the GPU example selects."""
-    name = f"mesh-node-{secrets.token_hex(3)}"
-    sim_cluster.add_fake_node(
-        name,
+    with sim_cluster.temporary_node(
+        "mesh-node",
         gpus=8,
         labels={"nvidia.com/gpu.product": "NVIDIA-L4"},
         taints=[MESH_TAINT, {"key": "dedicated", "value": "inference", "effect": "NoSchedule"}],
-    )
-    yield name
-    sim_cluster.api.kubectl("delete", "node", name, "--wait=false", check=False)
+    ) as name:
+        yield name
 
 
 def of_kind(objects: list[Obj], kind: str) -> list[Obj]:
