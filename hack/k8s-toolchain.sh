@@ -26,29 +26,11 @@ hash=$(cat "$here/versions.env" "$here"/*.go.mod.in | sha256sum | cut -c1-10)
 dir=$cache/k8s-${K8S_VERSION#v}-$hash
 bin=$dir/bin
 
-case "${1:-}" in
-  --print-dir) echo "$bin"; exit 0 ;;
-  --check) [ -f "$dir/.complete" ]; exit $? ;;
-  "") ;;
-  *) echo "usage: $0 [--print-dir|--check]" >&2; exit 2 ;;
-esac
-
+# shellcheck source=hack/lib/cache-dir.sh
+. "$root/hack/lib/cache-dir.sh"
+cache_dir_cli "$dir" "$bin" "$@"
 log() { printf '[k8s-toolchain %s] %s\n' "$(date +%T)" "$*" >&2; }
-
-if [ -f "$dir/.complete" ]; then
-  log "reusing $dir"
-  exit 0
-fi
-mkdir -p "$cache"
-exec 9>"$dir.lock"
-if ! flock -n 9; then
-  log "another build of $dir is running; waiting for it"
-  flock 9
-fi
-if [ -f "$dir/.complete" ]; then
-  log "reusing $dir (built by the run we waited for)"
-  exit 0
-fi
+cache_dir_lock "$dir"
 
 # shellcheck disable=SC2317 # run by the trap
 on_exit() {

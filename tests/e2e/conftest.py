@@ -4,8 +4,8 @@ Session-scoped, started once and shared: `kube_api` (etcd + kube-apiserver), `si
 controller-manager, the scheduler and kwok with fake GPU nodes), `istioctl`/`istio_validate`/`istio_analyze`.
 Per test: `namespace`, `api_client`, `start_prometheus`, `metrics_exporter`, `traffic` (Istio-shaped canary
 metrics through it) and `prometheus_url` (a Prometheus scraping it). For the operator: `md_crd` (the
-ModelDeployment CRD, session), `start_operator` (per test). All need the toolchain that `make toolchain`
-builds: without it they skip, or fail when BERTMESH_REQUIRE_E2E=1 (CI).
+ModelDeployment CRD, session), `start_operator` (per test). For the mesh: `istiod` (per module). All need
+the toolchain that `make toolchain` builds: without it they skip, or fail when BERTMESH_REQUIRE_E2E=1 (CI).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client as k8s_client
@@ -24,10 +24,13 @@ from kubernetes import client as k8s_client
 from tests.e2e.cluster import KubeApi, NewNamespace
 from tests.e2e.istio import IstioAnalyze, Istioctl, IstioValidate
 from tests.e2e.istio_traffic import IstioTraffic
+from tests.e2e.istiod import Istiod, IstiodMissingError, find_istiod
 from tests.e2e.operator_process import OperatorProcess, StartOperator, install_crd, operator_kubeconfig
 from tests.e2e.prometheus import MetricsExporter, Prometheus, StartPrometheus, wait_for_scrape
 from tests.e2e.simcluster import SimCluster
 from tests.e2e.toolchain import REQUIRE_ENV, Toolchain, ToolchainMissingError, e2e_required, find_toolchain
+
+T = TypeVar("T")
 
 E2E_DIR = Path(__file__).parent
 # Set to 1 to keep the whole working directory (etcd data, certificates, kubeconfigs) even after a pass.
@@ -49,16 +52,39 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(f"e2e: control-plane logs kept in {path}", yellow=True)
 
 
-@pytest.fixture(scope="session")
-def k8s_toolchain() -> Toolchain:
-    """The built binaries; skips the test (fails it under BERTMESH_REQUIRE_E2E=1) when they are missing."""
+def require_built(find: Callable[[], T], missing: type[Exception]) -> T:
+    """`find()`, or skip the test (fail it under BERTMESH_REQUIRE_E2E=1) when it raises `missing`."""
     try:
-        return find_toolchain()
-    except ToolchainMissingError as exc:
+        return find()
+    except missing as exc:
         reason = str(exc)  # failed or skipped outside the except block: no chained traceback in the report
     if e2e_required():
         pytest.fail(f"{reason} ({REQUIRE_ENV}=1: the e2e tier may not be skipped)", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def k8s_toolchain() -> Toolchain:
+    """The built binaries; skips the test (fails it under BERTMESH_REQUIRE_E2E=1) when they are missing."""
+    return require_built(find_toolchain, ToolchainMissingError)
+
+
+@pytest.fixture(scope="session")
+def istiod_binary(k8s_toolchain: Toolchain) -> Path:
+    """pilot-discovery as hack/istiod.sh builds it; skips (fails under BERTMESH_REQUIRE_E2E=1) when missing."""
+    return require_built(find_istiod, IstiodMissingError)
+
+
+@pytest.fixture(scope="module")
+def istiod(istiod_binary: Path, sim_cluster: SimCluster, e2e_log_dir: Path) -> Iterator[Istiod]:
+    """A real istiod on the session's apiserver (kwok runs the pods it sees), one per test module.
+
+    `.xds_address` serves plaintext ADS (`tests/e2e/xds.py` asks it as a pod's sidecar); `.debug("configz")`
+    lists the Istio objects it holds.
+    """
+    started = Istiod.start(istiod_binary, sim_cluster.api, e2e_log_dir)
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="session")

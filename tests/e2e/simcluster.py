@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,16 @@ class SimCluster:
             self.gpu_nodes[name] = gpus
         created: dict[str, Any] = json.loads(out)
         return created
+
+    @contextlib.contextmanager
+    def temporary_node(self, prefix: str, *, gpus: int = 0, **node_args: Any) -> Iterator[str]:
+        """A fake node named `<prefix>-<random>` (see `fake_node`) for the `with` block, then deleted."""
+        name = f"{prefix}-{secrets.token_hex(3)}"
+        self.add_fake_node(name, gpus=gpus, **node_args)
+        try:
+            yield name
+        finally:
+            self.api.kubectl("delete", "node", name, "--wait=false", check=False)
 
     def _default_sa_exists(self) -> bool:
         return self.api.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0

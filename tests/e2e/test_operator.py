@@ -4,7 +4,6 @@ converges after SIGKILL without duplicates, and deletion removes everything."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,15 +46,13 @@ def assert_owned(md: dict[str, Any], objects: dict[tuple[str, str], dict[str, An
 @pytest.fixture
 def l4_node(sim_cluster: SimCluster) -> Iterator[str]:
     """A tainted 4-GPU node labelled like an NVIDIA L4 node (what examples/gpu-classifier-canary.yaml asks for)."""
-    name = f"l4-node-{secrets.token_hex(3)}"
-    sim_cluster.add_fake_node(
-        name,
+    with sim_cluster.temporary_node(
+        "l4-node",
         gpus=4,
         labels={"nvidia.com/gpu.product": "NVIDIA-L4"},
         taints=[{"key": "dedicated", "value": "inference", "effect": "NoSchedule"}],
-    )
-    yield name
-    sim_cluster.api.kubectl("delete", "node", name, "--wait=false", check=False)
+    ) as name:
+        yield name
 
 
 def model_claim(api: KubeApi, namespace: str, claim: str) -> None:
