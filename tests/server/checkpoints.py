@@ -50,7 +50,9 @@ def write_tokenizer(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     vocab_file = path / "vocab.txt"
     vocab_file.write_text("\n".join(VOCAB) + "\n")
-    tokenizer = transformers.BertTokenizer(vocab_file=str(vocab_file), do_lower_case=True)
+    # The vocabulary as a mapping: transformers 5's BertTokenizer ignores `vocab_file` and would save a
+    # tokenizer.json knowing only the special tokens (every word [UNK]).
+    tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
     tokenizer.save_pretrained(str(path))
 
 
