@@ -58,7 +58,7 @@ def write_tokenizer(path: Path) -> None:
 
 def build(path: Path, task: str, *, seed: int = 0) -> Path:
     """Writes a random checkpoint for `task` (embedding, sequence-classification, token-classification,
-    fill-mask) with its tokenizer into `path`."""
+    fill-mask, rerank) with its tokenizer into `path`."""
     torch.manual_seed(seed)
     model: transformers.PreTrainedModel
     if task == "embedding":
@@ -69,6 +69,10 @@ def build(path: Path, task: str, *, seed: int = 0) -> Path:
         model = transformers.BertForTokenClassification(_config(**_labels(NER_LABELS)))
     elif task == "fill-mask":
         model = transformers.BertForMaskedLM(_config())
+    elif task == "rerank":  # a cross-encoder: one relevance logit per (query, document) pair
+        # Wider weights than BERT's 0.02: the default leaves every logit near 0, so that a pair typed wrong or
+        # cut wrong would still score within a test's tolerance.
+        model = transformers.BertForSequenceClassification(_config(num_labels=1, initializer_range=0.2))
     else:
         raise ValueError(task)
     model.train(False)
