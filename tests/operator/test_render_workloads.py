@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import typing
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from bertmesh_operator.render import RenderOptions, grpc_endpoint, render
 from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import Command, Observation, RolloutState, initial_state, step
+from bertmesh_operator.spec.serving import Task as SpecTask
 from bertmesh_operator.states import Phase
 
 MakeManifest = Callable[..., dict[str, Any]]
@@ -130,6 +132,14 @@ def test_server_container_follows_the_contract(make_md: MakeManifest) -> None:
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["grpc"] == {"port": 50051, "service": ""}
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in server["env"]
+
+
+def test_every_server_task_is_a_spec_task_passed_to_the_server(make_md: MakeManifest) -> None:
+    """The CRD's task enum is the server's `--task` choices (model_server.tasks.Task), rerank included."""
+    server_tasks = {"embedding", "sequence-classification", "token-classification", "fill-mask", "rerank"}
+    assert set(typing.get_args(SpecTask)) == {"auto", *server_tasks}
+    manifest = make_md({"model": {"storageUri": "pvc://models/ms-marco/v1", "task": "rerank"}})
+    assert arg(container(by_key(render(manifest))["Deployment/minilm-stable"])["args"], "--task") == "rerank"
 
 
 def test_pod_is_restricted_with_a_read_only_root(make_md: MakeManifest) -> None:

@@ -18,7 +18,7 @@ from bertmesh_operator.schema import DNS1123_SUBDOMAIN, IMAGE, CelRule, CrdModel
 DEFAULT_IMAGE = "ghcr.io/bertmesh/model-server:0.1.0"
 REVISION_LENGTH = 10
 
-Task = Literal["auto", "embedding", "sequence-classification", "token-classification", "fill-mask"]
+Task = Literal["auto", "embedding", "sequence-classification", "token-classification", "fill-mask", "rerank"]
 Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
 
 _CLAIM = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
