@@ -63,4 +63,4 @@ def test_rendered_istio_objects_validate_and_analyze_clean(
             assert sum(d.get("weight", 100) for d in route["route"]) == 100, route
     if phase == "routed":
         vs = next(o for o in istio if o["kind"] == "VirtualService")
-        assert [r["name"] for r in vs["spec"]["http"]] == ["canary-pin", "weighted"]
+        assert [r["name"] for r in vs["spec"]["http"]] == ["canary-pin", "weighted", "canary-pin-http", "weighted-http"]

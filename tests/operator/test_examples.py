@@ -72,8 +72,8 @@ def test_gpu_classifier_canary_starts_its_canary() -> None:
     assert canary["initContainers"][0]["args"] == ["s3://models/sentiment/v2", "/mnt/models"]
     stable = objects["Deployment/sentiment-stable"]["spec"]["template"]["spec"]
     assert stable["initContainers"][0]["args"] == ["s3://models/sentiment/v1", "/mnt/models"]
-    pin, weighted = objects["VirtualService/sentiment"]["spec"]["http"]
-    assert pin["match"] == [{"headers": {"x-bertmesh-track": {"exact": "canary"}}}]
+    pin, weighted, *_http = objects["VirtualService/sentiment"]["spec"]["http"]
+    assert pin["match"] == [{"headers": {"x-bertmesh-track": {"exact": "canary"}}, "port": 50051}]
     # Weight 0 until a canary replica is ready.
     assert [r["weight"] for r in weighted["route"]] == [100, 0]
 

@@ -107,6 +107,7 @@ def test_server_container_follows_the_contract(make_md: MakeManifest) -> None:
         "--task": "embedding",
         "--host": "0.0.0.0",
         "--port": "50051",
+        "--http-port": "8080",
         "--metrics-port": "9400",
         "--device": "cpu",
         "--precision": "int8",
@@ -127,9 +128,10 @@ def test_server_container_follows_the_contract(make_md: MakeManifest) -> None:
     assert len(args) == 2 * len(expected)
     assert server["ports"] == [
         {"name": "grpc", "containerPort": 50051, "protocol": "TCP"},
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
         {"name": "http-metrics", "containerPort": 9400, "protocol": "TCP"},
     ]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # probes stay gRPC
         assert server[probe]["grpc"] == {"port": 50051, "service": ""}
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in server["env"]
 
@@ -248,11 +250,12 @@ def test_pod_template_metadata(make_md: MakeManifest) -> None:
     assert template["labels"]["service.istio.io/canonical-revision"] == revision
 
 
-def test_service_spans_both_tracks_with_grpc_app_protocol(make_md: MakeManifest) -> None:
+def test_service_spans_both_tracks_with_grpc_and_http_app_protocols(make_md: MakeManifest) -> None:
     service = by_key(render(make_md()))["Service/minilm"]
     assert service["spec"]["selector"] == {"serving.bertmesh.io/model-deployment": "minilm"}
     assert service["spec"]["ports"] == [
-        {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+        {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
     ]
     assert grpc_endpoint("minilm", "ml") == "minilm.ml.svc.cluster.local:50051"
 
