@@ -17,7 +17,7 @@ from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import Command, Observation, RolloutState, initial_state, step
 from tests.e2e.istio import IstioAnalyze, IstioValidate
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("**/*.yaml"))
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 

@@ -13,7 +13,7 @@ from bertmesh_operator.permissions import CHILD_RESOURCES, RULES
 from bertmesh_operator.render import render
 from model_server.config import parse_args
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("**/*.yaml"))
 
 
 def objects(path: Path) -> list[dict[str, Any]]:
