@@ -60,6 +60,13 @@ SUBCOMMANDS = (
         takes_name=True,
     ),
     Subcommand(
+        "rerank",
+        "rank documents by relevance to a query with a running server",
+        "model_server.client_cli",
+        "server",
+        takes_name=True,
+    ),
+    Subcommand(
         "tokenize", "show how a running server tokenizes texts", "model_server.client_cli", "server", takes_name=True
     ),
     Subcommand("info", "show what a running server serves", "model_server.client_cli", "server", takes_name=True),

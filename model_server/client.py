@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -53,6 +54,25 @@ _SERVICE_CONFIG = json.dumps(
 
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RankedDocument:
+    """One document's relevance: its index in the request, score, raw score (logit or cosine), text if asked."""
+
+    index: int
+    score: float
+    raw_score: float
+    document: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """Documents best first, how they were scored ("cross-encoder" or "cosine") and the tokens computed."""
+
+    results: list[RankedDocument]
+    method: str
+    tokens: int
 
 
 def split_inputs(texts: Sequence[str], limit: int) -> list[Sequence[str]]:
@@ -218,6 +238,43 @@ class BertmeshClient:
             ]
 
         return self._per_slice(texts, call)
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> Ranking:
+        """The documents by relevance to the query, best first (ties in input order), cut to top_n (None: all).
+
+        With split_requests, more documents than the server takes in one request are scored in several and
+        ranked together here (both methods' scores compare across requests)."""
+        parts = [documents]
+        if self.split_requests and len(documents) > 1:
+            parts = split_inputs(documents, self.max_inputs_per_request())
+        results: list[RankedDocument] = []
+        method, tokens, offset = "", 0, 0
+        for part in parts:
+            request = pb.RerankRequest(
+                query=query,
+                documents=list(part),
+                top_n=(top_n or 0) if len(parts) == 1 else 0,
+                return_documents=return_documents,
+                truncate=truncate,
+                model=self.model,
+            )
+            response = self._call(self._stub.Rerank, request, timeout)
+            results += [
+                RankedDocument(offset + r.index, r.relevance_score, r.raw_score, r.document) for r in response.results
+            ]
+            method, tokens, offset = response.method, tokens + response.usage.tokens, offset + len(part)
+        if len(parts) > 1:
+            results.sort(key=lambda r: -r.score)  # stable: ties stay in input order
+        return Ranking(results if top_n is None else results[:top_n], method, tokens)
 
     def tokenize(self, texts: Sequence[str], *, timeout: float | None = None) -> pb.TokenizeResponse:
         """The tokens of each input."""

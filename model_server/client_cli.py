@@ -1,6 +1,7 @@
-"""`bertmesh embed|classify|classify-tokens|fill-mask|tokenize|info`: call a running server from the shell.
+"""`bertmesh embed|classify|classify-tokens|fill-mask|rerank|tokenize|info`: call a running server from the shell.
 
-Every per-input command prints JSON Lines by default (one compact object per input, its text first).
+Every per-input command prints JSON Lines by default (one compact object per input, its text first); rerank
+prints one per ranked document, best first.
 """
 
 from __future__ import annotations
@@ -64,8 +65,13 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     tokens.add_argument("--aggregation", choices=AGGREGATIONS, default="simple", help="default: simple")
     fill = sub.add_parser("fill-mask", parents=[common, inputs, truncate], help="fill the mask token of texts")
     fill.add_argument("--top-k", type=int, default=5, help="candidates per mask, best first")
+    rerank = sub.add_parser("rerank", parents=[common, truncate], help="rank documents by relevance to a query")
+    rerank.add_argument("query", metavar="QUERY")
+    rerank.add_argument("texts", nargs="*", metavar="DOC", help="the documents; - reads one per line from stdin")
+    rerank.add_argument("--file", type=Path, default=None, help="read the documents from a file, one per line")
+    rerank.add_argument("--top-n", type=int, default=None, help="documents to print, best first (default: all)")
     tokenize = sub.add_parser("tokenize", parents=[common, inputs], help="the tokens of texts")
-    for command in (classify, tokens, fill, tokenize):
+    for command in (classify, tokens, fill, rerank, tokenize):
         _format_option(command, ("jsonl", "json"))
     sub.add_parser("info", parents=[common], help="describe the served model")
     return p
@@ -144,6 +150,23 @@ def _print(client: BertmeshClient, args: argparse.Namespace) -> None:
     progress.close()
 
 
+def _print_ranking(client: BertmeshClient, args: argparse.Namespace) -> None:
+    """One record per ranked document, best first, with its text (known here, so never sent back)."""
+    ranking = client.rerank(args.query, args.texts, top_n=args.top_n, truncate=args.truncate)
+    records = (
+        {
+            "rank": rank,
+            "index": r.index,
+            "score": r.score,
+            "raw_score": r.raw_score,
+            "method": ranking.method,
+            "document": args.texts[r.index],
+        }
+        for rank, r in enumerate(ranking.results, 1)
+    )
+    (write_json if args.format == "json" else write_jsonl)(records, sys.stdout)
+
+
 def main(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
     """Runs one client command and prints its result; exit 1 on an RPC error, 2 on a usage error."""
     args = _parser(environ).parse_args(list(argv))
@@ -159,11 +182,15 @@ def main(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
             print(f"bertmesh {args.command}: {error}", file=sys.stderr)
             return 2
     token = args.token_file.read_text().splitlines()[0].strip() if args.token_file else None
-    with BertmeshClient(args.target, token=token, timeout=args.timeout) as client:
+    with BertmeshClient(
+        args.target, token=token, timeout=args.timeout, split_requests=args.command == "rerank"
+    ) as client:
         try:
             if args.command == "info":
                 json.dump(json_format.MessageToDict(client.model_info()), sys.stdout, indent=2)
                 print()
+            elif args.command == "rerank":
+                _print_ranking(client, args)
             else:
                 _print(client, args)
         except grpc.RpcError as exc:

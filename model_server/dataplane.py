@@ -2,7 +2,8 @@
 
 Servicers call one generic method, `infer(texts, options, deadline)`, and get per-input results; the options'
 type names the task, whose module (model_server.tasks) checks the options, prepares each input and finishes each
-result. Everything here is torch-free: the engine is reached through the Backend protocol, in a worker thread.
+result. `rerank` is built on it: a cross-encoder's pairs are one `infer`, an embedding model's cosine two.
+Everything here is torch-free: the engine is reached through the Backend protocol, in a worker thread.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from model_server.backend import Backend
@@ -21,10 +22,12 @@ from model_server.cache import CacheKey, ResultCache
 from model_server.description import ModelDescription
 from model_server.errors import FailedPrecondition, NotFound
 from model_server.metrics import Metrics
-from model_server.tasks import TaskResult, spec_of
+from model_server.tasks import Task, TaskResult, spec_of
 from model_server.tasks.base import FloatArray, ModelInput, Options, Served
+from model_server.tasks.embedding import defaults as embedding_defaults
+from model_server.tasks.rerank import RerankOptions, RerankReply, from_embeddings, from_logits
 from model_server.tokenization import Encoded, TextTokenizer
-from model_server.validation import check_texts, over_token_limit, refuse_long
+from model_server.validation import check_pair_room, check_text, check_texts, over_token_limit, refuse_long
 
 T = TypeVar("T")
 
@@ -105,10 +108,16 @@ class DataPlane:
     # -- the generic call -----------------------------------------------------------------------------
 
     async def infer(
-        self, texts: Sequence[str], options: Options, deadline: float | None, *, wait_for_room: bool = False
+        self,
+        texts: Sequence[str],
+        options: Options,
+        deadline: float | None,
+        *,
+        wait_for_room: bool = False,
+        field: str = "inputs",
     ) -> Reply[Any]:
         """Per-input results of the task whose options these are (see model_server.tasks); FAILED_PRECONDITION
-        when the served model does another task."""
+        when the served model does another task. Limit errors name the texts `field`."""
         task = spec_of(options)
         if self.model.task is not task.task:
             raise FailedPrecondition(
@@ -116,7 +125,10 @@ class DataPlane:
                 f"{self.model.name!r} is {with_article(self.model.task.value)} model"
             )
         task.check(options)
-        check_texts(texts, self.model.limits)
+        first = task.paired_with(options)
+        if first is not None:
+            check_text(first, self.model.limits, "query")
+        check_texts(texts, self.model.limits, field)
         keys = [CacheKey(self.model.revision, task.task.value, options, text) for text in texts]
         results: list[TaskResult | None] = [self._cache.get(k) for k in keys]
         # Identical texts in one request are computed once.
@@ -132,7 +144,7 @@ class DataPlane:
 
         unique = list(todo)
         first_index = [todo[text][0] for text in unique]
-        encodings = await self._encode(unique, first_index, options.truncate)
+        encodings = await self._encode(unique, first_index, options.truncate, field, first)
         inputs = [task.prepare(enc, first_index[n], options, self._served) for n, enc in enumerate(encodings)]
         items = [(len(item.ids), item) for item in inputs]
         if wait_for_room:
@@ -151,6 +163,41 @@ class DataPlane:
             self._cache.put(keys[todo[text][0]], result)
         return Reply([r for r in results if r is not None], sum(len(e) for e in encodings), cached)
 
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncate: bool,
+        deadline: float | None,
+        wait_for_room: bool = False,
+    ) -> RerankReply:
+        """Each document's relevance to the query, in input order: a cross-encoder scores each pair, an embedding
+        model the cosine of the query's and each document's unit vector; FAILED_PRECONDITION for other tasks."""
+        if self.model.task is Task.RERANK:
+            pairs = RerankOptions(query, truncate)
+            reply = await self.infer(documents, pairs, deadline, wait_for_room=wait_for_room, field="documents")
+            return from_logits(reply.results, reply.tokens)
+        if self.model.task is not Task.EMBEDDING:
+            raise FailedPrecondition(
+                f"Rerank needs a rerank (cross-encoder) or an embedding model; "
+                f"{self.model.name!r} is {with_article(self.model.task.value)} model"
+            )
+        # Both checked before either is computed.
+        check_text(query, self.model.limits, "query")
+        check_texts(documents, self.model.limits, "documents")
+        options = replace(embedding_defaults(self.model), normalize=True, truncate=truncate)
+        calls = [
+            asyncio.ensure_future(self.infer(texts, options, deadline, wait_for_room=wait_for_room, field=field))
+            for texts, field in (([query], "query"), (documents, "documents"))
+        ]
+        try:
+            asked, found = await asyncio.gather(*calls)
+        finally:
+            for call in calls:  # one refused: the other is not computed for nothing
+                call.cancel()
+        return from_embeddings(asked.results[0], found.results, asked.tokens + found.tokens)
+
     async def tokenize(self, texts: Sequence[str]) -> list[Encoded]:
         """The tokens of each input (limits on count and characters apply; no token limit)."""
         check_texts(texts, self.model.limits)
@@ -163,16 +210,23 @@ class DataPlane:
 
     # -- the shared path ------------------------------------------------------------------------------
 
-    async def _encode(self, texts: list[str], indices: list[int], truncate: bool) -> list[Encoded]:
+    async def _encode(
+        self, texts: list[str], indices: list[int], truncate: bool, field: str, first: str | None
+    ) -> list[Encoded]:
         loop = asyncio.get_running_loop()
-        encode = functools.partial(self._tokenizer.encode, texts, truncate=truncate)
+        encode = functools.partial(self._encode_blocking, texts, truncate, first)
         started = time.perf_counter()
         encodings = await loop.run_in_executor(self._tokenize, encode)
         if self._metrics is not None:
             self._metrics.tokenization.observe(time.perf_counter() - started)
         for i in over_token_limit(encodings, self.model.limits):
-            raise refuse_long(indices[i], len(encodings[i]), self.model.limits)
+            raise refuse_long(indices[i], len(encodings[i]), self.model.limits, field, paired=first is not None)
         return encodings
+
+    def _encode_blocking(self, texts: list[str], truncate: bool, first: str | None) -> list[Encoded]:
+        if first is not None:  # a pair is only ever cut on its second text, so the first must leave room
+            check_pair_room(self._tokenizer.pair_overhead(first), self.model.limits)
+        return self._tokenizer.encode(texts, truncate=truncate, first=first)
 
 
 def deadline_from(time_remaining: float | None) -> float | None:

@@ -1,13 +1,14 @@
 """PromQL for canary analysis, as pure strings, and the pure reading of Prometheus' answers.
 
 Both measures come from Istio's standard metrics as reported by the canary's own sidecars
-(`reporter="destination"`), restricted to gRPC calls, so they hold whoever the callers are:
+(`reporter="destination"`), over the calls of both fronts (`request_protocol` "grpc" or "http"), so they hold
+whoever the callers are and whichever protocol they speak:
 
-- success rate: 1 - (calls ending in a server-side gRPC status) / (all calls). Istio labels gRPC calls
-  with `grpc_response_status`; the HTTP `response_code` of a gRPC call is 200 whatever happened, so it
-  cannot be used. Client-side statuses (INVALID_ARGUMENT, NOT_FOUND, ...) and RESOURCE_EXHAUSTED (the rate
-  limiter and load shedding answer with it: it measures callers, not the candidate) are not failures.
-- p99 latency: `histogram_quantile(0.99, ...)` over `istio_request_duration_milliseconds_bucket`.
+- success rate: 1 - (failed calls) / (all calls). A gRPC call fails on a server-side `grpc_response_status`
+  (its HTTP `response_code` is 200 whatever happened, so it cannot be used); an HTTP call fails on a 5xx
+  `response_code`. Client-side statuses (INVALID_ARGUMENT, NOT_FOUND, 4xx) and RESOURCE_EXHAUSTED / 429 (the
+  rate limiter and load shedding answer with them: they measure callers, not the candidate) are not failures.
+- p99 latency: `histogram_quantile(0.99, ...)` over `istio_request_duration_milliseconds_bucket` of both.
 
 No traffic gives an empty result (or NaN), which `read_scalar` turns into None: missing data, which the
 rollout counts as a failed check.
@@ -23,6 +24,8 @@ from typing import Any
 # gRPC status codes that blame the server: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
 # DATA_LOSS.
 SERVER_FAILURE_CODES = ("2", "4", "12", "13", "14", "15")
+HTTP_SERVER_FAILURE = "5.."  # response_code of an HTTP call that blames the server
+PROTOCOLS = ("grpc", "http")  # Istio's request_protocol of the two fronts
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,10 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _selector(target: AnalysisTarget, extra: str = "") -> str:
+def _selector(target: AnalysisTarget, extra: str = "", protocol: str = "|".join(PROTOCOLS)) -> str:
     labels = [
         'reporter="destination"',
-        'request_protocol="grpc"',
+        f'request_protocol="{protocol}"' if protocol in PROTOCOLS else f'request_protocol=~"{protocol}"',
         f"destination_workload_namespace={_quote(target.namespace)}",
         f"destination_workload={_quote(target.workload)}",
     ]
@@ -64,19 +67,21 @@ def _selector(target: AnalysisTarget, extra: str = "") -> str:
 
 
 def success_rate_query(target: AnalysisTarget) -> str:
-    """PromQL for the share of the target's gRPC calls that did not fail server-side, over the window."""
-    failed = _selector(target, f'grpc_response_status=~"{"|".join(SERVER_FAILURE_CODES)}"')
+    """PromQL for the share of the target's gRPC and HTTP calls that did not fail server-side, over the window."""
+    grpc_failed = _selector(target, f'grpc_response_status=~"{"|".join(SERVER_FAILURE_CODES)}"', "grpc")
+    http_failed = _selector(target, f'response_code=~"{HTTP_SERVER_FAILURE}"', "http")
     every = _selector(target)
     window = target.window
     # "or vector(0)": no failures at all is a real 0, not missing data; only no calls at all is missing.
     return (
-        f"1 - ((sum(rate(istio_requests_total{failed}[{window}])) or vector(0))"
+        f"1 - (((sum(rate(istio_requests_total{grpc_failed}[{window}])) or vector(0))"
+        f" + (sum(rate(istio_requests_total{http_failed}[{window}])) or vector(0)))"
         f" / sum(rate(istio_requests_total{every}[{window}])))"
     )
 
 
 def p99_latency_query(target: AnalysisTarget) -> str:
-    """PromQL for the 99th percentile duration (ms) of the target's gRPC calls, over the window."""
+    """PromQL for the 99th percentile duration (ms) of the target's gRPC and HTTP calls, over the window."""
     buckets = f"istio_request_duration_milliseconds_bucket{_selector(target)}"
     return f"histogram_quantile(0.99, sum by (le) (rate({buckets}[{target.window}])))"
 

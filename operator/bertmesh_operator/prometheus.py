@@ -22,7 +22,8 @@ DEFAULT_URL = "http://prometheus.istio-system.svc:9090"
 
 @dataclass(frozen=True)
 class CanaryMetrics:
-    """The canary's gRPC success rate and p99 latency over the analysis window; None where there is no data."""
+    """The canary's success rate and p99 latency (gRPC and HTTP calls together) over the analysis window; None
+    where there is no data."""
 
     success_rate: float | None
     p99_latency_ms: float | None

@@ -122,7 +122,7 @@ def test_bad_metrics_or_none_abort_to_100_percent_stable_and_a_canary_at_zero(
         assert md["status"]["stable"]["model"]["revision"] == "v1"
         objects = children(api, namespace, name)
         vs = objects[("VirtualService", name)]
-        assert [route["name"] for route in vs["spec"]["http"]] == ["weighted"]  # no header pin to the canary
+        assert [route["name"] for route in vs["spec"]["http"]] == ["weighted", "weighted-http"]  # no header pin
         assert route_weights(vs) == {"stable": 100}
         assert objects[("Deployment", f"{name}-canary")]["spec"]["replicas"] == 0
         assert ("HorizontalPodAutoscaler", f"{name}-canary") not in objects

@@ -17,8 +17,9 @@ from bertmesh_operator.render import render
 from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import Command, Observation, RolloutState, initial_state, step
 from tests.e2e.istio import IstioAnalyze, IstioValidate
+from tests.example_files import model_deployment_examples
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = model_deployment_examples()
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -76,12 +77,18 @@ def test_rendered_istio_objects_validate_and_analyze_clean(
     vs = next(o for o in istio if o["kind"] == "VirtualService")
     weighted = vs["spec"]["http"][-1]
     if phase == "routed":
-        assert [r["name"] for r in vs["spec"]["http"]] == ["canary-pin", "weighted"]
-        mirrored = "mirror" in weighted
-        assert mirrored == embedder(manifest)
-        if mirrored:
-            assert weighted["mirror"]["subset"] == "canary" and weighted["mirrorPercentage"] == {"value": 10.0}
-            assert {d["destination"]["subset"]: d["weight"] for d in weighted["route"]} == {"stable": 100, "canary": 0}
+        assert [r["name"] for r in vs["spec"]["http"]] == ["canary-pin", "weighted", "canary-pin-http", "weighted-http"]
+        weighted_routes = [r for r in vs["spec"]["http"] if r["name"].startswith("weighted")]
+        for weighted in weighted_routes:
+            mirrored = "mirror" in weighted
+            assert mirrored == embedder(manifest)
+            if mirrored:
+                assert weighted["mirror"]["subset"] == "canary" and weighted["mirrorPercentage"] == {"value": 10.0}
+                assert weighted["mirror"]["port"] == weighted["route"][0]["destination"]["port"]
+                assert {d["destination"]["subset"]: d["weight"] for d in weighted["route"]} == {
+                    "stable": 100,
+                    "canary": 0,
+                }
     else:
         assert "mirror" not in weighted
     if phase == "promoting" and embedder(manifest):

@@ -21,25 +21,29 @@ def test_canary_target_names_the_canary_deployment() -> None:
     assert AnalysisTarget(namespace="ml", service="minilm", workload="minilm-canary", window="1m30s") == TARGET
 
 
-def test_success_rate_uses_grpc_status_not_http_code() -> None:
+def test_success_rate_reads_grpc_status_for_grpc_and_5xx_for_http() -> None:
     query = success_rate_query(TARGET)
-    assert query == (
-        '1 - ((sum(rate(istio_requests_total{reporter="destination", request_protocol="grpc", '
-        'destination_workload_namespace="ml", destination_workload="minilm-canary", '
-        'destination_service_name="minilm", grpc_response_status=~"2|4|12|13|14|15"}[1m30s])) or vector(0))'
-        ' / sum(rate(istio_requests_total{reporter="destination", request_protocol="grpc", '
-        'destination_workload_namespace="ml", destination_workload="minilm-canary", '
-        'destination_service_name="minilm"}[1m30s])))'
+    where = (
+        'destination_workload_namespace="ml", destination_workload="minilm-canary", destination_service_name="minilm"'
     )
-    assert "response_code" not in query
-    # RESOURCE_EXHAUSTED (8) is the rate limiter talking, not the candidate failing.
-    assert "|8|" not in query
+    assert query == (
+        f'1 - (((sum(rate(istio_requests_total{{reporter="destination", request_protocol="grpc", {where}, '
+        'grpc_response_status=~"2|4|12|13|14|15"}[1m30s])) or vector(0))'
+        f' + (sum(rate(istio_requests_total{{reporter="destination", request_protocol="http", {where}, '
+        'response_code=~"5.."}[1m30s])) or vector(0)))'
+        f' / sum(rate(istio_requests_total{{reporter="destination", request_protocol=~"grpc|http", {where}}}'
+        "[1m30s])))"
+    )
+    # RESOURCE_EXHAUSTED (8) and HTTP 429 are the rate limiter talking, not the candidate failing; a gRPC call's
+    # response_code is 200 whatever happened, so it is only read for HTTP calls.
+    assert "|8|" not in query and "429" not in query
+    assert query.count("response_code") == 1
 
 
-def test_p99_latency_query() -> None:
+def test_p99_latency_query_spans_both_protocols() -> None:
     assert p99_latency_query(TARGET) == (
         "histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket"
-        '{reporter="destination", request_protocol="grpc", destination_workload_namespace="ml", '
+        '{reporter="destination", request_protocol=~"grpc|http", destination_workload_namespace="ml", '
         'destination_workload="minilm-canary", destination_service_name="minilm"}[1m30s])))'
     )
 

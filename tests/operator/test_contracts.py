@@ -12,8 +12,9 @@ import yaml
 from bertmesh_operator.permissions import CHILD_RESOURCES, RULES
 from bertmesh_operator.render import render
 from model_server.config import parse_args
+from tests.example_files import model_deployment_examples
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = model_deployment_examples()
 
 
 def objects(path: Path) -> list[dict[str, Any]]:

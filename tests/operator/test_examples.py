@@ -17,8 +17,9 @@ from bertmesh_operator.render import RenderOptions
 from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import Command, Observation, initial_state, step
 from bertmesh_operator.states import Phase
+from tests.example_files import EXAMPLE_DIR, model_deployment_examples
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = model_deployment_examples()
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -27,12 +28,23 @@ def rendered(path: Path) -> dict[str, dict[str, Any]]:
     return {f"{o['kind']}/{o['metadata']['name']}": o for o in objects}
 
 
-def test_the_three_examples_exist() -> None:
-    assert [p.name for p in EXAMPLES] == [
+def test_the_examples_exist() -> None:
+    assert [p.relative_to(EXAMPLE_DIR).as_posix() for p in EXAMPLES] == [
         "cpu-embedding.yaml",
         "gpu-classifier-canary.yaml",
         "rate-limited.yaml",
+        "semantic-search/embedder.yaml",
+        "semantic-search/reranker.yaml",
     ]
+
+
+def test_semantic_search_pairs_an_embedder_with_a_cross_encoder_reranker() -> None:
+    embedder = rendered(EXAMPLE_DIR / "semantic-search" / "embedder.yaml")["Deployment/search-embed-stable"]
+    reranker = rendered(EXAMPLE_DIR / "semantic-search" / "reranker.yaml")["Deployment/search-rerank-stable"]
+    tasks = [d["spec"]["template"]["spec"]["containers"][0]["args"] for d in (embedder, reranker)]
+    assert [args[args.index("--task") + 1] for args in tasks] == ["embedding", "rerank"]
+    init = reranker["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["args"] == ["s3://models/ms-marco-minilm-l6-v2/v1", "/mnt/models"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -72,8 +84,8 @@ def test_gpu_classifier_canary_starts_its_canary() -> None:
     assert canary["initContainers"][0]["args"] == ["s3://models/sentiment/v2", "/mnt/models"]
     stable = objects["Deployment/sentiment-stable"]["spec"]["template"]["spec"]
     assert stable["initContainers"][0]["args"] == ["s3://models/sentiment/v1", "/mnt/models"]
-    pin, weighted = objects["VirtualService/sentiment"]["spec"]["http"]
-    assert pin["match"] == [{"headers": {"x-bertmesh-track": {"exact": "canary"}}}]
+    pin, weighted, *_http = objects["VirtualService/sentiment"]["spec"]["http"]
+    assert pin["match"] == [{"headers": {"x-bertmesh-track": {"exact": "canary"}}, "port": 50051}]
     # Weight 0 until a canary replica is ready.
     assert [r["weight"] for r in weighted["route"]] == [100, 0]
 

@@ -98,7 +98,7 @@ def test_a_canary_steps_on_good_metrics_then_promotes_and_prunes(world: World, t
     run(world, memory)  # the canary is ready: step 1
     assert cluster.md["status"]["canary"]["weight"] == 20
     vs = cluster.objects[("VirtualService", "minilm")]
-    assert [r["name"] for r in vs["spec"]["http"]] == ["canary-pin", "weighted"]
+    assert [r["name"] for r in vs["spec"]["http"]] == ["canary-pin", "weighted", "canary-pin-http", "weighted-http"]
     clock.now = t0 + timedelta(seconds=10)
     run(world, memory)
     assert cluster.md["status"]["canary"]["weight"] == 60
@@ -126,8 +126,8 @@ def test_bad_metrics_abort_the_canary_to_zero_replicas_and_100_percent_stable(wo
     assert cluster.md["status"]["phase"] == "Aborted"
     assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "CanaryAborted")]
     vs = cluster.objects[("VirtualService", "minilm")]
-    assert [r["name"] for r in vs["spec"]["http"]] == ["weighted"]
-    assert [d["weight"] for d in vs["spec"]["http"][0]["route"]] == [100]
+    assert [r["name"] for r in vs["spec"]["http"]] == ["weighted", "weighted-http"]
+    assert [[d["weight"] for d in route["route"]] for route in vs["spec"]["http"]] == [[100], [100]]
     assert cluster.objects[("Deployment", "minilm-canary")]["spec"]["replicas"] == 0
     assert ("HorizontalPodAutoscaler", "minilm-canary") in cluster.deleted
     degraded = next(c for c in cluster.md["status"]["conditions"] if c["type"] == "Degraded")

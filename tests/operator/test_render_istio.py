@@ -15,6 +15,7 @@ from bertmesh_operator.rollout import Command, Observation, RolloutState, initia
 MakeManifest = Callable[..., dict[str, Any]]
 HOST = "minilm.ml.svc.cluster.local"
 CANARY = {"model": {"storageUri": "pvc://models/v2"}, "steps": [10, 50]}
+PORTS = (50051, 8080)  # gRPC, HTTP: routed, rate-limited and authorised alike
 
 
 def objects_of(manifest: dict[str, Any], state: RolloutState | None = None, **options: Any) -> dict[str, Any]:
@@ -46,17 +47,18 @@ def test_api_versions(make_md: MakeManifest) -> None:
 def test_stable_only_virtual_service(make_md: MakeManifest) -> None:
     vs = objects_of(make_md())["VirtualService"]["spec"]
     assert vs["hosts"] == [HOST]
-    (route,) = vs["http"]
-    assert route["name"] == "weighted"
-    assert route["route"] == [
-        {"destination": {"host": HOST, "subset": "stable", "port": {"number": 50051}}, "weight": 100}
-    ]
-    assert route["timeout"] == "30s"
-    assert route["retries"] == {
-        "attempts": 2,
-        "perTryTimeout": "30s",
-        "retryOn": "connect-failure,refused-stream,unavailable,cancelled",
-    }
+    assert [route["name"] for route in vs["http"]] == ["weighted", "weighted-http"]
+    for route, port in zip(vs["http"], PORTS, strict=True):  # each port routed to itself
+        assert route["match"] == [{"port": port}]
+        assert route["route"] == [
+            {"destination": {"host": HOST, "subset": "stable", "port": {"number": port}}, "weight": 100}
+        ]
+        assert route["timeout"] == "30s"
+        assert route["retries"] == {
+            "attempts": 2,
+            "perTryTimeout": "30s",
+            "retryOn": "connect-failure,refused-stream,unavailable,cancelled",
+        }
 
 
 def test_retries_never_include_resource_exhausted(make_md: MakeManifest, t0: datetime) -> None:
@@ -77,14 +79,17 @@ def test_weights_and_header_pin_while_progressing(
     make_md: MakeManifest, t0: datetime, checks: int, canary_weight: int
 ) -> None:
     manifest = make_md({"traffic": {"canary": CANARY | {"headerPin": {"name": "x-track", "value": "next"}}}})
-    pin, weighted = objects_of(manifest, progressing(manifest, t0, checks=checks))["VirtualService"]["spec"]["http"]
-    assert pin["name"] == "canary-pin"
-    assert pin["match"] == [{"headers": {"x-track": {"exact": "next"}}}]
-    assert pin["route"] == [
-        {"destination": {"host": HOST, "subset": "canary", "port": {"number": 50051}}, "weight": 100}
-    ]
-    weights = {r["destination"]["subset"]: r["weight"] for r in weighted["route"]}
-    assert weights == {"stable": 100 - canary_weight, "canary": canary_weight}
+    routes = objects_of(manifest, progressing(manifest, t0, checks=checks))["VirtualService"]["spec"]["http"]
+    assert [r["name"] for r in routes] == ["canary-pin", "weighted", "canary-pin-http", "weighted-http"]
+    for (pin, weighted), port in zip((routes[:2], routes[2:]), PORTS, strict=True):
+        assert pin["match"] == [{"headers": {"x-track": {"exact": "next"}}, "port": port}]
+        assert pin["route"] == [
+            {"destination": {"host": HOST, "subset": "canary", "port": {"number": port}}, "weight": 100}
+        ]
+        assert weighted["match"] == [{"port": port}]
+        assert {r["destination"]["port"]["number"] for r in weighted["route"]} == {port}
+        weights = {r["destination"]["subset"]: r["weight"] for r in weighted["route"]}
+        assert weights == {"stable": 100 - canary_weight, "canary": canary_weight}
 
 
 def test_abort_returns_routing_to_100_percent_stable(make_md: MakeManifest, t0: datetime) -> None:
@@ -92,8 +97,10 @@ def test_abort_returns_routing_to_100_percent_stable(make_md: MakeManifest, t0: 
     state = progressing(manifest, t0, checks=1)
     spec = parse_model_deployment(manifest).spec
     aborted = step(state, None, spec, t0, Command("abort", state.canary_revision or ""))
-    (route,) = objects_of(manifest, aborted)["VirtualService"]["spec"]["http"]
-    assert [(r["destination"]["subset"], r["weight"]) for r in route["route"]] == [("stable", 100)]
+    routes = objects_of(manifest, aborted)["VirtualService"]["spec"]["http"]
+    assert [route["name"] for route in routes] == ["weighted", "weighted-http"]
+    for route in routes:
+        assert [(r["destination"]["subset"], r["weight"]) for r in route["route"]] == [("stable", 100)]
 
 
 def test_destination_rule(make_md: MakeManifest) -> None:
@@ -131,7 +138,9 @@ def test_authorization_defaults_to_the_same_namespace(make_md: MakeManifest) -> 
     ap = objects_of(make_md())["AuthorizationPolicy"]["spec"]
     assert ap["action"] == "ALLOW"
     assert ap["selector"] == {"matchLabels": {"serving.bertmesh.io/model-deployment": "minilm"}}
-    assert ap["rules"] == [{"from": [{"source": {"namespaces": ["ml"]}}], "to": [{"operation": {"ports": ["50051"]}}]}]
+    assert ap["rules"] == [
+        {"from": [{"source": {"namespaces": ["ml"]}}], "to": [{"operation": {"ports": ["50051", "8080"]}}]}
+    ]
 
 
 def test_authorization_allows_only_the_listed_callers(make_md: MakeManifest) -> None:
@@ -156,29 +165,35 @@ def test_no_rate_limit_no_envoy_filter(make_md: MakeManifest) -> None:
     assert "EnvoyFilter" not in objects_of(make_md())
 
 
-INBOUND_MATCH = {
-    "context": "SIDECAR_INBOUND",
-    "listener": {
-        "portNumber": 50051,
-        "filterChain": {
-            "filter": {
-                "name": "envoy.filters.network.http_connection_manager",
-                "subFilter": {"name": "envoy.filters.http.router"},
-            }
+def inbound_match(port: int) -> dict[str, Any]:
+    return {
+        "context": "SIDECAR_INBOUND",
+        "listener": {
+            "portNumber": port,
+            "filterChain": {
+                "filter": {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "subFilter": {"name": "envoy.filters.http.router"},
+                }
+            },
         },
-    },
-}
+    }
+
+
 ALWAYS = {"numerator": 100, "denominator": "HUNDRED"}
 
 
-def test_shared_rate_limit_answers_resource_exhausted(make_md: MakeManifest) -> None:
+@pytest.mark.parametrize("port", PORTS)
+def test_shared_rate_limit_answers_resource_exhausted(make_md: MakeManifest, port: int) -> None:
+    """Both ports' listeners get the limiter (gRPC callers see RESOURCE_EXHAUSTED, HTTP callers 429)."""
     ef = objects_of(make_md({"rateLimit": {"requestsPerSecond": 20, "burst": 40}}))["EnvoyFilter"]
     assert ef["metadata"]["name"] == "minilm-ratelimit"
     spec = ef["spec"]
     assert spec["workloadSelector"] == {"labels": {"serving.bertmesh.io/model-deployment": "minilm"}}
-    (patch,) = spec["configPatches"]
+    assert [p["match"]["listener"]["portNumber"] for p in spec["configPatches"]] == list(PORTS)
+    patch = spec["configPatches"][PORTS.index(port)]
     assert patch["applyTo"] == "HTTP_FILTER"
-    assert patch["match"] == INBOUND_MATCH
+    assert patch["match"] == inbound_match(port)
     assert patch["patch"]["operation"] == "INSERT_BEFORE"
     value = patch["patch"]["value"]
     assert value["name"] == "envoy.filters.http.local_ratelimit"
@@ -192,13 +207,16 @@ def test_shared_rate_limit_answers_resource_exhausted(make_md: MakeManifest) -> 
     }
 
 
-def test_per_caller_rate_limit_keys_buckets_by_verified_identity(make_md: MakeManifest) -> None:
+@pytest.mark.parametrize("port", PORTS)
+def test_per_caller_rate_limit_keys_buckets_by_verified_identity(make_md: MakeManifest, port: int) -> None:
     manifest = make_md({"rateLimit": {"requestsPerSecond": 20, "perCaller": True}})
-    header, limiter, route = objects_of(manifest, max_callers=500)["EnvoyFilter"]["spec"]["configPatches"]
+    patches = objects_of(manifest, max_callers=500)["EnvoyFilter"]["spec"]["configPatches"]
+    assert len(patches) == 3 * len(PORTS)  # the same three patches on each port's listener
+    header, limiter, route = patches[3 * PORTS.index(port) : 3 * PORTS.index(port) + 3]
     # 1. The caller header is overwritten from the mTLS peer identity, before the limiter runs.
     assert (header["applyTo"], header["match"], header["patch"]["operation"]) == (
         "HTTP_FILTER",
-        INBOUND_MATCH,
+        inbound_match(port),
         "INSERT_BEFORE",
     )
     mutation = header["patch"]["value"]
@@ -231,7 +249,7 @@ def test_per_caller_rate_limit_keys_buckets_by_verified_identity(make_md: MakeMa
     assert route["applyTo"] == "HTTP_ROUTE"
     assert route["match"] == {
         "context": "SIDECAR_INBOUND",
-        "routeConfiguration": {"vhost": {"name": "inbound|http|50051", "route": {"action": "ANY"}}},
+        "routeConfiguration": {"vhost": {"name": f"inbound|http|{port}", "route": {"action": "ANY"}}},
     }
     assert route["patch"] == {
         "operation": "MERGE",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import typing
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from bertmesh_operator.render import RenderOptions, grpc_endpoint, render
 from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import Command, Observation, RolloutState, initial_state, step
+from bertmesh_operator.spec.serving import Task as SpecTask
 from bertmesh_operator.states import Phase
 
 MakeManifest = Callable[..., dict[str, Any]]
@@ -105,6 +107,7 @@ def test_server_container_follows_the_contract(make_md: MakeManifest) -> None:
         "--task": "embedding",
         "--host": "0.0.0.0",
         "--port": "50051",
+        "--http-port": "8080",
         "--metrics-port": "9400",
         "--device": "cpu",
         "--precision": "int8",
@@ -125,11 +128,20 @@ def test_server_container_follows_the_contract(make_md: MakeManifest) -> None:
     assert len(args) == 2 * len(expected)
     assert server["ports"] == [
         {"name": "grpc", "containerPort": 50051, "protocol": "TCP"},
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
         {"name": "http-metrics", "containerPort": 9400, "protocol": "TCP"},
     ]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # probes stay gRPC
         assert server[probe]["grpc"] == {"port": 50051, "service": ""}
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in server["env"]
+
+
+def test_every_server_task_is_a_spec_task_passed_to_the_server(make_md: MakeManifest) -> None:
+    """The CRD's task enum is the server's `--task` choices (model_server.tasks.Task), rerank included."""
+    server_tasks = {"embedding", "sequence-classification", "token-classification", "fill-mask", "rerank"}
+    assert set(typing.get_args(SpecTask)) == {"auto", *server_tasks}
+    manifest = make_md({"model": {"storageUri": "pvc://models/ms-marco/v1", "task": "rerank"}})
+    assert arg(container(by_key(render(manifest))["Deployment/minilm-stable"])["args"], "--task") == "rerank"
 
 
 def test_pod_is_restricted_with_a_read_only_root(make_md: MakeManifest) -> None:
@@ -238,11 +250,12 @@ def test_pod_template_metadata(make_md: MakeManifest) -> None:
     assert template["labels"]["service.istio.io/canonical-revision"] == revision
 
 
-def test_service_spans_both_tracks_with_grpc_app_protocol(make_md: MakeManifest) -> None:
+def test_service_spans_both_tracks_with_grpc_and_http_app_protocols(make_md: MakeManifest) -> None:
     service = by_key(render(make_md()))["Service/minilm"]
     assert service["spec"]["selector"] == {"serving.bertmesh.io/model-deployment": "minilm"}
     assert service["spec"]["ports"] == [
-        {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+        {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
     ]
     assert grpc_endpoint("minilm", "ml") == "minilm.ml.svc.cluster.local:50051"
 

@@ -232,18 +232,21 @@ def test_the_virtual_service_mirrors_pins_and_flips(
 ) -> None:
     spec = spec_of(NEW_SPACE, {"traffic": {"canary": {"mirrorPercent": 25}}})
     state = mirroring(spec, t0)
-    pin, weighted = virtual_service(spec, state, make_md)["spec"]["http"]
-    assert pin["name"] == "canary-pin" and pin["route"][0]["destination"]["subset"] == "canary"
-    assert {d["destination"]["subset"]: d["weight"] for d in weighted["route"]} == {"stable": 100, "canary": 0}
-    assert weighted["mirror"] == {"host": "minilm.ml.svc.cluster.local", "subset": "canary", "port": {"number": 50051}}
-    assert weighted["mirrorPercentage"] == {"value": 25.0}
+    routes = virtual_service(spec, state, make_md)["spec"]["http"]
+    assert [r["name"] for r in routes] == ["canary-pin", "weighted", "canary-pin-http", "weighted-http"]
+    for (pin, weighted), port in zip((routes[:2], routes[2:]), (50051, 8080), strict=True):
+        assert pin["route"][0]["destination"]["subset"] == "canary"
+        assert {d["destination"]["subset"]: d["weight"] for d in weighted["route"]} == {"stable": 100, "canary": 0}
+        host = "minilm.ml.svc.cluster.local"
+        assert weighted["mirror"] == {"host": host, "subset": "canary", "port": {"number": port}}
+        assert weighted["mirrorPercentage"] == {"value": 25.0}
     promoted = step(state, GOOD, spec, t0, Command("promote", state.canary_revision or ""))
-    _, flipped = virtual_service(spec, promoted, make_md)["spec"]["http"]
-    assert {d["destination"]["subset"]: d["weight"] for d in flipped["route"]} == {"stable": 0, "canary": 100}
-    assert "mirror" not in flipped and "mirrorPercentage" not in flipped
+    for flipped in virtual_service(spec, promoted, make_md)["spec"]["http"][1::2]:
+        assert {d["destination"]["subset"]: d["weight"] for d in flipped["route"]} == {"stable": 0, "canary": 100}
+        assert "mirror" not in flipped and "mirrorPercentage" not in flipped
     aborted = step(state, GOOD, spec, t0, Command("abort", state.canary_revision or ""))
-    (only,) = virtual_service(spec, aborted, make_md)["spec"]["http"]
-    assert "mirror" not in only
+    only = virtual_service(spec, aborted, make_md)["spec"]["http"]
+    assert [r["name"] for r in only] == ["weighted", "weighted-http"] and all("mirror" not in r for r in only)
 
 
 def test_a_weighted_canary_is_never_mirrored(make_md: MakeManifest, t0: datetime) -> None:

@@ -14,7 +14,11 @@ from bertmesh_operator.rollout import RolloutState
 from bertmesh_operator.spec import ModelDeploymentSpec, ServingSpec
 
 GRPC_PORT = 50051
+HTTP_PORT = 8080  # the server's HTTP front (OpenAI, Cohere-style rerank and text-embeddings-inference routes)
 METRICS_PORT = 9400
+# The ports callers reach, by Service port name (also the Istio protocol of each): routed, limited and
+# authorised alike. Probes and metrics stay off this list.
+SERVED_PORTS: tuple[tuple[str, int], ...] = (("grpc", GRPC_PORT), ("http", HTTP_PORT))
 MODEL_DIR = "/mnt/models"
 CONTAINER = "model-server"
 MD_LABEL = "serving.bertmesh.io/model-deployment"

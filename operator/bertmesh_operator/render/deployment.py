@@ -13,6 +13,7 @@ from typing import Any
 from bertmesh_operator.render.context import (
     CONTAINER,
     GRPC_PORT,
+    HTTP_PORT,
     METRICS_PORT,
     REVISION_LABEL,
     RenderContext,
@@ -40,6 +41,7 @@ def server_args(name: str, serving: ServingSpec, resources: ResourcesSpec, model
         ("--task", model.task),
         ("--host", "0.0.0.0"),
         ("--port", GRPC_PORT),
+        ("--http-port", HTTP_PORT),
         ("--metrics-port", METRICS_PORT),
         ("--device", "cuda" if resources.gpus > 0 else "cpu"),
         ("--precision", runtime.precision),
@@ -90,6 +92,7 @@ def _container(ctx: RenderContext, track: Track, model_path: str) -> dict[str, A
         "args": server_args(ctx.name, track.serving, resources, model_path),
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "http-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         # No hub downloads ever; libraries that cache under $HOME write to the /tmp volume.

@@ -1,8 +1,10 @@
 """The rate limit: an EnvoyFilter adding Envoy's local rate limit to the model's inbound sidecars.
 
-Each replica's sidecar keeps a token bucket (`requestsPerSecond` refilled every second, `burst` deep) and
-answers excess gRPC calls with RESOURCE_EXHAUSTED (`rate_limited_as_resource_exhausted`), which clients and
-the mesh's retry policy treat as "back off", unlike the default UNAVAILABLE that they retry.
+Each replica's sidecar keeps a token bucket per served port (`requestsPerSecond` refilled every second,
+`burst` deep) and answers excess gRPC calls with RESOURCE_EXHAUSTED (`rate_limited_as_resource_exhausted`),
+which clients and the mesh's retry policy treat as "back off", unlike the default UNAVAILABLE that they retry;
+excess HTTP requests get Envoy's 429 Too Many Requests. The filter and its patches repeat for the gRPC and the
+HTTP port's inbound listener, so neither protocol is a way around the limit.
 
 With `perCaller`, a header_mutation filter first overwrites `x-bertmesh-caller` with the caller's verified
 mTLS identity (`%DOWNSTREAM_PEER_URI_SAN%`, so a client cannot spoof it), the inbound route turns that
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bertmesh_operator.render.context import GRPC_PORT, RenderContext
+from bertmesh_operator.render.context import SERVED_PORTS, RenderContext
 from bertmesh_operator.spec import RateLimitSpec
 
 CALLER_HEADER = "x-bertmesh-caller"
@@ -22,15 +24,18 @@ CALLER_KEY = "caller"
 LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
 HEADER_MUTATION = "envoy.filters.http.header_mutation"
 _TYPE = "type.googleapis.com/envoy.extensions.filters.http"
-# Istio names the inbound HTTP virtual host of a port "inbound|http|<port>".
-INBOUND_VHOST = f"inbound|http|{GRPC_PORT}"
 
 
-def _inbound_filter_match() -> dict[str, Any]:
+def inbound_vhost(port: int) -> str:
+    """Istio's name of the inbound HTTP virtual host of a port."""
+    return f"inbound|http|{port}"
+
+
+def _inbound_filter_match(port: int) -> dict[str, Any]:
     return {
         "context": "SIDECAR_INBOUND",
         "listener": {
-            "portNumber": GRPC_PORT,
+            "portNumber": port,
             "filterChain": {
                 "filter": {
                     "name": "envoy.filters.network.http_connection_manager",
@@ -74,7 +79,7 @@ def local_rate_limit_config(limit: RateLimitSpec, max_callers: int) -> dict[str,
     return config
 
 
-def _caller_header_patch() -> dict[str, Any]:
+def _caller_header_patch(port: int) -> dict[str, Any]:
     mutation = {
         "append": {
             "header": {"key": CALLER_HEADER, "value": "%DOWNSTREAM_PEER_URI_SAN%"},
@@ -83,7 +88,7 @@ def _caller_header_patch() -> dict[str, Any]:
     }
     return {
         "applyTo": "HTTP_FILTER",
-        "match": _inbound_filter_match(),
+        "match": _inbound_filter_match(port),
         "patch": {
             "operation": "INSERT_BEFORE",
             "value": {
@@ -97,13 +102,13 @@ def _caller_header_patch() -> dict[str, Any]:
     }
 
 
-def _caller_descriptor_patch() -> dict[str, Any]:
+def _caller_descriptor_patch(port: int) -> dict[str, Any]:
     action = {"request_headers": {"header_name": CALLER_HEADER, "descriptor_key": CALLER_KEY}}
     return {
         "applyTo": "HTTP_ROUTE",
         "match": {
             "context": "SIDECAR_INBOUND",
-            "routeConfiguration": {"vhost": {"name": INBOUND_VHOST, "route": {"action": "ANY"}}},
+            "routeConfiguration": {"vhost": {"name": inbound_vhost(port), "route": {"action": "ANY"}}},
         },
         "patch": {"operation": "MERGE", "value": {"route": {"rate_limits": [{"actions": [action]}]}}},
     }
@@ -114,21 +119,24 @@ def render_envoy_filter(ctx: RenderContext) -> dict[str, Any] | None:
     limit = ctx.spec.rate_limit
     if limit is None:
         return None
-    rate_limit_patch = {
-        "applyTo": "HTTP_FILTER",
-        "match": _inbound_filter_match(),
-        "patch": {
-            "operation": "INSERT_BEFORE",
-            "value": {
-                "name": LOCAL_RATELIMIT,
-                "typed_config": local_rate_limit_config(limit, ctx.options.max_callers),
+    patches: list[dict[str, Any]] = []
+    for _, port in SERVED_PORTS:
+        rate_limit_patch = {
+            "applyTo": "HTTP_FILTER",
+            "match": _inbound_filter_match(port),
+            "patch": {
+                "operation": "INSERT_BEFORE",
+                "value": {
+                    "name": LOCAL_RATELIMIT,
+                    "typed_config": local_rate_limit_config(limit, ctx.options.max_callers),
+                },
             },
-        },
-    }
-    # Patches apply in order, each inserted just before the router: header first, then the limiter.
-    patches = [rate_limit_patch]
-    if limit.per_caller:
-        patches = [_caller_header_patch(), rate_limit_patch, _caller_descriptor_patch()]
+        }
+        # Patches apply in order, each inserted just before the router: header first, then the limiter.
+        if limit.per_caller:
+            patches += [_caller_header_patch(port), rate_limit_patch, _caller_descriptor_patch(port)]
+        else:
+            patches.append(rate_limit_patch)
     return {
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",

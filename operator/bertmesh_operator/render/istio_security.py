@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bertmesh_operator.render.context import GRPC_PORT, RenderContext
+from bertmesh_operator.render.context import SERVED_PORTS, RenderContext
 
 SECURITY = "security.istio.io/v1"
 
@@ -46,7 +46,7 @@ def caller_sources(ctx: RenderContext) -> list[dict[str, Any]]:
 
 
 def render_authorization_policy(ctx: RenderContext) -> dict[str, Any]:
-    """ALLOW the listed callers on the gRPC port; everything else is denied."""
+    """ALLOW the listed callers on the gRPC and HTTP ports; everything else is denied."""
     return {
         "apiVersion": SECURITY,
         "kind": "AuthorizationPolicy",
@@ -54,6 +54,8 @@ def render_authorization_policy(ctx: RenderContext) -> dict[str, Any]:
         "spec": {
             "selector": {"matchLabels": ctx.selector()},
             "action": "ALLOW",
-            "rules": [{"from": caller_sources(ctx), "to": [{"operation": {"ports": [str(GRPC_PORT)]}}]}],
+            "rules": [
+                {"from": caller_sources(ctx), "to": [{"operation": {"ports": [str(port) for _, port in SERVED_PORTS]}}]}
+            ],
         },
     }

@@ -1,15 +1,16 @@
 """The Kubernetes objects that give the model an identity and an address: ServiceAccount and Service.
 
 One Service spans both tracks: Istio's DestinationRule subsets split it by the track label, so callers only
-ever know `<md>.<namespace>.svc:50051`. Its port declares `appProtocol: grpc` so the mesh speaks HTTP/2
-and reports gRPC status codes (what canary analysis reads).
+ever know `<md>.<namespace>.svc:50051` (gRPC) and `:8080` (HTTP). The ports declare `appProtocol: grpc` and
+`http` so the mesh speaks HTTP/2 and reports gRPC status codes on one, HTTP status codes on the other (what
+canary analysis reads).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bertmesh_operator.render.context import GRPC_PORT, RenderContext
+from bertmesh_operator.render.context import SERVED_PORTS, RenderContext
 
 
 def render_service_account(ctx: RenderContext) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def render_service_account(ctx: RenderContext) -> dict[str, Any]:
 
 
 def render_service(ctx: RenderContext) -> dict[str, Any]:
-    """The gRPC Service selecting the pods of every track."""
+    """The Service (gRPC and HTTP ports) selecting the pods of every track."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -32,13 +33,8 @@ def render_service(ctx: RenderContext) -> dict[str, Any]:
             "type": "ClusterIP",
             "selector": ctx.selector(),
             "ports": [
-                {
-                    "name": "grpc",
-                    "port": GRPC_PORT,
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    "appProtocol": "grpc",
-                }
+                {"name": name, "port": port, "targetPort": name, "protocol": "TCP", "appProtocol": name}
+                for name, port in SERVED_PORTS
             ],
         },
     }

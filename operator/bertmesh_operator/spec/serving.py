@@ -20,7 +20,7 @@ REVISION_LENGTH = 10
 # A derived embedding space is "auto:<hash>": the colon cannot occur in a declared one, so the two never match.
 DERIVED_SPACE_PREFIX = "auto:"
 
-Task = Literal["auto", "embedding", "sequence-classification", "token-classification", "fill-mask"]
+Task = Literal["auto", "embedding", "sequence-classification", "token-classification", "fill-mask", "rerank"]
 Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
 
 _CLAIM = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
