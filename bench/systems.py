@@ -138,6 +138,7 @@ class Bertmesh(_ServerSystem):
         self.extra_args = list(extra_args)
         self.port = free_port()
         self.metrics_port = free_port()
+        self.http_port = free_port()
 
     async def start(self, logs: Path) -> None:
         s = self.settings
@@ -148,6 +149,8 @@ class Bertmesh(_ServerSystem):
             str(self.port),
             "--metrics-port",
             str(self.metrics_port),
+            "--http-port",
+            str(self.http_port),
             "--precision",
             "fp32",
             "--device",

@@ -19,11 +19,11 @@ from model_server.backend import Backend
 from model_server.batcher import TokenBudgetBatcher
 from model_server.cache import CacheKey, ResultCache
 from model_server.description import ModelDescription
-from model_server.errors import FailedPrecondition, NotFound
+from model_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from model_server.metrics import Metrics
-from model_server.tasks import TaskResult, spec_of
+from model_server.tasks import Task, TaskResult, spec_of
 from model_server.tasks.base import FloatArray, ModelInput, Options, Served
-from model_server.tokenization import Encoded, TextTokenizer
+from model_server.tokenization import Encoded, TextTokenizer, TokenIds
 from model_server.validation import check_texts, over_token_limit, refuse_long
 
 T = TypeVar("T")
@@ -105,10 +105,17 @@ class DataPlane:
     # -- the generic call -----------------------------------------------------------------------------
 
     async def infer(
-        self, texts: Sequence[str], options: Options, deadline: float | None, *, wait_for_room: bool = False
+        self,
+        texts: Sequence[str | TokenIds],
+        options: Options,
+        deadline: float | None,
+        *,
+        wait_for_room: bool = False,
+        field: str = "inputs",
     ) -> Reply[Any]:
         """Per-input results of the task whose options these are (see model_server.tasks); FAILED_PRECONDITION
-        when the served model does another task."""
+        when the served model does another task. Embeddings also take token ids of the served vocabulary;
+        `field` is the inputs' name in the caller's API, for messages."""
         task = spec_of(options)
         if self.model.task is not task.task:
             raise FailedPrecondition(
@@ -116,11 +123,12 @@ class DataPlane:
                 f"{self.model.name!r} is {with_article(self.model.task.value)} model"
             )
         task.check(options)
-        check_texts(texts, self.model.limits)
+        check_texts(texts, self.model.limits, field)
+        self._check_ids(texts, task.task, field)
         keys = [CacheKey(self.model.revision, task.task.value, options, text) for text in texts]
         results: list[TaskResult | None] = [self._cache.get(k) for k in keys]
         # Identical texts in one request are computed once.
-        todo: dict[str, list[int]] = {}
+        todo: dict[str | TokenIds, list[int]] = {}
         for i, (text, result) in enumerate(zip(texts, results, strict=True)):
             if result is None:
                 todo.setdefault(text, []).append(i)
@@ -132,7 +140,7 @@ class DataPlane:
 
         unique = list(todo)
         first_index = [todo[text][0] for text in unique]
-        encodings = await self._encode(unique, first_index, options.truncate)
+        encodings = await self._encode(unique, first_index, options.truncate, field)
         inputs = [task.prepare(enc, first_index[n], options, self._served) for n, enc in enumerate(encodings)]
         items = [(len(item.ids), item) for item in inputs]
         if wait_for_room:
@@ -145,7 +153,7 @@ class DataPlane:
             for f in futures:  # on error or cancellation, nothing of this request stays queued
                 f.cancel()
         for text, enc, out in zip(unique, encodings, outputs, strict=True):
-            result = task.finish(out, enc, text, options, self._served)
+            result = task.finish(out, enc, text if isinstance(text, str) else "", options, self._served)
             for i in todo[text]:
                 results[i] = result
             self._cache.put(keys[todo[text][0]], result)
@@ -163,15 +171,38 @@ class DataPlane:
 
     # -- the shared path ------------------------------------------------------------------------------
 
-    async def _encode(self, texts: list[str], indices: list[int], truncate: bool) -> list[Encoded]:
-        loop = asyncio.get_running_loop()
-        encode = functools.partial(self._tokenizer.encode, texts, truncate=truncate)
-        started = time.perf_counter()
-        encodings = await loop.run_in_executor(self._tokenize, encode)
-        if self._metrics is not None:
-            self._metrics.tokenization.observe(time.perf_counter() - started)
+    def _check_ids(self, inputs: Sequence[str | TokenIds], task: Task, field: str) -> None:
+        """Token-id inputs: embeddings only, every id in the served vocabulary."""
+        vocabulary = self._tokenizer.vocab_size
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                continue
+            if task is not Task.EMBEDDING:
+                raise InvalidArgument(f"{field}[{i}]: token-id inputs are served for embeddings only; send text")
+            bad = next((t for t in item.ids if not 0 <= t < vocabulary), None)
+            if bad is not None:
+                raise InvalidArgument(
+                    f"{field}[{i}]: token id {bad} is outside the vocabulary of {self.model.name!r} "
+                    f"(0..{vocabulary - 1}); send text, or ids from this model's own tokenizer (not tiktoken's)"
+                )
+
+    async def _encode(
+        self, inputs: list[str | TokenIds], indices: list[int], truncate: bool, field: str = "inputs"
+    ) -> list[Encoded]:
+        texts = [item for item in inputs if isinstance(item, str)]
+        encoded: list[Encoded] = []
+        if texts:
+            loop = asyncio.get_running_loop()
+            encode = functools.partial(self._tokenizer.encode, texts, truncate=truncate)
+            started = time.perf_counter()
+            encoded = await loop.run_in_executor(self._tokenize, encode)
+            if self._metrics is not None:
+                self._metrics.tokenization.observe(time.perf_counter() - started)
+        wrapped = self._tokenizer.wrap([item for item in inputs if isinstance(item, TokenIds)], truncate=truncate)
+        from_text, from_ids = iter(encoded), iter(wrapped)
+        encodings = [next(from_text) if isinstance(item, str) else next(from_ids) for item in inputs]
         for i in over_token_limit(encodings, self.model.limits):
-            raise refuse_long(indices[i], len(encodings[i]), self.model.limits)
+            raise refuse_long(indices[i], len(encodings[i]), self.model.limits, field)
         return encodings
 
 
