@@ -29,7 +29,7 @@ from model_server.errors import (
 # Seconds a shed caller is told to wait: about one queue's worth of batches on a CPU.
 RETRY_AFTER_S = 1
 # A message that starts with the field it is about ("input[2]: ...") names OpenAI's `param`.
-_FIELD = re.compile(r"^([A-Za-z_][\w.]*(?:\[\d+\])*): ")
+_FIELD = re.compile(r"^([A-Za-z_][\w.-]*(?:\[\d+\])*): ")
 _TYPE_NAME = re.compile(r"^(str|int|float|bool|list|dict|function-\w+)(\[.*\])?$")
 
 
@@ -67,7 +67,7 @@ def param_of(message: str) -> str | None:
 # (class, status, OpenAI type, OpenAI code, TEI status, TEI error_type); the first matching class wins.
 _TABLE: tuple[tuple[type[ServingError], int, str, str | None, int, str], ...] = (
     (BodyTooLarge, 413, "invalid_request_error", "request_too_large", 413, "Validation"),
-    (OverLimit, 400, "invalid_request_error", "context_length_exceeded", 413, "Validation"),
+    (OverLimit, 400, "invalid_request_error", None, 413, "Validation"),
     (EmptyInput, 400, "invalid_request_error", None, 400, "Empty"),
     (InvalidArgument, 400, "invalid_request_error", None, 422, "Validation"),
     (FailedPrecondition, 400, "invalid_request_error", "unsupported_task", 400, "Validation"),
