@@ -106,5 +106,5 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _invalid_body)
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(Exception, _unexpected)
-    routes = [getattr(route, "path", "") for route in app.routes]
+    routes = [getattr(route, "path", "") for r in (openai_routes.router, tei_routes.router) for route in r.routes]
     return app, Guard(app, routes=routes, metrics=metrics, tokens=tokens, max_body_bytes=max_body_bytes)
