@@ -81,3 +81,10 @@ def test_sigterm_finishes_accepted_requests_and_answers_new_ones_503() -> None:
         assert process.proc.wait(60) == 0
     finally:
         process.stop()
+
+
+def test_serve_help_shows_the_http_port_and_0_turns_it_off() -> None:
+    from model_server.config import build_parser, parse_args
+
+    assert "--http-port" in build_parser({}).format_help() and "(default: 8080)" in build_parser({}).format_help()
+    assert parse_args([]).http_port == 8080 and parse_args(["--http-port", "0"]).http_port == 0
