@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from model_server.dataplane import DataPlane
 from model_server.errors import InvalidArgument, ServingError
 from model_server.http.encoding import JsonResponse
-from model_server.http.errors import Api, HttpError, api_of, http_error, validation_error
+from model_server.http.errors import Api, HttpError, api_of, error_body, http_error, validation_error
 from model_server.http.middleware import Asgi, Guard
 from model_server.metrics import Metrics
 
@@ -67,8 +67,9 @@ async def _invalid_body(request: Request, exc: Exception) -> JsonResponse:
 async def _http_exception(request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, HTTPException)
     message = f"{request.method} {request.url.path}: {exc.detail}"
-    if api_of(request.url.path) is Api.OPENAI:
-        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+    api = api_of(request.url.path)
+    if api is not Api.TEI:
+        body = error_body(api, message, "invalid_request_error", None, None)
         return JsonResponse(body, status_code=exc.status_code)
     return JsonResponse({"error": message, "error_type": "Validation"}, status_code=exc.status_code)
 

@@ -1,13 +1,15 @@
 """Domain errors as HTTP answers, in the shape of the API the route belongs to (pure mapping, no I/O).
 
-OpenAI's routes answer `{"error": {"message", "type", "param", "code"}}`; text-embeddings-inference's answer
-`{"error", "error_type"}` with TEI's status codes (413 for too many or too long inputs, 422 for other invalid
-requests, 424 for a model failure). Overload is 429 with Retry-After in both.
+OpenAI's routes answer `{"error": {"message", "type", "param", "code"}}`; Cohere's rerank routes
+`{"id", "message"}` with OpenAI's statuses; text-embeddings-inference's `{"error", "error_type"}` with TEI's
+codes (413 for too many or too long inputs, 422 for other invalid requests, 424 for a model failure).
+Overload is 429 with Retry-After in all three.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -37,6 +39,7 @@ class Api(Enum):
     """Whose error shape a route answers in."""
 
     OPENAI = "openai"
+    COHERE = "cohere"
     TEI = "tei"
 
 
@@ -53,9 +56,22 @@ class HttpError:
     headers: dict[str, str]
 
 
+COHERE_PATHS = frozenset({"/v1/rerank", "/v2/rerank"})
+
+
 def api_of(path: str) -> Api:
-    """The API a path belongs to: OpenAI-style under /v1/ and /v2/, text-embeddings-inference elsewhere."""
+    """The API a path belongs to: Cohere's rerank, OpenAI under /v1/ and /v2/, text-embeddings-inference
+    elsewhere."""
+    if path in COHERE_PATHS:
+        return Api.COHERE
     return Api.OPENAI if path.startswith(("/v1/", "/v2/")) else Api.TEI
+
+
+def error_body(api: Api, message: str, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
+    """An error body in OpenAI's or Cohere's shape (TEI's carries its own error_type)."""
+    if api is Api.COHERE:
+        return {"id": str(uuid.uuid4()), "message": message}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def param_of(message: str) -> str | None:
@@ -87,9 +103,8 @@ def http_error(exc: ServingError, api: Api) -> HttpError:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(exc, Overloaded | NotReady) else {}
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    if api is Api.OPENAI:
-        body = {"error": {"message": exc.message, "type": kind, "param": param_of(exc.message), "code": code}}
-        return HttpError(status, body, headers)
+    if api is not Api.TEI:
+        return HttpError(status, error_body(api, exc.message, kind, param_of(exc.message), code), headers)
     return HttpError(tei_status, {"error": exc.message, "error_type": tei_type}, headers)
 
 
@@ -100,7 +115,6 @@ def validation_error(errors: list[dict[str, Any]], api: Api) -> HttpError:
     location = [str(part) for part in first.get("loc", ()) if part != "body" and not _TYPE_NAME.match(str(part))]
     field = ".".join(location) or "body"
     message = f"{field}: {first.get('msg', 'invalid value')}"
-    if api is Api.OPENAI:
-        body = {"error": {"message": message, "type": "invalid_request_error", "param": field, "code": None}}
-        return HttpError(400, body, {})
+    if api is not Api.TEI:
+        return HttpError(400, error_body(api, message, "invalid_request_error", field, None), {})
     return HttpError(422, {"error": message, "error_type": "Validation"}, {})
