@@ -46,6 +46,11 @@ class Checkpoint:
     digest: str
 
     @property
+    def label_count(self) -> int:
+        """Outputs of the classification head the config declares."""
+        return _label_count(self.config)
+
+    @property
     def default_max_tokens(self) -> int:
         """Token limit per input: the sentence-transformers max_seq_length if set, else the positions."""
         if self.sentence_max_tokens:
@@ -84,8 +89,16 @@ def _detect_task(config: dict[str, Any], path: Path) -> tuple[Task, str]:
         return Task.EMBEDDING, architecture  # a sentence-transformers model
     for suffix, task in _ARCHITECTURE_TASKS:
         if architecture.endswith(suffix):
+            # One output cannot be a class distribution: it is a cross-encoder's relevance logit.
+            if task is Task.SEQUENCE_CLASSIFICATION and _label_count(config) == 1:
+                return Task.RERANK, architecture
             return task, architecture
     return Task.EMBEDDING, architecture
+
+
+def _label_count(config: dict[str, Any]) -> int:
+    """Outputs of a classification head: id2label's size, else num_labels (transformers' default 2)."""
+    return len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
 
 
 def _sentence_defaults(path: Path) -> tuple[Pooling, bool, int | None]:

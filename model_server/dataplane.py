@@ -2,7 +2,8 @@
 
 Servicers call one generic method, `infer(texts, options, deadline)`, and get per-input results; the options'
 type names the task, whose module (model_server.tasks) checks the options, prepares each input and finishes each
-result. Everything here is torch-free: the engine is reached through the Backend protocol, in a worker thread.
+result. `rerank` is built on it: a cross-encoder's pairs are one `infer`, an embedding model's cosine two.
+Everything here is torch-free: the engine is reached through the Backend protocol, in a worker thread.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from model_server.backend import Backend
@@ -23,8 +24,10 @@ from model_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from model_server.metrics import Metrics
 from model_server.tasks import Task, TaskResult, spec_of
 from model_server.tasks.base import FloatArray, ModelInput, Options, Served
+from model_server.tasks.embedding import defaults as embedding_defaults
+from model_server.tasks.rerank import RerankOptions, RerankReply, from_embeddings, from_logits
 from model_server.tokenization import Encoded, TextTokenizer, TokenIds
-from model_server.validation import check_texts, over_token_limit, refuse_long
+from model_server.validation import check_pair_room, check_text, check_texts, over_token_limit, refuse_long
 
 T = TypeVar("T")
 
@@ -123,6 +126,9 @@ class DataPlane:
                 f"{self.model.name!r} is {with_article(self.model.task.value)} model"
             )
         task.check(options)
+        first = task.paired_with(options)
+        if first is not None:
+            check_text(first, self.model.limits, "query")
         check_texts(texts, self.model.limits, field)
         self._check_ids(texts, task.task, field)
         keys = [CacheKey(self.model.revision, task.task.value, options, text) for text in texts]
@@ -140,7 +146,7 @@ class DataPlane:
 
         unique = list(todo)
         first_index = [todo[text][0] for text in unique]
-        encodings = await self._encode(unique, first_index, options.truncate, field)
+        encodings = await self._encode(unique, first_index, options.truncate, field, first)
         inputs = [task.prepare(enc, first_index[n], options, self._served) for n, enc in enumerate(encodings)]
         items = [(len(item.ids), item) for item in inputs]
         if wait_for_room:
@@ -158,6 +164,41 @@ class DataPlane:
                 results[i] = result
             self._cache.put(keys[todo[text][0]], result)
         return Reply([r for r in results if r is not None], sum(len(e) for e in encodings), cached)
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncate: bool,
+        deadline: float | None,
+        wait_for_room: bool = False,
+    ) -> RerankReply:
+        """Each document's relevance to the query, in input order: a cross-encoder scores each pair, an embedding
+        model the cosine of the query's and each document's unit vector; FAILED_PRECONDITION for other tasks."""
+        if self.model.task is Task.RERANK:
+            pairs = RerankOptions(query, truncate)
+            reply = await self.infer(documents, pairs, deadline, wait_for_room=wait_for_room, field="documents")
+            return from_logits(reply.results, reply.tokens)
+        if self.model.task is not Task.EMBEDDING:
+            raise FailedPrecondition(
+                f"Rerank needs a rerank (cross-encoder) or an embedding model; "
+                f"{self.model.name!r} is {with_article(self.model.task.value)} model"
+            )
+        # Both checked before either is computed.
+        check_text(query, self.model.limits, "query")
+        check_texts(documents, self.model.limits, "documents")
+        options = replace(embedding_defaults(self.model), normalize=True, truncate=truncate)
+        calls = [
+            asyncio.ensure_future(self.infer(texts, options, deadline, wait_for_room=wait_for_room, field=field))
+            for texts, field in (([query], "query"), (documents, "documents"))
+        ]
+        try:
+            asked, found = await asyncio.gather(*calls)
+        finally:
+            for call in calls:  # one refused: the other is not computed for nothing
+                call.cancel()
+        return from_embeddings(asked.results[0], found.results, asked.tokens + found.tokens)
 
     async def tokenize(self, texts: Sequence[str]) -> list[Encoded]:
         """The tokens of each input (limits on count and characters apply; no token limit)."""
@@ -187,23 +228,29 @@ class DataPlane:
                 )
 
     async def _encode(
-        self, inputs: list[str | TokenIds], indices: list[int], truncate: bool, field: str = "inputs"
+        self, inputs: list[str | TokenIds], indices: list[int], truncate: bool, field: str, first: str | None
     ) -> list[Encoded]:
         texts = [item for item in inputs if isinstance(item, str)]
         encoded: list[Encoded] = []
         if texts:
             loop = asyncio.get_running_loop()
-            encode = functools.partial(self._tokenizer.encode, texts, truncate=truncate)
+            encode = functools.partial(self._encode_blocking, texts, truncate, first)
             started = time.perf_counter()
             encoded = await loop.run_in_executor(self._tokenize, encode)
             if self._metrics is not None:
                 self._metrics.tokenization.observe(time.perf_counter() - started)
+        # Token-id inputs need no tokenizer (embeddings only, so never a pair).
         wrapped = self._tokenizer.wrap([item for item in inputs if isinstance(item, TokenIds)], truncate=truncate)
         from_text, from_ids = iter(encoded), iter(wrapped)
         encodings = [next(from_text) if isinstance(item, str) else next(from_ids) for item in inputs]
         for i in over_token_limit(encodings, self.model.limits):
-            raise refuse_long(indices[i], len(encodings[i]), self.model.limits, field)
+            raise refuse_long(indices[i], len(encodings[i]), self.model.limits, field, paired=first is not None)
         return encodings
+
+    def _encode_blocking(self, texts: list[str], truncate: bool, first: str | None) -> list[Encoded]:
+        if first is not None:  # a pair is only ever cut on its second text, so the first must leave room
+            check_pair_room(self._tokenizer.pair_overhead(first), self.model.limits)
+        return self._tokenizer.encode(texts, truncate=truncate, first=first)
 
 
 def deadline_from(time_remaining: float | None) -> float | None:

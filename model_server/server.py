@@ -59,6 +59,7 @@ from model_server.servicers.reflection import enable_reflection
 from model_server.servicers.registration import add_service
 from model_server.servicers.task import InferenceServicer
 from model_server.tasks import Task
+from model_server.tasks.rerank import check_labels
 from model_server.tokenization import TextTokenizer
 
 log = logging.getLogger("bertmesh.serve")
@@ -106,6 +107,8 @@ def load_model(
         raise ConfigError(f"{checkpoint.path}: fill-mask needs a mask token, and the tokenizer has none")
     if checkpoint.task is Task.SEQUENCE_CLASSIFICATION and not checkpoint.labels:
         raise ConfigError(f"{checkpoint.path}: sequence classification needs id2label in config.json")
+    if checkpoint.task is Task.RERANK:
+        check_labels(checkpoint.label_count, str(checkpoint.path))
     backend = create_engine(checkpoint, replace(engine, device=device), tokenizer.pad_id)
     # The longest input a request may bring, from the model's own vocabulary.
     sample = tokenizer.encode(["warm up " * request_limits.max_tokens_per_input], truncate=True)[0].ids

@@ -19,13 +19,15 @@ from model_server.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """One tokenised input: ids with special tokens, character offsets, word index per token (None: special)."""
+    """One tokenised input: ids with special tokens, character offsets, word index per token (None: special);
+    a pair's token types (first sequence 0, second 1) in `type_ids`, empty for a single text."""
 
     ids: tuple[int, ...]
     offsets: tuple[tuple[int, int], ...]
     word_ids: tuple[int | None, ...]
     special: tuple[bool, ...]
     truncated: bool = False
+    type_ids: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,6 +50,8 @@ class TextTokenizer:
         # A second instance truncates: Tokenizer's truncation setting is per instance, and both are in use
         # from several threads at once.
         self._cut = Tokenizer.from_str(tokenizer.to_str())
+        # Pairs are cut on their second sequence only: a reranker's query stays whole, its document is cut.
+        self._cut_second = Tokenizer.from_str(tokenizer.to_str())
         self._cut_length = 0
         self.mask_token = _first_present(tokenizer, ("[MASK]", "<mask>"))
         self.mask_id = tokenizer.token_to_id(self.mask_token) if self.mask_token else None
@@ -78,12 +82,21 @@ class TextTokenizer:
     def configure_truncation(self, max_tokens: int) -> None:
         """Sets the length inputs are cut to when a request asks for truncation (once, at start-up)."""
         self._cut.enable_truncation(max_length=max_tokens)
+        self._cut_second.enable_truncation(max_length=max_tokens, strategy="only_second")
         self._cut_length = max_tokens
 
-    def encode(self, texts: Sequence[str], *, truncate: bool = False) -> list[Encoded]:
-        """Tokenises texts with special tokens; `truncate` cuts each to the configured length."""
-        tokenizer = self._cut if truncate else self._full
-        encodings = tokenizer.encode_batch(list(texts))
+    def encode(self, texts: Sequence[str], *, truncate: bool = False, first: str | None = None) -> list[Encoded]:
+        """Tokenises texts with special tokens; `truncate` cuts each to the configured length.
+
+        With `first`, each text is the second sequence of a pair after `first` (type ids set), and truncation
+        cuts the text only: the caller makes sure `first` leaves room (see `pair_overhead`).
+        """
+        if first is None:
+            tokenizer = self._cut if truncate else self._full
+            encodings = tokenizer.encode_batch(list(texts))
+        else:
+            tokenizer = self._cut_second if truncate else self._full
+            encodings = tokenizer.encode_batch([(first, text) for text in texts])
         return [
             Encoded(
                 ids=tuple(e.ids),
@@ -91,6 +104,7 @@ class TextTokenizer:
                 word_ids=tuple(e.word_ids),
                 special=tuple(bool(s) for s in e.special_tokens_mask),
                 truncated=truncate and bool(e.overflowing),
+                type_ids=() if first is None else tuple(e.type_ids),
             )
             for e in encodings
         ]
@@ -117,6 +131,10 @@ class TextTokenizer:
                 )
             )
         return out
+
+    def pair_overhead(self, first: str) -> int:
+        """Tokens a pair spends before its second sequence's own: the first text's and every special token."""
+        return len(self._full.encode(first, add_special_tokens=False)) + self._full.num_special_tokens_to_add(True)
 
     def token_text(self, token_id: int) -> str:
         """A token as text without word-piece markers (for fill-mask candidates)."""

@@ -36,13 +36,18 @@ def check_texts(texts: Sequence[str | TokenIds], limits: Limits, field: str = "i
             if not text.ids:
                 raise EmptyInput(f"{field}[{i}]: input is empty")
             continue
-        if not text or text.isspace():
-            raise EmptyInput(f"{field}[{i}]: input is empty")
-        if len(text) > limits.max_chars_per_input:
-            raise OverLimit(
-                f"{field}[{i}]: {len(text)} characters exceed max_chars_per_input={limits.max_chars_per_input}; "
-                "shorten the input"
-            )
+        check_text(text, limits, f"{field}[{i}]")
+
+
+def check_text(text: str, limits: Limits, field: str) -> None:
+    """Checks that one input is not blank and within the characters limit."""
+    if not text or text.isspace():
+        raise EmptyInput(f"{field}: input is empty")
+    if len(text) > limits.max_chars_per_input:
+        raise OverLimit(
+            f"{field}: {len(text)} characters exceed max_chars_per_input={limits.max_chars_per_input}; "
+            "shorten the input"
+        )
 
 
 def over_token_limit(encodings: Sequence[Encoded], limits: Limits) -> list[int]:
@@ -50,10 +55,11 @@ def over_token_limit(encodings: Sequence[Encoded], limits: Limits) -> list[int]:
     return [i for i, e in enumerate(encodings) if len(e) > limits.max_tokens_per_input]
 
 
-def refuse_long(index: int, tokens: int, limits: Limits, field: str = "inputs") -> OverLimit:
+def refuse_long(index: int, tokens: int, limits: Limits, field: str = "inputs", *, paired: bool = False) -> OverLimit:
     """The error for an input over the token limit when the request did not ask for truncation."""
+    counted = " (the query's and the document's together)" if paired else ""
     return OverLimit(
-        f"{field}[{index}]: {tokens} tokens exceed max_tokens_per_input={limits.max_tokens_per_input}; "
+        f"{field}[{index}]: {tokens} tokens{counted} exceed max_tokens_per_input={limits.max_tokens_per_input}; "
         "shorten the input, or let the server cut it: truncate=true in the request (--truncate in the bertmesh CLI)"
     )
 
@@ -62,3 +68,12 @@ def check_top_k(top_k: int, maximum: int, field: str = "top_k") -> None:
     """Checks a top_k option against its bound."""
     if top_k < 0 or top_k > maximum:
         raise InvalidArgument(f"{field}: {top_k} is outside 0..{maximum}")
+
+
+def check_pair_room(first_tokens: int, limits: Limits, field: str = "query") -> None:
+    """Checks that a pair's first text, with the pair's special tokens, leaves room for its second text's tokens."""
+    if first_tokens >= limits.max_tokens_per_input:
+        raise InvalidArgument(
+            f"{field}: {first_tokens} tokens (special tokens included) leave no room for a document within "
+            f"max_tokens_per_input={limits.max_tokens_per_input}; shorten the query"
+        )

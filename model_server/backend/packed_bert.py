@@ -271,9 +271,11 @@ class PackedBertEncoder(nn.Module):
             layer.native = kernel
         return True
 
-    def forward(self, ids: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """Hidden states [tokens, hidden] of packed token ids [tokens] (token type 0 throughout)."""
-        x: torch.Tensor = self.norm(self.word(ids) + self.position(packing.positions) + self.token_type.weight[0])
+    def forward(self, ids: torch.Tensor, packing: Packing, types: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [tokens, hidden] of packed token ids [tokens] and their token types (None: type 0
+        throughout, without a lookup)."""
+        typed = self.token_type.weight[0] if types is None else self.token_type(types)
+        x: torch.Tensor = self.norm(self.word(ids) + self.position(packing.positions) + typed)
         stages = self.int8_stages
         if stages is not None:
             quantised, magnitude = stages.quantise(x)

@@ -93,6 +93,7 @@ class PackedEngine(TorchEngine):
         if device.type == "cpu":
             log.info("packed engine: attention by %s", self._attention(packed, settings.attention))
         self.model = packed
+        self._typed = packed.encoder.token_type.num_embeddings > 1
         super().__init__(task, device, precision, model.config)
 
     @staticmethod
@@ -116,4 +117,9 @@ class PackedEngine(TorchEngine):
         ids = torch.from_numpy(np.fromiter((t for item in inputs for t in item.ids), np.int64, sum(lengths)))
         packing = plan(lengths, self._device)
         starts = list(np.cumsum([0, *lengths[:-1]]).tolist())
-        return PackedOutput(self.model, self.model.encoder(ids.to(self._device), packing), packing, starts)
+        types = None
+        if self._typed and any(item.type_ids for item in inputs):
+            packed_types = (t for item in inputs for t in (item.type_ids or (0,) * len(item.ids)))
+            types = torch.from_numpy(np.fromiter(packed_types, np.int64, sum(lengths))).to(self._device)
+        states = self.model.encoder(ids.to(self._device), packing, types)
+        return PackedOutput(self.model, states, packing, starts)

@@ -33,21 +33,35 @@ def _sparse_mlm_head(model: Any) -> Any:
 class PaddedOutput:
     """A padded batch's encoder output, computed on demand and handed over in the packed layout."""
 
-    def __init__(self, engine: TransformersEngine, ids: torch.Tensor, mask: torch.Tensor, lengths: list[int]) -> None:
+    def __init__(
+        self,
+        engine: TransformersEngine,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        lengths: list[int],
+        types: torch.Tensor | None = None,
+    ) -> None:
         self._engine = engine
         self._ids = ids
         self._mask = mask
+        self._types = types
         self._real = mask.bool()  # picks the real tokens of [inputs, longest] in packed (row-major) order
         self.lengths = lengths
         self.starts = list(np.cumsum([0, *lengths[:-1]]).tolist())
 
     def _states(self) -> torch.Tensor:
-        states: torch.Tensor = self._engine.base(input_ids=self._ids, attention_mask=self._mask).last_hidden_state
+        states: torch.Tensor = self._engine.base(**self._inputs()).last_hidden_state
         return states
 
     def _logits(self) -> torch.Tensor:
-        logits: torch.Tensor = self._engine.model(input_ids=self._ids, attention_mask=self._mask).logits
+        logits: torch.Tensor = self._engine.model(**self._inputs()).logits
         return logits
+
+    def _inputs(self) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": self._ids, "attention_mask": self._mask}
+        if self._types is not None:
+            inputs["token_type_ids"] = self._types
+        return inputs
 
     def hidden(self) -> torch.Tensor:
         """See EncoderOutput."""
@@ -90,6 +104,7 @@ class TransformersEngine(TorchEngine):
         self.base: Any = self.model.base_model
         self.mlm_head: Any = _sparse_mlm_head(self.model)
         self._pad_id = pad_id
+        self._typed = int(getattr(model.config, "type_vocab_size", 0) or 0) > 1
         super().__init__(task, device, precision, model.config)
 
     @staticmethod
@@ -102,8 +117,19 @@ class TransformersEngine(TorchEngine):
         lengths = [len(i.ids) for i in inputs]
         ids = np.full((len(inputs), max(lengths)), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(inputs), max(lengths)), dtype=np.int64)
+        # Token types only where a pair brings them and the model has more than one (RoBERTa-style models do not).
+        typed = self._typed and any(item.type_ids for item in inputs)
+        types = np.zeros_like(ids)
         for row, item in enumerate(inputs):
             ids[row, : len(item.ids)] = item.ids
             mask[row, : len(item.ids)] = 1
+            if typed and item.type_ids:
+                types[row, : len(item.type_ids)] = item.type_ids
         device = self._device
-        return PaddedOutput(self, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), lengths)
+        return PaddedOutput(
+            self,
+            torch.from_numpy(ids).to(device),
+            torch.from_numpy(mask).to(device),
+            lengths,
+            torch.from_numpy(types).to(device) if typed else None,
+        )

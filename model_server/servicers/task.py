@@ -103,6 +103,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         response: pb.FillMaskResponse = await self._call(Task.FILL_MASK, request, context)
         return response
 
+    async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
+        """See the proto: served by cross-encoder and embedding models alike (the data plane picks the method)."""
+        plane = self._plane()
+        plane.check_model(request.model)
+        deadline = deadline_from(context.time_remaining())
+        reply = await plane.rerank(request.query, list(request.documents), truncate=request.truncate, deadline=deadline)
+        return codec.rerank_response(reply, request, plane.model)
+
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         """See the proto."""
         plane = self._plane()

@@ -8,7 +8,8 @@ from typing import Any
 
 from model_server.dataplane import ModelDescription, Reply
 from model_server.proto.bertmesh.v1 import inference_pb2 as pb
-from model_server.tasks import Pooling, Task, TaskSpec
+from model_server.tasks import Pooling, RerankReply, Task, TaskSpec, rerank
+from model_server.tasks.rerank import top
 from model_server.tokenization import Encoded
 
 _POOLING_OUT = {Pooling.MEAN: pb.POOLING_MEAN, Pooling.CLS: pb.POOLING_CLS}
@@ -17,15 +18,32 @@ _TASK_OUT = {
     Task.SEQUENCE_CLASSIFICATION: pb.TASK_SEQUENCE_CLASSIFICATION,
     Task.TOKEN_CLASSIFICATION: pb.TASK_TOKEN_CLASSIFICATION,
     Task.FILL_MASK: pb.TASK_FILL_MASK,
+    Task.RERANK: pb.TASK_RERANK,
 }
 
 
 def task_response(task: TaskSpec[Any, Any], reply: Reply[Any], request_id: str, model: ModelDescription) -> Any:
     """The task's response message (its module encodes the results) with the fields every task reply has."""
-    response = task.api.response(reply.results, model)
+    return _stamped(
+        task.api.response(reply.results, model),
+        request_id,
+        model,
+        pb.Usage(tokens=reply.tokens, cached_inputs=reply.cached),
+    )
+
+
+def rerank_response(reply: RerankReply, request: pb.RerankRequest, model: ModelDescription) -> pb.RerankResponse:
+    """A RerankResponse: the request's top_n documents (0: all), best first, their texts if asked for."""
+    order = top(reply.scores, request.top_n or None)
+    response = rerank.response(reply, order, request.documents if request.return_documents else ())
+    stamped: pb.RerankResponse = _stamped(response, request.id, model, pb.Usage(tokens=reply.tokens))
+    return stamped
+
+
+def _stamped(response: Any, request_id: str, model: ModelDescription, usage: pb.Usage) -> Any:
     response.model = model.name
     response.id = request_id
-    response.usage.CopyFrom(pb.Usage(tokens=reply.tokens, cached_inputs=reply.cached))
+    response.usage.CopyFrom(usage)
     return response
 
 

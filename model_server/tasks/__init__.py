@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from model_server.tasks import embedding, fill_mask, sequence_classification, token_classification
+from model_server.tasks import embedding, fill_mask, rerank, sequence_classification, token_classification
 from model_server.tasks.base import FloatArray, ModelInput, Pooling, Task, TaskSpec
 from model_server.tasks.embedding import EmbedOptions
 from model_server.tasks.fill_mask import FillMaskOptions, MaskCandidates, TokenScore
+from model_server.tasks.rerank import RerankOptions, RerankReply
 from model_server.tasks.sequence_classification import Classification, ClassifyOptions, LabelScore
 from model_server.tasks.token_classification import Aggregation, Entity, EntityList, TokenClassifyOptions
 
@@ -31,6 +32,8 @@ __all__ = [
     "MaskCandidates",
     "ModelInput",
     "Pooling",
+    "RerankOptions",
+    "RerankReply",
     "Task",
     "TaskOptions",
     "TaskResult",
@@ -42,11 +45,12 @@ __all__ = [
 ]
 
 SPECS: Mapping[Task, TaskSpec[Any, Any]] = {
-    s.task: s for s in (embedding.SPEC, sequence_classification.SPEC, token_classification.SPEC, fill_mask.SPEC)
+    s.task: s
+    for s in (embedding.SPEC, sequence_classification.SPEC, token_classification.SPEC, fill_mask.SPEC, rerank.SPEC)
 }
 _BY_OPTIONS: Mapping[type, TaskSpec[Any, Any]] = {s.options: s for s in SPECS.values()}
 
-TaskOptions = EmbedOptions | ClassifyOptions | TokenClassifyOptions | FillMaskOptions
+TaskOptions = EmbedOptions | ClassifyOptions | TokenClassifyOptions | FillMaskOptions | RerankOptions
 TaskResult = FloatArray | Classification | EntityList | MaskCandidates
 
 

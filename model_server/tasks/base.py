@@ -34,6 +34,7 @@ class Task(Enum):
     SEQUENCE_CLASSIFICATION = "sequence-classification"
     TOKEN_CLASSIFICATION = "token-classification"
     FILL_MASK = "fill-mask"
+    RERANK = "rerank"
 
 
 class Pooling(Enum):
@@ -48,12 +49,13 @@ class ModelInput:
     """One tokenised input as the model sees it.
 
     `pooling` is set for embedding models; `positions` lists the token positions whose vocabulary logits a
-    fill-mask model returns.
+    fill-mask model returns; `type_ids` are the token types of a pair (None: type 0 throughout).
     """
 
     ids: tuple[int, ...]
     pooling: Pooling | None = None
     positions: tuple[int, ...] | None = None
+    type_ids: tuple[int, ...] | None = None
 
 
 class Options(Hashable, Protocol):
@@ -148,6 +150,8 @@ class TaskSpec(Generic[Opt, R]):
     oip: TaskOip[Opt, R]
     # Modules of model_class the task never runs (a weight of theirs missing from a checkpoint is harmless).
     unused_modules: frozenset[str] = frozenset()
+    # The text every input is paired with (its first sequence), or None: inputs are tokenised alone.
+    paired_with: Callable[[Opt], str | None] = lambda options: None
 
 
 def any_options(options: object) -> None:

@@ -50,13 +50,15 @@ def write_tokenizer(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     vocab_file = path / "vocab.txt"
     vocab_file.write_text("\n".join(VOCAB) + "\n")
-    tokenizer = transformers.BertTokenizer(vocab_file=str(vocab_file), do_lower_case=True)
+    # The vocabulary as a mapping: transformers 5's BertTokenizer ignores `vocab_file` and would save a
+    # tokenizer.json knowing only the special tokens (every word [UNK]).
+    tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
     tokenizer.save_pretrained(str(path))
 
 
 def build(path: Path, task: str, *, seed: int = 0) -> Path:
     """Writes a random checkpoint for `task` (embedding, sequence-classification, token-classification,
-    fill-mask) with its tokenizer into `path`."""
+    fill-mask, rerank) with its tokenizer into `path`."""
     torch.manual_seed(seed)
     model: transformers.PreTrainedModel
     if task == "embedding":
@@ -67,6 +69,10 @@ def build(path: Path, task: str, *, seed: int = 0) -> Path:
         model = transformers.BertForTokenClassification(_config(**_labels(NER_LABELS)))
     elif task == "fill-mask":
         model = transformers.BertForMaskedLM(_config())
+    elif task == "rerank":  # a cross-encoder: one relevance logit per (query, document) pair
+        # Wider weights than BERT's 0.02: the default leaves every logit near 0, so that a pair typed wrong or
+        # cut wrong would still score within a test's tolerance.
+        model = transformers.BertForSequenceClassification(_config(num_labels=1, initializer_range=0.2))
     else:
         raise ValueError(task)
     model.train(False)

@@ -14,7 +14,7 @@ from tests.server import checkpoints
 from tests.server.harness import ServerThread, config_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-TASKS = ("embedding", "sequence-classification", "token-classification", "fill-mask")
+TASKS = ("embedding", "sequence-classification", "token-classification", "fill-mask", "rerank")
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ TASK_SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"]
 NOT_TASKS = {"EmbedStream", "Tokenize", "ModelInfo"}
 TEXTS = {task: ["john lives in paris", "the weather is good"] for task in TASKS}
 TEXTS["fill-mask"] = ["john lives in [MASK]", "the [MASK] is good"]
+QUERY = "where does john live"
 
 
 def test_every_task_has_a_module_for_each_front_end_and_every_task_rpc_a_task() -> None:
@@ -41,8 +42,13 @@ def test_the_task_api_and_model_infer_both_serve_the_task(tiny_servers: dict[str
     spec = SPECS[Task(task)]
     texts = TEXTS[task]
     method = TASK_SERVICE.methods_by_name[spec.api.rpc]
-    request = message_factory.GetMessageClass(method.input_type)(inputs=texts, id="req-1")
+    request_class = message_factory.GetMessageClass(method.input_type)
     infer = oip.ModelInferRequest(model_name=task)
+    if task == "rerank":  # the texts are documents, scored against a query
+        request = request_class(query=QUERY, documents=texts, id="req-1")
+        infer.parameters["query"].string_param = QUERY
+    else:
+        request = request_class(inputs=texts, id="req-1")
     infer.inputs.add(name="text", datatype="BYTES", shape=[len(texts)]).contents.bytes_contents.extend(
         t.encode() for t in texts
     )

@@ -36,6 +36,7 @@ class _TaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Task.ValueType],
     TASK_SEQUENCE_CLASSIFICATION: _Task.ValueType  # 2
     TASK_TOKEN_CLASSIFICATION: _Task.ValueType  # 3
     TASK_FILL_MASK: _Task.ValueType  # 4
+    TASK_RERANK: _Task.ValueType  # 5
 
 class Task(_Task, metaclass=_TaskEnumTypeWrapper):
     """Task is what the served model computes."""
@@ -45,6 +46,7 @@ TASK_EMBEDDING: Task.ValueType  # 1
 TASK_SEQUENCE_CLASSIFICATION: Task.ValueType  # 2
 TASK_TOKEN_CLASSIFICATION: Task.ValueType  # 3
 TASK_FILL_MASK: Task.ValueType  # 4
+TASK_RERANK: Task.ValueType  # 5
 Global___Task: _TypeAlias = Task  # noqa: Y015
 
 class _Pooling:
@@ -691,6 +693,149 @@ class FillMaskResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FillMaskResponse: _TypeAlias = FillMaskResponse  # noqa: Y015
+
+@_typing.final
+class RerankRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    TOP_N_FIELD_NUMBER: _builtins.int
+    RETURN_DOCUMENTS_FIELD_NUMBER: _builtins.int
+    TRUNCATE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name; empty means the served model."""
+    query: _builtins.str
+    """The query (same characters limit as an input); a cross-encoder pairs it with each document, and it must
+    leave room for document tokens within max_tokens_per_input.
+    """
+    top_n: _builtins.int
+    """Results to return, best first; 0 means every document."""
+    return_documents: _builtins.bool
+    """Echo each result's document text."""
+    truncate: _builtins.bool
+    """Cut documents over the token limit (for cross-encoders the document side of each pair only) instead of
+    refusing the request.
+    """
+    id: _builtins.str
+    """Echoed in the response."""
+    @_builtins.property
+    def documents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Documents to score (same limits as EmbedRequest.inputs; for cross-encoders the token limit applies to
+        query and document together).
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        query: _builtins.str = ...,
+        documents: _abc.Iterable[_builtins.str] | None = ...,
+        top_n: _builtins.int = ...,
+        return_documents: _builtins.bool = ...,
+        truncate: _builtins.bool = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal[
+        "documents",
+        b"documents",
+        "id",
+        b"id",
+        "model",
+        b"model",
+        "query",
+        b"query",
+        "return_documents",
+        b"return_documents",
+        "top_n",
+        b"top_n",
+        "truncate",
+        b"truncate",
+    ]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerankRequest: _TypeAlias = RerankRequest  # noqa: Y015
+
+@_typing.final
+class RerankResult(_message.Message):
+    """RerankResult is one document's relevance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    RELEVANCE_SCORE_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    RAW_SCORE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The document's position in RerankRequest.documents."""
+    relevance_score: _builtins.float
+    """Higher is more relevant: the sigmoid of the cross-encoder's logit (0..1), or the cosine (-1..1)."""
+    document: _builtins.str
+    """The document, when return_documents was set."""
+    raw_score: _builtins.float
+    """The cross-encoder's logit, or the cosine."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        relevance_score: _builtins.float = ...,
+        document: _builtins.str = ...,
+        raw_score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal[
+        "document", b"document", "index", b"index", "raw_score", b"raw_score", "relevance_score", b"relevance_score"
+    ]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerankResult: _TypeAlias = RerankResult  # noqa: Y015
+
+@_typing.final
+class RerankResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """How the scores were computed: "cross-encoder" or "cosine"."""
+    model: _builtins.str
+    id: _builtins.str
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RerankResult]:
+        """Best first (ties in input order), cut to top_n."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Tokens computed: each (query, document) pair's for cross-encoders, the query's and documents' for cosine."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RerankResult] | None = ...,
+        method: _builtins.str = ...,
+        model: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal[
+        "id", b"id", "method", b"method", "model", b"model", "results", b"results", "usage", b"usage"
+    ]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerankResponse: _TypeAlias = RerankResponse  # noqa: Y015
 
 @_typing.final
 class TokenizeRequest(_message.Message):

@@ -67,6 +67,12 @@ class InferenceServiceStub:
             response_deserializer=bertmesh_dot_v1_dot_inference__pb2.FillMaskResponse.FromString,
             _registered_method=True,
         )
+        self.Rerank = channel.unary_unary(
+            "/bertmesh.v1.InferenceService/Rerank",
+            request_serializer=bertmesh_dot_v1_dot_inference__pb2.RerankRequest.SerializeToString,
+            response_deserializer=bertmesh_dot_v1_dot_inference__pb2.RerankResponse.FromString,
+            _registered_method=True,
+        )
         self.Tokenize = channel.unary_unary(
             "/bertmesh.v1.InferenceService/Tokenize",
             request_serializer=bertmesh_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
@@ -116,6 +122,14 @@ class InferenceServiceServicer:
         context.set_details("Method not implemented!")
         raise NotImplementedError("Method not implemented!")
 
+    def Rerank(self, request, context):
+        """Rerank scores each document's relevance to a query, best first: by the model itself for cross-encoder
+        (rerank) models, by the cosine of query and document embeddings for embedding models.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("Method not implemented!")
+        raise NotImplementedError("Method not implemented!")
+
     def Tokenize(self, request, context):
         """Tokenize returns the tokens the model would see, with character offsets; no model compute."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -155,6 +169,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
             servicer.FillMask,
             request_deserializer=bertmesh_dot_v1_dot_inference__pb2.FillMaskRequest.FromString,
             response_serializer=bertmesh_dot_v1_dot_inference__pb2.FillMaskResponse.SerializeToString,
+        ),
+        "Rerank": grpc.unary_unary_rpc_method_handler(
+            servicer.Rerank,
+            request_deserializer=bertmesh_dot_v1_dot_inference__pb2.RerankRequest.FromString,
+            response_serializer=bertmesh_dot_v1_dot_inference__pb2.RerankResponse.SerializeToString,
         ),
         "Tokenize": grpc.unary_unary_rpc_method_handler(
             servicer.Tokenize,
@@ -315,6 +334,36 @@ class InferenceService:
             "/bertmesh.v1.InferenceService/FillMask",
             bertmesh_dot_v1_dot_inference__pb2.FillMaskRequest.SerializeToString,
             bertmesh_dot_v1_dot_inference__pb2.FillMaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True,
+        )
+
+    @staticmethod
+    def Rerank(
+        request,
+        target,
+        options=(),
+        channel_credentials=None,
+        call_credentials=None,
+        insecure=False,
+        compression=None,
+        wait_for_ready=None,
+        timeout=None,
+        metadata=None,
+    ):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            "/bertmesh.v1.InferenceService/Rerank",
+            bertmesh_dot_v1_dot_inference__pb2.RerankRequest.SerializeToString,
+            bertmesh_dot_v1_dot_inference__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,10 @@ class InferenceServiceStub:
     """ClassifyTokens returns the entities of each input with character offsets (token-classification models)."""
     FillMask: _grpc.UnaryUnaryMultiCallable[_inference_pb2.FillMaskRequest, _inference_pb2.FillMaskResponse]
     """FillMask predicts the tokens behind each mask token of each input (masked-language models)."""
+    Rerank: _grpc.UnaryUnaryMultiCallable[_inference_pb2.RerankRequest, _inference_pb2.RerankResponse]
+    """Rerank scores each document's relevance to a query, best first: by the model itself for cross-encoder
+    (rerank) models, by the cosine of query and document embeddings for embedding models.
+    """
     Tokenize: _grpc.UnaryUnaryMultiCallable[_inference_pb2.TokenizeRequest, _inference_pb2.TokenizeResponse]
     """Tokenize returns the tokens the model would see, with character offsets; no model compute."""
     ModelInfo: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ModelInfoRequest, _inference_pb2.ModelInfoResponse]
@@ -76,6 +80,10 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """ClassifyTokens returns the entities of each input with character offsets (token-classification models)."""
     FillMask: _aio.UnaryUnaryMultiCallable[_inference_pb2.FillMaskRequest, _inference_pb2.FillMaskResponse]  # type: ignore[assignment]
     """FillMask predicts the tokens behind each mask token of each input (masked-language models)."""
+    Rerank: _aio.UnaryUnaryMultiCallable[_inference_pb2.RerankRequest, _inference_pb2.RerankResponse]  # type: ignore[assignment]
+    """Rerank scores each document's relevance to a query, best first: by the model itself for cross-encoder
+    (rerank) models, by the cosine of query and document embeddings for embedding models.
+    """
     Tokenize: _aio.UnaryUnaryMultiCallable[_inference_pb2.TokenizeRequest, _inference_pb2.TokenizeResponse]  # type: ignore[assignment]
     """Tokenize returns the tokens the model would see, with character offsets; no model compute."""
     ModelInfo: _aio.UnaryUnaryMultiCallable[_inference_pb2.ModelInfoRequest, _inference_pb2.ModelInfoResponse]  # type: ignore[assignment]
@@ -125,6 +133,16 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.FillMaskResponse, _abc.Awaitable[_inference_pb2.FillMaskResponse]]:
         """FillMask predicts the tokens behind each mask token of each input (masked-language models)."""
+
+    @_abc_1.abstractmethod
+    def Rerank(
+        self,
+        request: _inference_pb2.RerankRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.RerankResponse, _abc.Awaitable[_inference_pb2.RerankResponse]]:
+        """Rerank scores each document's relevance to a query, best first: by the model itself for cross-encoder
+        (rerank) models, by the cosine of query and document embeddings for embedding models.
+        """
 
     @_abc_1.abstractmethod
     def Tokenize(
