@@ -173,12 +173,15 @@ class DataPlane:
         truncate: bool,
         deadline: float | None,
         wait_for_room: bool = False,
+        fields: tuple[str, str] = ("query", "documents"),
     ) -> RerankReply:
         """Each document's relevance to the query, in input order: a cross-encoder scores each pair, an embedding
-        model the cosine of the query's and each document's unit vector; FAILED_PRECONDITION for other tasks."""
+        model the cosine of the query's and each document's unit vector; FAILED_PRECONDITION for other tasks.
+        `fields` names the query and documents in errors as the caller's API does (TEI says `texts`)."""
+        query_field, documents_field = fields
         if self.model.task is Task.RERANK:
             pairs = RerankOptions(query, truncate)
-            reply = await self.infer(documents, pairs, deadline, wait_for_room=wait_for_room, field="documents")
+            reply = await self.infer(documents, pairs, deadline, wait_for_room=wait_for_room, field=documents_field)
             return from_logits(reply.results, reply.tokens)
         if self.model.task is not Task.EMBEDDING:
             raise FailedPrecondition(
@@ -186,12 +189,12 @@ class DataPlane:
                 f"{self.model.name!r} is {with_article(self.model.task.value)} model"
             )
         # Both checked before either is computed.
-        check_text(query, self.model.limits, "query")
-        check_texts(documents, self.model.limits, "documents")
+        check_text(query, self.model.limits, query_field)
+        check_texts(documents, self.model.limits, documents_field)
         options = replace(embedding_defaults(self.model), normalize=True, truncate=truncate)
         calls = [
             asyncio.ensure_future(self.infer(texts, options, deadline, wait_for_room=wait_for_room, field=field))
-            for texts, field in (([query], "query"), (documents, "documents"))
+            for texts, field in (([query], query_field), (documents, documents_field))
         ]
         try:
             asked, found = await asyncio.gather(*calls)

@@ -90,12 +90,12 @@ def create_app(
     version: str,
 ) -> tuple[FastAPI, Asgi]:
     """The FastAPI app (for its routes and schema) and the ASGI callable to serve (the app behind Guard)."""
-    from model_server.http import openai_routes, tei_routes
+    from model_server.http import openai_routes, rerank_routes, tei_routes
 
     app = FastAPI(
         title="bertmesh",
         version=version,
-        description="OpenAI embeddings and text-embeddings-inference routes on a bertmesh model server.",
+        description="OpenAI embeddings, Cohere rerank and text-embeddings-inference routes on a bertmesh model server.",
     )
     app.state.plane = plane
     app.state.default_timeout_s = default_timeout_s
@@ -103,9 +103,11 @@ def create_app(
     app.state.started = int(time.time())
     app.include_router(openai_routes.router)
     app.include_router(tei_routes.router)
+    app.include_router(rerank_routes.router)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _invalid_body)
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(Exception, _unexpected)
-    routes = [getattr(route, "path", "") for r in (openai_routes.router, tei_routes.router) for route in r.routes]
+    routers = (openai_routes.router, tei_routes.router, rerank_routes.router)
+    routes = [getattr(route, "path", "") for r in routers for route in r.routes]
     return app, Guard(app, routes=routes, metrics=metrics, tokens=tokens, max_body_bytes=max_body_bytes)

@@ -76,12 +76,12 @@ def minilm_process() -> Iterator[ServeProcess]:
 
 @pytest.fixture(scope="session")
 def tiny_http(tiny_models: dict[str, Path]) -> Iterator[dict[str, ServerThread]]:
-    """An in-process server with HTTP on for the tiny embedding and sequence-classification checkpoints."""
+    """An in-process server with HTTP on for the tiny embedding, sequence-classification and rerank checkpoints."""
     servers = {
         task: ServerThread(
             config_for(tiny_models[task], "--max-inputs-per-request", "4", metrics=True, http=True)
         ).start()
-        for task in ("embedding", "sequence-classification")
+        for task in ("embedding", "sequence-classification", "rerank")
     }
     yield servers
     for server in servers.values():
