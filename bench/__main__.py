@@ -1,6 +1,6 @@
 """`python -m bench` (or `make bench ARGS=...`): run the interleaved benchmark, or one of its helpers.
 
-python -m bench run [--quick] [--systems bertmesh,in-process,triton,infinity] ...
+python -m bench run [--quick] [--systems bertmesh,bertmesh-http,bertmesh-http-b64,in-process,triton,infinity] ...
 python -m bench corpus            regenerate bench/corpus/texts.tsv
 python -m bench profile           py-spy profile of bertmesh under load
 python -m bench micro             A/B micro-benchmarks of the serving path (ratios)

@@ -35,7 +35,8 @@ class WrappedBertmesh(Bertmesh):
         from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
 
         s = self.settings
-        serve = ["--port", str(self.port), "--metrics-port", str(self.metrics_port), "--precision", "fp32"]
+        serve = ["--port", str(self.port), "--metrics-port", str(self.metrics_port), "--http-port", str(self.http_port)]
+        serve += ["--precision", "fp32"]
         serve += ["--device", "cpu", "--threads", str(s.threads), "--cache-entries", "0", "--log-level", "WARNING"]
         argv = [sys.executable, "-m", "bench.gcwrap", str(self.stats), *(["--freeze"] if self.freeze else []), "--"]
         self.server = ServerProcess(self.name, [*argv, *serve], logs / f"{self.name}.log", _thread_env(s.threads), ROOT)

@@ -20,7 +20,7 @@ from typing import Any
 from bench import corpus, flops, promscrape, report, workload
 from bench.procs import machine_cpu_seconds
 from bench.stats import RunSummary, summarize
-from bench.systems import ROOT, Bertmesh, Echo, Infinity, InProcess, Settings, System, Triton
+from bench.systems import ROOT, Bertmesh, BertmeshHttp, Echo, Infinity, InProcess, Settings, System, Triton
 from model_server.loadgen.drivers import Window, closed_loop, open_loop
 from model_server.loadgen.schedules import poisson_arrivals
 
@@ -77,6 +77,10 @@ def build_systems(plan: Plan, settings: Settings, notes: dict[str, str]) -> list
         try:
             if name == "bertmesh":
                 systems.append(Bertmesh(settings))
+            elif name == "bertmesh-http":
+                systems.append(BertmeshHttp(settings))
+            elif name == "bertmesh-http-b64":
+                systems.append(BertmeshHttp(settings, "base64", name=name))
             elif name in plan.variants:
                 items = plan.variants[name]
                 env = dict(i[4:].split("=", 1) for i in items if i.startswith("env:"))

@@ -1,5 +1,6 @@
-"""The systems under test, each behind one async `call(request)`: bertmesh, Triton, Infinity, the in-process
-ceiling, and a trivial echo server that measures the load generator itself."""
+"""The systems under test, each behind one async `call(request)`: bertmesh (gRPC, and HTTP with JSON floats or
+base64), Triton, Infinity, the in-process ceiling, and a trivial echo server that measures the load generator
+itself."""
 
 from __future__ import annotations
 
@@ -138,6 +139,7 @@ class Bertmesh(_ServerSystem):
         self.extra_args = list(extra_args)
         self.port = free_port()
         self.metrics_port = free_port()
+        self.http_port = free_port()
 
     async def start(self, logs: Path) -> None:
         s = self.settings
@@ -148,6 +150,8 @@ class Bertmesh(_ServerSystem):
             str(self.port),
             "--metrics-port",
             str(self.metrics_port),
+            "--http-port",
+            str(self.http_port),
             "--precision",
             "fp32",
             "--device",
@@ -185,6 +189,50 @@ class Bertmesh(_ServerSystem):
     async def close(self) -> None:
         await self.channel.close()
         await self._stop()
+
+
+class BertmeshHttp(Bertmesh):
+    """`bertmesh serve` called over its HTTP front instead: OpenAI's /v1/embeddings with aiohttp, JSON floats or
+    base64 (decoded here, as the OpenAI SDK does), on the same server settings as `bertmesh`."""
+
+    def __init__(self, settings: Settings, encoding: str = "float", name: str = "bertmesh-http") -> None:
+        super().__init__(settings, name=name)
+        self.encoding = encoding
+
+    async def start(self, logs: Path) -> None:
+        import aiohttp
+
+        await super().start(logs)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+        )
+        self.url = f"http://127.0.0.1:{self.http_port}/v1/embeddings"
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        import base64
+
+        import numpy as np
+
+        body = {"model": MODEL_NAME, "input": list(texts), "encoding_format": self.encoding}
+        async with self.session.post(self.url, json=body) as reply:
+            if reply.status != 200:
+                raise RuntimeError(f"bertmesh-http answered HTTP {reply.status}: {(await reply.text())[:300]}")
+            data = (await reply.json())["data"]
+        if self.encoding == "base64":
+            return [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4").tolist() for d in data]
+        return [item["embedding"] for item in data]
+
+    async def call(self, request: Request) -> None:
+        vectors = await self.embed(request.strings)
+        if len(vectors) != len(request.texts) or len(vectors[0]) != DIMENSIONS:
+            raise RuntimeError(f"bertmesh-http answered {len(vectors)} vectors for {len(request.texts)} texts")
+
+    def oip(self) -> OipTarget | None:
+        return None  # perf_analyzer measures gRPC: the plain bertmesh system has it
+
+    async def close(self) -> None:
+        await self.session.close()
+        await super().close()
 
 
 def _bytes_tensor(texts: Sequence[str]) -> bytes:

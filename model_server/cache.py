@@ -17,7 +17,7 @@ class CacheKey:
     revision: str
     task: str
     options: Hashable
-    text: str
+    text: Hashable  # the text, or its token ids
 
 
 class ResultCache(Generic[V]):

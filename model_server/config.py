@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9400
+DEFAULT_HTTP_PORT = 8080
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 # Tokens per batch by device. On CPU throughput is flat from a few hundred to ~4k tokens per batch and falls
 # beyond (caches), while a smaller batch is a shorter wait for whoever arrives during it; GPUs need big batches.
@@ -117,6 +118,8 @@ class ServerConfig:
     host: str
     port: int
     metrics_port: int  # 0 turns the metrics endpoint off
+    http_port: int  # 0 turns the HTTP front (OpenAI and text-embeddings-inference routes) off
+    http_timeout_seconds: float  # an HTTP request's deadline unless it sends X-Request-Timeout; 0: none
     cache_entries: int  # 0 turns the result cache off
     auth_token_file: Path | None
     grace_seconds: float
@@ -151,7 +154,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     limits, batching = LimitsConfig(), BatchingConfig()
     p = argparse.ArgumentParser(
         prog="bertmesh serve",
-        description="Serve a BERT-family model over gRPC (bertmesh.v1 task API and Open Inference Protocol v2).",
+        description="Serve a BERT-family model over gRPC (bertmesh.v1 task API and Open Inference Protocol v2) "
+        "and HTTP (OpenAI embeddings and text-embeddings-inference routes).",
     )
     m = p.add_argument_group("model")
     m.add_argument(
@@ -215,6 +219,19 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         type=_non_negative,
         default=DEFAULT_METRICS_PORT,
         help=f"Prometheus /metrics port on --host, 0 turns it off (default: {DEFAULT_METRICS_PORT})",
+    )
+    n.add_argument(
+        "--http-port",
+        type=_non_negative,
+        default=DEFAULT_HTTP_PORT,
+        help="HTTP port on --host for the OpenAI (/v1/embeddings, /v1/models) and text-embeddings-inference "
+        f"(/embed, /predict, /tokenize, /info, /health) routes; 0 turns it off (default: {DEFAULT_HTTP_PORT})",
+    )
+    n.add_argument(
+        "--http-timeout-seconds",
+        type=_non_negative_float,
+        default=60.0,
+        help="deadline of an HTTP request that sends no X-Request-Timeout header; 0: none (default: %(default)s)",
     )
     n.add_argument(
         "--auth-token-file",
@@ -314,6 +331,8 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ser
         host=a.host,
         port=a.port,
         metrics_port=a.metrics_port,
+        http_port=a.http_port,
+        http_timeout_seconds=a.http_timeout_seconds,
         cache_entries=a.cache_entries,
         auth_token_file=a.auth_token_file,
         grace_seconds=a.grace_seconds,

@@ -20,13 +20,13 @@ from model_server.backend import Backend
 from model_server.batcher import TokenBudgetBatcher
 from model_server.cache import CacheKey, ResultCache
 from model_server.description import ModelDescription
-from model_server.errors import FailedPrecondition, NotFound
+from model_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from model_server.metrics import Metrics
 from model_server.tasks import Task, TaskResult, spec_of
 from model_server.tasks.base import FloatArray, ModelInput, Options, Served
 from model_server.tasks.embedding import defaults as embedding_defaults
 from model_server.tasks.rerank import RerankOptions, RerankReply, from_embeddings, from_logits
-from model_server.tokenization import Encoded, TextTokenizer
+from model_server.tokenization import Encoded, TextTokenizer, TokenIds
 from model_server.validation import check_pair_room, check_text, check_texts, over_token_limit, refuse_long
 
 T = TypeVar("T")
@@ -109,7 +109,7 @@ class DataPlane:
 
     async def infer(
         self,
-        texts: Sequence[str],
+        texts: Sequence[str | TokenIds],
         options: Options,
         deadline: float | None,
         *,
@@ -117,7 +117,8 @@ class DataPlane:
         field: str = "inputs",
     ) -> Reply[Any]:
         """Per-input results of the task whose options these are (see model_server.tasks); FAILED_PRECONDITION
-        when the served model does another task. Limit errors name the texts `field`."""
+        when the served model does another task. Embeddings also take token ids of the served vocabulary;
+        `field` is the inputs' name in the caller's API, for messages."""
         task = spec_of(options)
         if self.model.task is not task.task:
             raise FailedPrecondition(
@@ -129,10 +130,11 @@ class DataPlane:
         if first is not None:
             check_text(first, self.model.limits, "query")
         check_texts(texts, self.model.limits, field)
+        self._check_ids(texts, task.task, field)
         keys = [CacheKey(self.model.revision, task.task.value, options, text) for text in texts]
         results: list[TaskResult | None] = [self._cache.get(k) for k in keys]
         # Identical texts in one request are computed once.
-        todo: dict[str, list[int]] = {}
+        todo: dict[str | TokenIds, list[int]] = {}
         for i, (text, result) in enumerate(zip(texts, results, strict=True)):
             if result is None:
                 todo.setdefault(text, []).append(i)
@@ -157,7 +159,7 @@ class DataPlane:
             for f in futures:  # on error or cancellation, nothing of this request stays queued
                 f.cancel()
         for text, enc, out in zip(unique, encodings, outputs, strict=True):
-            result = task.finish(out, enc, text, options, self._served)
+            result = task.finish(out, enc, text if isinstance(text, str) else "", options, self._served)
             for i in todo[text]:
                 results[i] = result
             self._cache.put(keys[todo[text][0]], result)
@@ -171,12 +173,15 @@ class DataPlane:
         truncate: bool,
         deadline: float | None,
         wait_for_room: bool = False,
+        fields: tuple[str, str] = ("query", "documents"),
     ) -> RerankReply:
         """Each document's relevance to the query, in input order: a cross-encoder scores each pair, an embedding
-        model the cosine of the query's and each document's unit vector; FAILED_PRECONDITION for other tasks."""
+        model the cosine of the query's and each document's unit vector; FAILED_PRECONDITION for other tasks.
+        `fields` names the query and documents in errors as the caller's API does (TEI says `texts`)."""
+        query_field, documents_field = fields
         if self.model.task is Task.RERANK:
             pairs = RerankOptions(query, truncate)
-            reply = await self.infer(documents, pairs, deadline, wait_for_room=wait_for_room, field="documents")
+            reply = await self.infer(documents, pairs, deadline, wait_for_room=wait_for_room, field=documents_field)
             return from_logits(reply.results, reply.tokens)
         if self.model.task is not Task.EMBEDDING:
             raise FailedPrecondition(
@@ -184,12 +189,12 @@ class DataPlane:
                 f"{self.model.name!r} is {with_article(self.model.task.value)} model"
             )
         # Both checked before either is computed.
-        check_text(query, self.model.limits, "query")
-        check_texts(documents, self.model.limits, "documents")
+        check_text(query, self.model.limits, query_field)
+        check_texts(documents, self.model.limits, documents_field)
         options = replace(embedding_defaults(self.model), normalize=True, truncate=truncate)
         calls = [
             asyncio.ensure_future(self.infer(texts, options, deadline, wait_for_room=wait_for_room, field=field))
-            for texts, field in (([query], "query"), (documents, "documents"))
+            for texts, field in (([query], query_field), (documents, documents_field))
         ]
         try:
             asked, found = await asyncio.gather(*calls)
@@ -210,15 +215,37 @@ class DataPlane:
 
     # -- the shared path ------------------------------------------------------------------------------
 
+    def _check_ids(self, inputs: Sequence[str | TokenIds], task: Task, field: str) -> None:
+        """Token-id inputs: embeddings only, every id in the served vocabulary."""
+        vocabulary = self._tokenizer.vocab_size
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                continue
+            if task is not Task.EMBEDDING:
+                raise InvalidArgument(f"{field}[{i}]: token-id inputs are served for embeddings only; send text")
+            bad = next((t for t in item.ids if not 0 <= t < vocabulary), None)
+            if bad is not None:
+                raise InvalidArgument(
+                    f"{field}[{i}]: token id {bad} is outside the vocabulary of {self.model.name!r} "
+                    f"(0..{vocabulary - 1}); send text, or ids from this model's own tokenizer (not tiktoken's)"
+                )
+
     async def _encode(
-        self, texts: list[str], indices: list[int], truncate: bool, field: str, first: str | None
+        self, inputs: list[str | TokenIds], indices: list[int], truncate: bool, field: str, first: str | None
     ) -> list[Encoded]:
-        loop = asyncio.get_running_loop()
-        encode = functools.partial(self._encode_blocking, texts, truncate, first)
-        started = time.perf_counter()
-        encodings = await loop.run_in_executor(self._tokenize, encode)
-        if self._metrics is not None:
-            self._metrics.tokenization.observe(time.perf_counter() - started)
+        texts = [item for item in inputs if isinstance(item, str)]
+        encoded: list[Encoded] = []
+        if texts:
+            loop = asyncio.get_running_loop()
+            encode = functools.partial(self._encode_blocking, texts, truncate, first)
+            started = time.perf_counter()
+            encoded = await loop.run_in_executor(self._tokenize, encode)
+            if self._metrics is not None:
+                self._metrics.tokenization.observe(time.perf_counter() - started)
+        # Token-id inputs need no tokenizer (embeddings only, so never a pair).
+        wrapped = self._tokenizer.wrap([item for item in inputs if isinstance(item, TokenIds)], truncate=truncate)
+        from_text, from_ids = iter(encoded), iter(wrapped)
+        encodings = [next(from_text) if isinstance(item, str) else next(from_ids) for item in inputs]
         for i in over_token_limit(encodings, self.model.limits):
             raise refuse_long(indices[i], len(encodings[i]), self.model.limits, field, paired=first is not None)
         return encodings

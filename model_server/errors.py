@@ -37,6 +37,14 @@ class InvalidArgument(ServingError):
     code = Code.INVALID_ARGUMENT
 
 
+class OverLimit(InvalidArgument):
+    """The request has more inputs, characters or tokens than the server's limits (HTTP fronts answer 413)."""
+
+
+class EmptyInput(InvalidArgument):
+    """An input is empty or blank (text-embeddings-inference answers these 400, apart from other validation)."""
+
+
 class NotFound(ServingError):
     """The request names a model this server does not serve."""
 

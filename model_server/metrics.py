@@ -44,7 +44,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.inflight = Gauge("bertmesh_inflight_requests", "RPCs being served (the autoscaling signal)", registry=r)
+        # HTTP routes in families of their own: the gRPC families keep their labels (dashboards, alerts, the
+        # operator's analysis), and a route's status is an HTTP code, not a gRPC one.
+        self.http_requests = Counter(
+            "bertmesh_http_requests", "HTTP requests answered, by route and HTTP status", ["route", "code"], registry=r
+        )
+        self.http_latency = Histogram(
+            "bertmesh_http_request_duration_seconds",
+            "HTTP request latency, by route",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "bertmesh_inflight_requests", "RPCs and HTTP requests being served (the autoscaling signal)", registry=r
+        )
         self.batch_inputs = Histogram(
             "bertmesh_batch_size_requests", "inputs per executed batch", buckets=_SIZE_BUCKETS, registry=r
         )

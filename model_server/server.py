@@ -1,10 +1,11 @@
-"""`bertmesh serve`: load the model, serve gRPC (task API, OIP v2, health, reflection) and metrics; drain on SIGTERM.
+"""`bertmesh serve`: load the model, serve gRPC (task API, OIP v2, health, reflection), HTTP (OpenAI and
+text-embeddings-inference routes, model_server.http) and metrics; drain on SIGTERM.
 
 Start-up order: the gRPC port opens first with health NOT_SERVING (probes and clients see "loading", not
 "refused"), the model loads and warms in a thread, then health flips to SERVING. On SIGTERM health flips back
 to NOT_SERVING and new calls get UNAVAILABLE while the port stays open for the drain delay (so load balancers
 see the replica leave), then the server stops accepting connections, every in-flight call finishes within the
-grace period, and the process exits 0.
+grace period, and the process exits 0. The HTTP port follows the same steps (GET /health 503, calls 503).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from model_server.config import (
 )
 from model_server.dataplane import DataPlane, ModelDescription
 from model_server.errors import ConfigError, NotReady
+from model_server.http.app import create_app
+from model_server.http.front import HttpFront, bind
 from model_server.metrics import Metrics
 from model_server.proto.bertmesh.v1 import inference_pb2
 from model_server.proto.inference import grpc_service_pb2
@@ -175,6 +178,7 @@ class RunningServer:
 
     port: int
     metrics_port: int
+    http_port: int  # 0: no HTTP front
     state: ServingState
     metrics: Metrics
     ready: asyncio.Event
@@ -233,15 +237,20 @@ async def serve(
             "(or the address is not this machine's): choose another --port or stop what holds it"
         ) from None
     stop_metrics: Callable[[], None] | None = None
+    http: HttpFront | None = None
     try:
         await server.start()
         if config.metrics_port:
             stop_metrics = serve_metrics(metrics, config.host, config.metrics_port)
-        running = RunningServer(port, getattr(metrics, "port", 0), state, metrics, asyncio.Event(), stop)
+        if config.http_port:
+            http = await start_http(config, state, metrics, tokens)
+        http_port = http.port if http else 0
+        running = RunningServer(port, getattr(metrics, "port", 0), http_port, state, metrics, asyncio.Event(), stop)
         log.info(
-            "listening on %s:%d (gRPC)%s; loading the model",
+            "listening on %s:%d (gRPC)%s%s; loading the model",
             config.host,
             port,
+            f", http://{config.host}:{http_port} (OpenAI, text-embeddings-inference)" if http else "",
             f", metrics on http://{config.host}:{running.metrics_port}/metrics" if stop_metrics else "",
         )
         if on_started is not None:
@@ -290,14 +299,34 @@ async def serve(
             )
             await _wait(hurry, config.drain_delay_seconds)
         log.info("shutting down: finishing in-flight calls (grace %.0fs)", config.grace_seconds)
-        await server.stop(config.grace_seconds)
+        await asyncio.gather(server.stop(config.grace_seconds), *([http.stop()] if http else []))
+        http = None
         if state.plane is not None:
             await state.plane.close()
     finally:
         await server.stop(None)
+        if http is not None:
+            await http.stop()
         if stop_metrics is not None:
             stop_metrics()
     log.info("stopped")
+
+
+async def start_http(
+    config: ServerConfig, state: ServingState, metrics: Metrics, tokens: list[str] | None
+) -> HttpFront:
+    """Binds and starts the HTTP front (ConfigError naming --http-port when the port is taken)."""
+    _, app = create_app(
+        state.get,
+        metrics=metrics,
+        tokens=tokens,
+        max_body_bytes=config.limits.max_message_bytes,
+        default_timeout_s=config.http_timeout_seconds or None,
+        version=version(),
+    )
+    front = HttpFront(app, bind(config.host, config.http_port), config.grace_seconds)
+    await front.start()
+    return front
 
 
 async def _wait(event: asyncio.Event | None, seconds: float) -> None:

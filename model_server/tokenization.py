@@ -33,6 +33,13 @@ class Encoded:
         return len(self.ids)
 
 
+@dataclass(frozen=True, slots=True)
+class TokenIds:
+    """An input given as ids of the served vocabulary, without special tokens (the server adds those)."""
+
+    ids: tuple[int, ...]
+
+
 class TextTokenizer:
     """The model's tokenizer, returning every token (no limit applied) or cut to a length."""
 
@@ -49,6 +56,13 @@ class TextTokenizer:
         self.mask_token = _first_present(tokenizer, ("[MASK]", "<mask>"))
         self.mask_id = tokenizer.token_to_id(self.mask_token) if self.mask_token else None
         self.pad_id = _pad_id(tokenizer)
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        # The special tokens the model's template puts around one text ([CLS] ... [SEP] for BERT), read off a
+        # real encoding so token-id inputs get exactly what the same text would.
+        sample = tokenizer.encode("a")
+        content = [i for i, special in enumerate(sample.special_tokens_mask) if not special]
+        self._prefix = tuple(sample.ids[: content[0]]) if content else ()
+        self._suffix = tuple(sample.ids[content[-1] + 1 :]) if content else ()
 
     @classmethod
     def from_dir(cls, path: Path) -> TextTokenizer:
@@ -94,6 +108,29 @@ class TextTokenizer:
             )
             for e in encodings
         ]
+
+    def wrap(self, inputs: Sequence[TokenIds], *, truncate: bool = False) -> list[Encoded]:
+        """Token-id inputs as encodings with the model's special tokens; `truncate` cuts each to the configured
+        length (special tokens kept). Offsets are (0, 0): there is no text."""
+        specials = len(self._prefix) + len(self._suffix)
+        out = []
+        for item in inputs:
+            ids = item.ids
+            cut = truncate and self._cut_length and len(ids) + specials > self._cut_length
+            if cut:
+                ids = ids[: max(self._cut_length - specials, 0)]
+            full = (*self._prefix, *ids, *self._suffix)
+            flags = (True,) * len(self._prefix) + (False,) * len(ids) + (True,) * len(self._suffix)
+            out.append(
+                Encoded(
+                    ids=full,
+                    offsets=((0, 0),) * len(full),
+                    word_ids=tuple(None if f else n for n, f in enumerate(flags)),
+                    special=flags,
+                    truncated=bool(cut),
+                )
+            )
+        return out
 
     def pair_overhead(self, first: str) -> int:
         """Tokens a pair spends before its second sequence's own: the first text's and every special token."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model_server.errors import InvalidArgument
-from model_server.tokenization import Encoded
+from model_server.errors import EmptyInput, InvalidArgument, OverLimit
+from model_server.tokenization import Encoded, TokenIds
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,25 +22,29 @@ class Limits:
     max_message_bytes: int
 
 
-def check_texts(texts: Sequence[str], limits: Limits, field: str = "inputs") -> None:
-    """Checks the number of inputs and each input's characters."""
+def check_texts(texts: Sequence[str | TokenIds], limits: Limits, field: str = "inputs") -> None:
+    """Checks the number of inputs and each input's characters (token-id inputs: that they are not empty)."""
     if not texts:
-        raise InvalidArgument(f"{field}: at least one input is required")
+        raise EmptyInput(f"{field}: at least one input is required")
     if len(texts) > limits.max_inputs_per_request:
-        raise InvalidArgument(
+        raise OverLimit(
             f"{field}: {len(texts)} inputs exceed max_inputs_per_request={limits.max_inputs_per_request}; "
             "split the request"
         )
     for i, text in enumerate(texts):
+        if isinstance(text, TokenIds):
+            if not text.ids:
+                raise EmptyInput(f"{field}[{i}]: input is empty")
+            continue
         check_text(text, limits, f"{field}[{i}]")
 
 
 def check_text(text: str, limits: Limits, field: str) -> None:
     """Checks that one input is not blank and within the characters limit."""
     if not text or text.isspace():
-        raise InvalidArgument(f"{field}: input is empty")
+        raise EmptyInput(f"{field}: input is empty")
     if len(text) > limits.max_chars_per_input:
-        raise InvalidArgument(
+        raise OverLimit(
             f"{field}: {len(text)} characters exceed max_chars_per_input={limits.max_chars_per_input}; "
             "shorten the input"
         )
@@ -51,12 +55,10 @@ def over_token_limit(encodings: Sequence[Encoded], limits: Limits) -> list[int]:
     return [i for i, e in enumerate(encodings) if len(e) > limits.max_tokens_per_input]
 
 
-def refuse_long(
-    index: int, tokens: int, limits: Limits, field: str = "inputs", *, paired: bool = False
-) -> InvalidArgument:
+def refuse_long(index: int, tokens: int, limits: Limits, field: str = "inputs", *, paired: bool = False) -> OverLimit:
     """The error for an input over the token limit when the request did not ask for truncation."""
     counted = " (the query's and the document's together)" if paired else ""
-    return InvalidArgument(
+    return OverLimit(
         f"{field}[{index}]: {tokens} tokens{counted} exceed max_tokens_per_input={limits.max_tokens_per_input}; "
         "shorten the input, or let the server cut it: truncate=true in the request (--truncate in the bertmesh CLI)"
     )

@@ -37,9 +37,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config_for(model: Path | None, *extra: str, metrics: bool = False) -> ServerConfig:
-    """A config parsed from real command-line arguments: loopback, any free port."""
+def config_for(model: Path | None, *extra: str, metrics: bool = False, http: bool = False) -> ServerConfig:
+    """A config parsed from real command-line arguments: loopback, any free port; HTTP only when asked for."""
     argv = ["--host", "127.0.0.1", "--port", "0", "--metrics-port", str(free_port() if metrics else 0)]
+    argv += ["--http-port", str(free_port() if http else 0)]
     argv += ["--drain-delay-seconds", "0"]  # no load balancer to wait for; tests/server/test_process.py tests it
     if model is not None:
         argv += ["--model", str(model)]
@@ -94,6 +95,12 @@ class ServerThread:
         """host:port of the gRPC listener."""
         assert self.running is not None
         return f"127.0.0.1:{self.running.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP front's base URL."""
+        assert self.running is not None and self.running.http_port
+        return f"http://127.0.0.1:{self.running.http_port}"
 
     @property
     def metrics_url(self) -> str:

@@ -52,8 +52,9 @@ def test_complete_checkpoints_load_for_their_task_and_as_embeddings(tiny_models:
 
 
 def test_serving_the_bundled_model_as_fill_mask_exits_2_naming_the_missing_head() -> None:
+    ports = ["--port", "0", "--metrics-port", "0", "--http-port", "0"]
     result = subprocess.run(
-        [sys.executable, "-m", "bertmesh_cli", "serve", "--task", "fill-mask", "--port", "0", "--metrics-port", "0"],
+        [sys.executable, "-m", "bertmesh_cli", "serve", "--task", "fill-mask", *ports],
         capture_output=True,
         text=True,
         timeout=120,

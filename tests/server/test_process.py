@@ -44,7 +44,7 @@ def start(*args: str, env: dict[str, str] | None = None) -> Process:
     # The server's own OpenMP defaults apply only where the environment sets neither variable.
     inherited = {k: v for k, v in os.environ.items() if k not in OPENMP_DEFAULTS}
     proc = subprocess.Popen(
-        [*BERTMESH, "serve", "--port", str(port), "--metrics-port", "0", *args],
+        [*BERTMESH, "serve", "--port", str(port), "--metrics-port", "0", "--http-port", "0", *args],
         stderr=subprocess.PIPE,
         text=True,
         env={**inherited, **(env or {})},
@@ -209,7 +209,7 @@ def test_unusable_models_exit_2_with_the_reason(tmp_path: Path, tiny_models: dic
         (pickled / name).write_bytes((tiny_models["embedding"] / name).read_bytes())
     (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
     result = subprocess.run(
-        [*BERTMESH, "serve", "--model", str(pickled), "--port", "0", "--metrics-port", "0"],
+        [*BERTMESH, "serve", "--model", str(pickled), "--port", "0", "--metrics-port", "0", "--http-port", "0"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -230,6 +230,8 @@ def test_unusable_models_exit_2_with_the_reason(tmp_path: Path, tiny_models: dic
             "0",
             "--metrics-port",
             "0",
+            "--http-port",
+            "0",
         ],
         capture_output=True,
         text=True,
@@ -247,13 +249,13 @@ def test_client_and_servicers_import_without_torch(module: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
+@pytest.mark.parametrize("flag", ["--port", "--metrics-port", "--http-port"])
 def test_a_busy_port_exits_2_naming_the_flag_and_the_port(flag: str) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = str(holder.getsockname()[1])
-        ports = {"--port": "0", "--metrics-port": "0", flag: busy}
+        ports = {"--port": "0", "--metrics-port": "0", "--http-port": "0", flag: busy}
         result = subprocess.run(
             [*BERTMESH, "serve", "--host", "127.0.0.1", *(a for item in ports.items() for a in item)],
             capture_output=True,

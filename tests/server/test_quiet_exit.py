@@ -14,6 +14,7 @@ BERTMESH = [sys.executable, "-m", "bertmesh_cli"]
 
 def test_a_stopped_server_exits_zero_without_leak_reports(tiny_models: dict[str, Path]) -> None:
     args = ["serve", "--model", str(tiny_models["embedding"]), "--port", str(free_port()), "--metrics-port", "0"]
+    args += ["--http-port", "0"]
     proc = subprocess.Popen([*BERTMESH, *args], stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     log = []
