@@ -271,6 +271,11 @@ class PackedBertEncoder(nn.Module):
             layer.native = kernel
         return True
 
+    def use_pytorch_attention(self) -> None:
+        """Runs attention with PyTorch's scaled-dot-product attention (undoes use_native_attention)."""
+        for layer in self._typed_layers:
+            layer.native = None
+
     def forward(self, ids: torch.Tensor, packing: Packing) -> torch.Tensor:
         """Hidden states [tokens, hidden] of packed token ids [tokens] (token type 0 throughout)."""
         x: torch.Tensor = self.norm(self.word(ids) + self.position(packing.positions) + self.token_type.weight[0])

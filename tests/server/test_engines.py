@@ -28,16 +28,34 @@ def test_environment_variables_set_defaults_that_flags_override() -> None:
     off = EngineConfig(int8_fuse=False, attention="torch", mkl_amd=False)
     assert engine_defaults(env) == off
     assert parse_args([], env=env).engine == off
-    flags = ["--int8-fuse", "--attention", "native", "--mkl-amd", "--engine", "transformers", "--threads", "3"]
+    flags = ["--int8-fuse", "--attention", "auto", "--mkl-amd", "--engine", "transformers", "--threads", "3"]
     assert parse_args(flags, env=env).engine == EngineConfig(kind="transformers", threads=3)
     assert parse_args(["--no-int8-fuse", "--no-mkl-amd"], env={}).engine == EngineConfig(int8_fuse=False, mkl_amd=False)
+    kernels = {"BERTMESH_ATTENTION": "native", "BERTMESH_PROJECTIONS": "torch"}
+    assert parse_args([], env=kernels).engine == EngineConfig(attention="native", projections="torch")
+    assert parse_args(["--projections", "onednn"], env=kernels).engine.projections == "onednn"
 
 
 def test_serve_help_documents_every_engine_flag() -> None:
     text = " ".join(build_parser(env={}).format_help().split())
-    for flag in ("--engine", "--device", "--precision", "--threads", "--int8-fuse", "--attention", "--mkl-amd"):
+    flags = (
+        "--engine",
+        "--device",
+        "--precision",
+        "--threads",
+        "--int8-fuse",
+        "--attention",
+        "--projections",
+        "--mkl-amd",
+    )
+    for flag in flags:
         assert flag in text
-    for variable in ("BERTMESH_INT8_FUSE=0", "BERTMESH_ATTENTION=torch", "BERTMESH_MKL_AMD=0"):
+    for variable in (
+        "BERTMESH_INT8_FUSE=0",
+        "BERTMESH_ATTENTION=torch",
+        "BERTMESH_PROJECTIONS=torch",
+        "BERTMESH_MKL_AMD=0",
+    ):
         assert variable in text
 
 
@@ -75,7 +93,7 @@ def layers(engine: Any) -> list[Any]:
 
 def test_attention_setting_chooses_the_kernel_and_outputs_agree(head_dim_32: Path) -> None:
     checkpoint = inspect_checkpoint(head_dim_32)
-    native = create_engine(checkpoint, EngineConfig(device="cpu"))
+    native = create_engine(checkpoint, EngineConfig(device="cpu", attention="native"))
     plain = create_engine(checkpoint, EngineConfig(device="cpu", attention="torch"))
     assert all(layer.native is not None for layer in layers(native))
     assert all(layer.native is None for layer in layers(plain))
