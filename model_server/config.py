@@ -105,6 +105,7 @@ class LimitsConfig:
     max_chars_per_input: int = 20_000
     max_tokens_per_input: int | None = None
     max_message_bytes: int = 8 * 1024 * 1024
+    auto_truncate: bool = False  # requests that do not say whether to truncate are truncated
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +279,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         default=limits.max_message_bytes,
         help="encoded request size (default: 8 MiB)",
     )
+    lim.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        default=limits.auto_truncate,
+        help="cut inputs over --max-tokens-per-input to it when a request does not say (task API: truncate "
+        "unset; Open Inference Protocol: no 'truncate' parameter); an explicit truncate=false is still refused "
+        "(default: refuse them)",
+    )
     b = p.add_argument_group("batching")
     b.add_argument(
         "--max-batch-tokens",
@@ -364,7 +373,9 @@ def resolve_limits(
             f"{max_tokens} tokens = {largest_request}); raise it or lower the request limits"
         )
     return (
-        Limits(lim.max_inputs_per_request, lim.max_chars_per_input, max_tokens, lim.max_message_bytes),
+        Limits(
+            lim.max_inputs_per_request, lim.max_chars_per_input, max_tokens, lim.max_message_bytes, lim.auto_truncate
+        ),
         BatchLimits(batch_tokens, bat.max_batch_requests, bat.max_batch_delay_ms / 1000.0, queued),
     )
 
