@@ -82,6 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     en.add_argument("--rounds", type=int, default=3)
     en.add_argument("--seconds", type=float, default=8.0)
     en.add_argument("--configs", default="", help="';'-separated names from bench/engine.py CONFIGS (default all)")
+    en.add_argument(
+        "--isa",
+        default="avx512",
+        help="comma-separated: avx512 (what the processor has), avx2 (capped: oneDNN and "
+        "the attention kernel), e.g. avx512,avx2 for both in one run",
+    )
+    en.add_argument("--threads", type=int, default=2, help="torch threads of each worker (default 2)")
     en.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ke = sub.add_parser("kernels", help="the attention kernel per instruction set vs PyTorch's (bench/kernels.py)")
     ke.add_argument("--threads", type=_ints, default=[1, 2])
@@ -138,9 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.engine import engine_bench, worker
 
         if a.worker is not None:
-            print(json.dumps(worker(a.worker, a.seconds)))
+            print(json.dumps(worker(a.worker, a.seconds, a.threads)))
         else:
-            engine_bench(a.rounds, a.seconds, [n for n in a.configs.split(";") if n])
+            engine_bench(
+                a.rounds, a.seconds, [n for n in a.configs.split(";") if n], [i for i in a.isa.split(",") if i]
+            )
         return 0
     if a.command == "kernels":
         import json

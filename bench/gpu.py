@@ -134,6 +134,7 @@ def measure(
         "kernel_shares": shares,
         "precision": backend.info.precision,
         "engine": backend.info.engine,
+        "kernels": backend.info.kernels,
         "max_batch_tokens": limits.max_batch_tokens,
         "batches": count,
         "tokens_per_s": sum(lengths) / elapsed,

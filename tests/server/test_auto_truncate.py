@@ -27,9 +27,10 @@ def server(request: pytest.FixtureRequest, tiny_models: dict[str, Path]) -> Iter
     started.stop()
 
 
-def embed(server: ServerThread, **fields: bool) -> pb.EmbedResponse:
+def embed(server: ServerThread, truncate: bool | None = None) -> pb.EmbedResponse:
     with grpc.insecure_channel(server.target) as channel:
-        return pb_grpc.InferenceServiceStub(channel).Embed(pb.EmbedRequest(inputs=[TOO_LONG], **fields), timeout=30)
+        request = pb.EmbedRequest(inputs=[TOO_LONG], truncate=truncate)  # None: unset
+        return pb_grpc.InferenceServiceStub(channel).Embed(request, timeout=30)
 
 
 def infer(server: ServerThread, **parameters: bool) -> oip.ModelInferResponse:
