@@ -85,6 +85,9 @@ int bertmesh_attention_select(int cap) {
     return level = 0;
 }
 
+/* About 100-200 microseconds of one core's work: more than a passive thread's wake-up. */
+#define MIN_WORK_PER_THREAD (8.0 * 1024 * 1024)
+
 /* Head dimensions this kernel handles (others use PyTorch's attention). */
 int bertmesh_attention_supports(int64_t head_dim) { return head_dim == 32 || head_dim == 64; }
 
@@ -95,10 +98,18 @@ int bertmesh_packed_attention(const float *qkv, float *out, const int64_t *start
     if (!bertmesh_attention_supports(head_dim)) return -1;
     if (level < 0) bertmesh_attention_select(-1);
     int64_t longest = 0;
-    for (int64_t i = 0; i < sequences; i++) longest = lengths[i] > longest ? lengths[i] : longest;
+    double work = 0.0; /* multiply-adds: scores and weighted values */
+    for (int64_t i = 0; i < sequences; i++) {
+        longest = lengths[i] > longest ? lengths[i] : longest;
+        work += 2.0 * (double)lengths[i] * (double)lengths[i] * (double)(heads * head_dim);
+    }
     const int64_t lp = (longest + 31) & ~(int64_t)31;
+    /* Small batches (one short sentence) take fewer threads than offered: waking a thread that waits passively
+     * (the server's OpenMP policy) costs more than its share of the work saves. */
+    const double useful = 1.0 + work / MIN_WORK_PER_THREAD;
+    const int team = threads < 1 ? 1 : (useful < (double)threads ? (int)useful : threads);
     int failed = 0;
-#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+#pragma omp parallel num_threads(team) if (team > 1)
     {
         /* Per-thread scratch: transposed keys (head_dim x lp) and scores (8 x lp). */
         float *kt = aligned_alloc(64, (size_t)(head_dim * lp * sizeof(float) + 64));
