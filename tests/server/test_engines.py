@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from model_server.backend.factory import ENGINES, create_engine, resolve_engine
@@ -17,7 +16,6 @@ from model_server.checkpoint import inspect_checkpoint
 from model_server.config import ENGINE_KINDS, EngineConfig, build_parser, engine_defaults, parse_args
 from model_server.errors import ConfigError
 from model_server.tasks import ModelInput, Pooling
-from tests.server import checkpoints
 
 BATCH = [ModelInput((2, *(5 + i % 90 for i in range(n)), 3), Pooling.MEAN) for n in (3, 30, 7)]
 
@@ -66,24 +64,6 @@ def test_the_factory_offers_the_engines_the_command_line_names() -> None:
     assert resolve_engine("transformers", bert) == "transformers"
     with pytest.raises(ConfigError, match="--engine packed runs BERT encoders"):
         resolve_engine("packed", roberta)
-
-
-@pytest.fixture(scope="module")
-def head_dim_32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BERT embedding checkpoint whose heads the packed attention kernel takes (head size 32)."""
-    path = tmp_path_factory.mktemp("head-dim-32")
-    config = transformers.BertConfig(
-        vocab_size=len(checkpoints.VOCAB),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(str(path), safe_serialization=True)
-    checkpoints.write_tokenizer(path)
-    return path
 
 
 def layers(engine: Any) -> list[Any]:

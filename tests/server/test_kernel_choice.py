@@ -6,8 +6,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
-import transformers
 
 from model_server.backend.factory import create_engine
 from model_server.backend.kernel_choice import BASELINE, Kernels, candidates, choose, relative
@@ -16,7 +14,6 @@ from model_server.backend.packed_cpu import shapes
 from model_server.backend.packed_engine import PackedEngine
 from model_server.checkpoint import inspect_checkpoint
 from model_server.config import EngineConfig
-from tests.server import checkpoints
 
 ONEDNN_NATIVE, ONEDNN_TORCH, TORCH_NATIVE = (
     Kernels("onednn", "native"),
@@ -75,23 +72,6 @@ def test_timed_batches_follow_the_budget_and_the_model_positions() -> None:
     assert sum(list(batches.values())[2]) == 384  # capped: load stays quick
     assert sum(list(shapes(100, 512).values())[2]) == 100
     assert max(max(b) for b in shapes(2048, 40).values()) <= 40
-
-
-@pytest.fixture(scope="module")
-def head_dim_32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("kernels-32")
-    config = transformers.BertConfig(
-        vocab_size=len(checkpoints.VOCAB),
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(str(path), safe_serialization=True)
-    checkpoints.write_tokenizer(path)
-    return path
 
 
 def engine_kernels(engine: object) -> tuple[bool, bool]:
