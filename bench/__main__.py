@@ -147,9 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.worker is not None:
             print(json.dumps(worker(a.worker, a.seconds, a.threads)))
         else:
-            engine_bench(
-                a.rounds, a.seconds, [n for n in a.configs.split(";") if n], [i for i in a.isa.split(",") if i]
-            )
+            configs, isas = [n for n in a.configs.split(";") if n], [i for i in a.isa.split(",") if i]
+            engine_bench(a.rounds, a.seconds, configs, isas, a.threads)
         return 0
     if a.command == "kernels":
         import json
