@@ -3,9 +3,9 @@ straight from the fused query/key/value matrix, with no padding and no gather or
 
 Measured on this project's CI machine (`python -m bench engine`, docs/benchmarks.md): the bundled MiniLM (head_dim
 32) +8 % fp32 and +15 % int8 in process against PyTorch's CPU flash attention over the packed engine's blocks.
-Used for head dimensions 32 and 64 on CPU; elsewhere, without a C compiler or prebuilt library, or with
-`--attention torch` (BERTMESH_ATTENTION=torch for its default), the packed engine keeps PyTorch's
-scaled-dot-product attention.
+Whether it runs is decided at load by timing (`--attention auto`, model_server.backend.packed_cpu), or by
+`--attention native|torch`; only head dimensions 32 and 64 on CPU, and never without a C compiler or prebuilt
+library. `python -m bench kernels` compares it with PyTorch's attention per instruction set.
 """
 
 from __future__ import annotations

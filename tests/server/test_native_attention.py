@@ -100,8 +100,8 @@ def test_the_isa_switch_runs_that_code_and_it_computes_the_same(kernel: NativeAt
         ours = capped.attend(qkv, packing.lengths_tensor, packing.starts, 12)
         assert (ours.double() - exact).abs().max().item() < 1e-5
     finally:
-        native_attention.load({})  # the library is one per process: back to the best code for the other tests
-    assert native_attention.load({})[0] is not None and kernel.isa in native_attention.ISA_LEVELS
+        restored, _ = native_attention.load()  # one library per process: back to this run's code for the others
+    assert restored is not None and restored.isa == kernel.isa
     with pytest.raises(ValueError, match="BERTMESH_KERNEL_ISA=avx3"):
         native_attention.isa_cap({native_attention.ISA_VARIABLE: "avx3"})
 
