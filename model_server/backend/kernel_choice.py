@@ -1,10 +1,10 @@
 """Which CPU kernels the packed engine runs: the candidates the flags allow, and the choice among them from
-timings measured at load (model_server.backend.packed_engine measures; this module only decides).
+timings measured at load (model_server.backend.packed_cpu measures; this module only decides).
 
 Why by measurement: which kernel wins depends on the processor, its instruction sets and the thread count. The
-packed attention kernel is 2-4x PyTorch's attention with AVX-512 and was 10-30x slower than it on AVX2 (issue
-18); oneDNN's projections win or lose by a few per cent depending on MKL's code paths. The only safe default is
-the one measured on the machine that serves. Pure: no torch, no timing.
+packed attention kernel is 1.2-5x PyTorch's attention with AVX-512, and its first AVX2 form was 10-30x slower
+than PyTorch's (docs/benchmarks.md); oneDNN's projections win or lose by a few per cent depending on MKL's code
+paths. The only safe default is the one measured on the machine that serves. Pure: no torch, no timing.
 """
 
 from __future__ import annotations
