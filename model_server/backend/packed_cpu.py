@@ -102,6 +102,7 @@ def _build(model: Any, projections: str, int8: bool, fuse: bool) -> PackedModel:
         log.info("packed engine: candidate projections by %s", packed.encoder.use_onednn(int8=int8, fuse=fuse))
     elif int8:
         packed = quantize_int8(packed)
+        log.info("packed engine: int8 by torch's dynamic quantisation (no oneDNN; per-batch 7-bit activations)")
     return packed
 
 
