@@ -31,7 +31,12 @@
 #define CONCAT(a, b) CONCAT_(a, b)
 #define NAMED(name) CONCAT(name, LANES)
 
-#if defined(__x86_64__)
+/* GCC's `#pragma GCC target("arch=...")`; other compilers (clang ignores the pragma) get the baseline code only. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PER_ISA_CODE 1
+#endif
+
+#ifdef PER_ISA_CODE
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
 #define LANES 16
@@ -69,7 +74,7 @@ static int level = -1;
  * BERTMESH_KERNEL_ISA reaches here through model_server.backend.native_attention. */
 int bertmesh_attention_select(int cap) {
     if (cap < 0) cap = 2;
-#if defined(__x86_64__)
+#ifdef PER_ISA_CODE
     __builtin_cpu_init();
     if (cap >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
