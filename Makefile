@@ -15,10 +15,12 @@ serve: venv
 	.venv/bin/bertmesh serve $(ARGS)
 
 ## lint + every test tier (the command CI runs); the int8 accuracy tests once more with oneDNN capped at AVX2,
-## whose int8 product saturates (no VNNI), so a green run is green on AVX2-only CPUs too
+## whose int8 product saturates (no VNNI), and the attention kernel's tests on its AVX2 code, so a green run is
+## green on AVX2-only CPUs too
 test: venv toolchain lint
 	$(PY) -m pytest $(PYTEST_ARGS)
-	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -m int8 $(PYTEST_ARGS)
+	ONEDNN_MAX_CPU_ISA=AVX2 BERTMESH_KERNEL_ISA=avx2 $(PY) -m pytest -m int8 $(PYTEST_ARGS)
+	BERTMESH_KERNEL_ISA=avx2 $(PY) -m pytest tests/server/test_native_attention.py $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)

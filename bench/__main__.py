@@ -6,6 +6,7 @@ python -m bench profile           py-spy profile of bertmesh under load
 python -m bench micro             A/B micro-benchmarks of the serving path (ratios)
 python -m bench contention        each system next to a one-core CPU burner; bertmesh thread/spin variants
 python -m bench gc                GC time inside bertmesh under load, with and without gc.freeze()
+python -m bench kernels           the packed attention kernel per instruction set vs PyTorch's attention
 python -m bench echo-server --port N   (used by `run`)
 """
 
@@ -81,7 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     en.add_argument("--rounds", type=int, default=3)
     en.add_argument("--seconds", type=float, default=8.0)
     en.add_argument("--configs", default="", help="';'-separated names from bench/engine.py CONFIGS (default all)")
+    en.add_argument(
+        "--isa",
+        default="avx512",
+        help="comma-separated: avx512 (what the processor has), avx2 (capped: oneDNN and "
+        "the attention kernel), e.g. avx512,avx2 for both in one run",
+    )
+    en.add_argument("--threads", type=int, default=2, help="torch threads of each worker (default 2)")
     en.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ke = sub.add_parser("kernels", help="the attention kernel per instruction set vs PyTorch's (bench/kernels.py)")
+    ke.add_argument("--threads", type=_ints, default=[1, 2])
+    ke.add_argument("--isas", default="avx512,avx2", help="avx512 (what the processor has), avx2 (capped)")
+    ke.add_argument("--rounds", type=int, default=5)
+    ke.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     e = sub.add_parser("echo-server")
     e.add_argument("--port", type=int, required=True)
     a = p.parse_args(list(argv) if argv is not None else (sys.argv[1:] or ["run"]))
@@ -132,9 +145,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.engine import engine_bench, worker
 
         if a.worker is not None:
-            print(json.dumps(worker(a.worker, a.seconds)))
+            print(json.dumps(worker(a.worker, a.seconds, a.threads)))
         else:
-            engine_bench(a.rounds, a.seconds, [n for n in a.configs.split(";") if n])
+            configs, isas = [n for n in a.configs.split(";") if n], [i for i in a.isa.split(",") if i]
+            engine_bench(a.rounds, a.seconds, configs, isas, a.threads)
+        return 0
+    if a.command == "kernels":
+        import json
+
+        from bench.kernels import kernels_bench
+        from bench.kernels import worker as kernels_worker
+
+        if a.worker is not None:
+            print(json.dumps(kernels_worker(a.worker, a.rounds)))
+        else:
+            kernels_bench(a.threads, [i for i in a.isas.split(",") if i], a.rounds)
         return 0
     if a.command == "gpu":
         from pathlib import Path

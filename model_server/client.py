@@ -89,9 +89,16 @@ def _vectors(response: pb.EmbedResponse) -> FloatArray:
 
 
 def embed_request(
-    texts: Sequence[str], *, pooling: str | None, normalize: bool | None, truncate: bool, model: str, request_id: str
+    texts: Sequence[str],
+    *,
+    pooling: str | None,
+    normalize: bool | None,
+    truncate: bool | None,
+    model: str,
+    request_id: str,
 ) -> pb.EmbedRequest:
-    """Builds an EmbedRequest; pooling is 'mean', 'cls' or None (the model's own)."""
+    """Builds an EmbedRequest; pooling is 'mean', 'cls' or None (the model's own); truncate None: the server's
+    default (refuse over-long inputs, or cut them under --auto-truncate)."""
     request = pb.EmbedRequest(inputs=list(texts), truncate=truncate, model=model, id=request_id)
     if pooling is not None:
         request.pooling = _POOLING[pooling]
@@ -160,7 +167,7 @@ class BertmeshClient:
         *,
         pooling: str | None = None,
         normalize: bool | None = None,
-        truncate: bool = False,
+        truncate: bool | None = None,
         timeout: float | None = None,
     ) -> FloatArray:
         """Vectors [len(texts), dimensions], float32."""
@@ -180,7 +187,7 @@ class BertmeshClient:
         *,
         pooling: str | None = None,
         normalize: bool | None = None,
-        truncate: bool = False,
+        truncate: bool | None = None,
         timeout: float | None = None,
     ) -> Iterator[FloatArray]:
         """Embeds many batches over one stream, yielding each batch's vectors in order (bulk jobs)."""
@@ -194,7 +201,7 @@ class BertmeshClient:
             yield _vectors(response)
 
     def classify(
-        self, texts: Sequence[str], *, top_k: int = 0, truncate: bool = False, timeout: float | None = None
+        self, texts: Sequence[str], *, top_k: int = 0, truncate: bool | None = None, timeout: float | None = None
     ) -> list[list[LabelScore]]:
         """Labels per input, best first (top_k 0: all)."""
 
@@ -210,7 +217,7 @@ class BertmeshClient:
         texts: Sequence[str],
         *,
         aggregation: str = "simple",
-        truncate: bool = False,
+        truncate: bool | None = None,
         timeout: float | None = None,
     ) -> list[list[Entity]]:
         """Entities per input (aggregation: none, simple, first, average or max)."""
@@ -225,7 +232,7 @@ class BertmeshClient:
         return self._per_slice(texts, call)
 
     def fill_mask(
-        self, texts: Sequence[str], *, top_k: int = 5, truncate: bool = False, timeout: float | None = None
+        self, texts: Sequence[str], *, top_k: int = 5, truncate: bool | None = None, timeout: float | None = None
     ) -> list[list[list[TokenScore]]]:
         """Per input, per mask, the candidate tokens best first."""
 

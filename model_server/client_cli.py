@@ -54,7 +54,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     inputs.add_argument("texts", nargs="*", metavar="TEXT", help="the inputs; - reads one per line from stdin")
     inputs.add_argument("--file", type=Path, default=None, help="read the inputs from a file, one per line")
     truncate = argparse.ArgumentParser(add_help=False)
-    truncate.add_argument("--truncate", action="store_true", help="cut over-long inputs instead of refusing them")
+    truncate.add_argument(
+        "--truncate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cut over-long inputs (--truncate) or have them refused (--no-truncate); default: the server's",
+    )
     embed = sub.add_parser("embed", parents=[common, inputs, truncate], help="embed texts")
     embed.add_argument("--pooling", choices=["mean", "cls"], default=None)
     embed.add_argument("--no-normalize", action="store_true", help="return raw (un-normalised) vectors")

@@ -64,26 +64,37 @@ class EngineConfig:
     precision: str = "auto"
     threads: int | None = None  # None: torch's default
     int8_fuse: bool = True  # int8 element-wise stages compiled by torch.compile (False: eager)
-    attention: str = "native"  # native: the packed attention kernel where it applies; torch: PyTorch's SDPA
+    # auto: measured at load (model_server.backend.kernel_choice); native: the packed attention kernel where it
+    # applies; torch: PyTorch's SDPA.
+    attention: str = "auto"
+    projections: str = "auto"  # auto: measured at load; onednn: oneDNN where torch has it; torch: PyTorch's
     mkl_amd: bool = True  # answer MKL's vendor test on AMD processors (see model_server.mkl_amd)
+    batch_tokens: int | None = None  # the batcher's token budget, which load-time timings match (None: by device)
 
 
 # Environment variables that set an engine flag's default (read by engine_defaults only): name -> the value
 # that turns the setting off.
 ENGINE_ENV = {
     "int8_fuse": ("BERTMESH_INT8_FUSE", "0"),
-    "attention": ("BERTMESH_ATTENTION", "torch"),
     "mkl_amd": ("BERTMESH_MKL_AMD", "0"),
+}
+# ...and those of the kernel choices: name -> (variable, the values it may take).
+KERNEL_CHOICES = {
+    "attention": ("BERTMESH_ATTENTION", ("auto", "native", "torch")),
+    "projections": ("BERTMESH_PROJECTIONS", ("auto", "onednn", "torch")),
 }
 
 
 def engine_defaults(env: Mapping[str, str] | None = None) -> EngineConfig:
-    """EngineConfig's defaults as the environment (ENGINE_ENV; default os.environ) changes them."""
+    """EngineConfig's defaults as the environment (ENGINE_ENV, KERNEL_CHOICES; default os.environ) changes them."""
     env = os.environ if env is None else env
     changed: dict[str, Any] = {}
     for name, (variable, off) in ENGINE_ENV.items():
         if env.get(variable) == off:
-            changed[name] = "torch" if name == "attention" else False
+            changed[name] = False
+    for name, (variable, values) in KERNEL_CHOICES.items():
+        if env.get(variable) in values:
+            changed[name] = env[variable]
     return replace(EngineConfig(), **changed)
 
 
@@ -95,6 +106,7 @@ class LimitsConfig:
     max_chars_per_input: int = 20_000
     max_tokens_per_input: int | None = None
     max_message_bytes: int = 8 * 1024 * 1024
+    auto_truncate: bool = False  # requests that do not say whether to truncate are truncated
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +209,19 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     )
     e.add_argument(
         "--attention",
-        choices=["native", "torch"],
+        choices=KERNEL_CHOICES["attention"][1],
         default=engine.attention,
         help="packed engine on CPU: native, the packed attention kernel where it applies; torch, PyTorch's "
-        "scaled-dot-product attention (default: native; torch when BERTMESH_ATTENTION=torch)",
+        "scaled-dot-product attention; auto, the faster of the two as timed at load on batches of the token "
+        "budget (default: auto; BERTMESH_ATTENTION=native or BERTMESH_ATTENTION=torch sets it)",
+    )
+    e.add_argument(
+        "--projections",
+        choices=KERNEL_CHOICES["projections"][1],
+        default=engine.projections,
+        help="packed engine on CPU, fp32: onednn, oneDNN's linear kernels where torch has them; torch, PyTorch's; "
+        "auto, the faster as timed at load (int8: oneDNN's per-token kernels wherever available, for accuracy) "
+        "(default: auto; BERTMESH_PROJECTIONS=onednn or BERTMESH_PROJECTIONS=torch sets it)",
     )
     e.add_argument(
         "--mkl-amd",
@@ -275,6 +296,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         default=limits.max_message_bytes,
         help="encoded request size (default: 8 MiB)",
     )
+    lim.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        default=limits.auto_truncate,
+        help="cut inputs over --max-tokens-per-input to it when a request does not say (task API: truncate "
+        "unset; Open Inference Protocol: no 'truncate' parameter); an explicit truncate=false is still refused "
+        "(default: refuse them)",
+    )
     b = p.add_argument_group("batching")
     b.add_argument(
         "--max-batch-tokens",
@@ -312,7 +341,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
 
 def _section(cls: type[T], values: argparse.Namespace) -> T:
     """The config section whose fields the parsed arguments of the same names fill."""
-    return cls(**{f.name: getattr(values, f.name) for f in fields(cls)})  # type: ignore[arg-type]
+    # Fields without a flag (EngineConfig.batch_tokens: filled at load) keep their defaults.
+    return cls(**{f.name: getattr(values, f.name) for f in fields(cls) if hasattr(values, f.name)})  # type: ignore[arg-type]
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -362,7 +392,9 @@ def resolve_limits(
             f"{max_tokens} tokens = {largest_request}); raise it or lower the request limits"
         )
     return (
-        Limits(lim.max_inputs_per_request, lim.max_chars_per_input, max_tokens, lim.max_message_bytes),
+        Limits(
+            lim.max_inputs_per_request, lim.max_chars_per_input, max_tokens, lim.max_message_bytes, lim.auto_truncate
+        ),
         BatchLimits(batch_tokens, bat.max_batch_requests, bat.max_batch_delay_ms / 1000.0, queued),
     )
 

@@ -53,7 +53,8 @@ def build(library: Library, directory: Path) -> Path | str:
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
         return "no C compiler"
-    source, target = directory / (library.name + ".c"), directory / library.name
+    # Absolute: the attention kernel includes itself (__FILE__), which resolves beside the including file.
+    source, target = directory.resolve() / (library.name + ".c"), directory.resolve() / library.name
     source.write_text(library.text())
     built = subprocess.run(
         [compiler, "-shared", "-fPIC", *library.flags, "-o", str(target), str(source)],

@@ -109,7 +109,8 @@ def load_model(
         raise ConfigError(f"{checkpoint.path}: sequence classification needs id2label in config.json")
     if checkpoint.task is Task.RERANK:
         check_labels(checkpoint.label_count, str(checkpoint.path))
-    backend = create_engine(checkpoint, replace(engine, device=device), tokenizer.pad_id)
+    settings = replace(engine, device=device, batch_tokens=batch_limits.max_batch_tokens)  # kernels timed on it
+    backend = create_engine(checkpoint, settings, tokenizer.pad_id)
     # The longest input a request may bring, from the model's own vocabulary.
     sample = tokenizer.encode(["warm up " * request_limits.max_tokens_per_input], truncate=True)[0].ids
     backend.warmup(sample)

@@ -20,6 +20,12 @@ class Limits:
     max_chars_per_input: int
     max_tokens_per_input: int
     max_message_bytes: int
+    auto_truncate: bool = False  # requests that do not say are truncated (bertmesh serve --auto-truncate)
+
+
+def truncation(requested: bool | None, limits: Limits) -> bool:
+    """Whether a request's over-long inputs are cut: as it says, or the server's default where it says nothing."""
+    return limits.auto_truncate if requested is None else requested
 
 
 def check_texts(texts: Sequence[str | TokenIds], limits: Limits, field: str = "inputs") -> None:

@@ -24,6 +24,7 @@ class BackendInfo:
     hidden_size: int
     num_labels: int
     engine: str = "transformers"
+    kernels: str = ""  # the packed engine's CPU kernels, as chosen at load (model_server.backend.kernel_choice)
 
     @property
     def packed(self) -> bool:

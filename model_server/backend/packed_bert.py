@@ -271,6 +271,11 @@ class PackedBertEncoder(nn.Module):
             layer.native = kernel
         return True
 
+    def use_pytorch_attention(self) -> None:
+        """Runs attention with PyTorch's scaled-dot-product attention (undoes use_native_attention)."""
+        for layer in self._typed_layers:
+            layer.native = None
+
     def forward(self, ids: torch.Tensor, packing: Packing, types: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states [tokens, hidden] of packed token ids [tokens] and their token types (None: type 0
         throughout, without a lookup)."""

@@ -2,31 +2,29 @@
 
 It serves BERT architectures with absolute positions, the default where it applies. Task heads use the BERT
 model class's own layers (pooler and classifier, the language-model head `cls`) on the packed hidden states.
-On CPU the projections run on oneDNN where torch has it (fp32, or per-token int8 with the element-wise stages
-fused by torch.compile unless `int8_fuse` is off), else int8 is torch's dynamic quantisation; attention runs
-in the packed attention kernel (model_server.backend.native_attention) unless `attention` is torch or the kernel
-does not apply (then PyTorch's scaled-dot-product attention over blocks of similar-length sequences). On CUDA
-everything is PyTorch's, at fp32, fp16 or bf16.
+On CPU the kernels are chosen at load by timing (model_server.backend.packed_cpu): projections by oneDNN
+(fp32, or per-token int8 with the element-wise stages fused by torch.compile unless `int8_fuse` is off) or by
+PyTorch, attention by the packed attention kernel (model_server.backend.native_attention) or PyTorch's
+scaled-dot-product attention over blocks of similar-length sequences. On CUDA everything is PyTorch's, at fp32,
+fp16 or bf16.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from model_server.backend import ModelInput, native_attention
-from model_server.backend.onednn import int8_path, onednn_available
+from model_server.backend import ModelInput
 from model_server.backend.packed_bert import PackedModel, Packing, plan, supports
-from model_server.backend.torch_engine import TorchEngine, quantize_int8
+from model_server.backend.packed_cpu import cpu_model
+from model_server.backend.torch_engine import TorchEngine
 from model_server.config import EngineConfig
 from model_server.errors import ConfigError
 from model_server.tasks.base import TaskSpec
-
-log = logging.getLogger(__name__)
 
 
 def _layer(module: torch.nn.Module | None, what: str) -> torch.nn.Module:
@@ -81,30 +79,15 @@ class PackedEngine(TorchEngine):
         settings: EngineConfig,
         pad_id: int,
     ) -> None:
-        packed = PackedModel(model).eval().to(device)
-        if device.type == "cpu" and onednn_available():
-            kernels = packed.encoder.use_onednn(int8=precision == "int8", fuse=settings.int8_fuse)
-            log.info("packed engine: projections by %s", kernels)
-            if precision == "int8":
-                log.info("packed engine: %s", int8_path().describe())
-        elif precision == "int8":
-            packed = quantize_int8(packed)
-            log.info("packed engine: int8 by torch's dynamic quantisation (no oneDNN; per-batch 7-bit activations)")
+        kernels = ""
         if device.type == "cpu":
-            log.info("packed engine: attention by %s", self._attention(packed, settings.attention))
+            packed, kernels = cpu_model(model, precision, settings)
+        else:
+            packed = PackedModel(model).eval().to(device)
         self.model = packed
         self._typed = packed.encoder.token_type.num_embeddings > 1
         super().__init__(task, device, precision, model.config)
-
-    @staticmethod
-    def _attention(packed: PackedModel, attention: str) -> str:
-        """Puts the packed attention kernel in where asked for and applicable; returns what runs, in words."""
-        if attention == "torch":
-            return "PyTorch scaled-dot-product attention (--attention torch)"
-        kernel, how = native_attention.load()
-        if kernel is not None and not packed.encoder.use_native_attention(kernel):
-            how = "PyTorch scaled-dot-product attention (the packed kernel takes fp32, head size 32 or 64)"
-        return how
+        self.info = replace(self.info, kernels=kernels)
 
     @staticmethod
     def supports(config: Any) -> bool:

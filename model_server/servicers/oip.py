@@ -13,6 +13,7 @@ from model_server.errors import NotReady
 from model_server.proto.inference import grpc_service_pb2 as oip
 from model_server.proto.inference import grpc_service_pb2_grpc as oip_grpc
 from model_server.tasks import spec
+from model_server.validation import truncation
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -82,8 +83,9 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         """Runs the model's task on the texts of the 'text' input."""
         plane = self._model(request.model_name, request.model_version)
         texts = tensors.texts_from_request(request)
-        truncate = bool(tensors.parameter(request.parameters, "truncate", bool) or False)
         model = plane.model
+        requested = tensors.parameter(request.parameters, "truncate", bool)
+        truncate = truncation(None if requested is None else bool(requested), model.limits)
         task = spec(model.task).oip
         options = task.options(request.parameters, truncate, model)
         reply = await plane.infer(texts, options, deadline_from(context.time_remaining()))

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from model_server.errors import InvalidArgument
 from model_server.tokenization import Encoded
+from model_server.validation import truncation
 
 if TYPE_CHECKING:
     from model_server.description import ModelDescription
@@ -156,6 +157,11 @@ class TaskSpec(Generic[Opt, R]):
 
 def any_options(options: object) -> None:
     """The check of a task whose every combination of options is valid."""
+
+
+def requested_truncation(request: Any, model: ModelDescription) -> bool:
+    """A task API request's truncation (its optional `truncate` field), the server's default where unset."""
+    return truncation(request.truncate if request.HasField("truncate") else None, model.limits)
 
 
 def class_defaults(options: type[Opt]) -> Callable[[ModelDescription], Opt]:

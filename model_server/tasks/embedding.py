@@ -29,6 +29,7 @@ from model_server.tasks.base import (
     TaskSpec,
     any_options,
     choose,
+    requested_truncation,
 )
 from model_server.tokenization import Encoded
 
@@ -79,7 +80,7 @@ def options_from_request(request: pb.EmbedRequest, model: ModelDescription) -> E
     return EmbedOptions(
         pooling=_POOLING_IN.get(request.pooling, default.pooling),
         normalize=request.normalize if request.HasField("normalize") else default.normalize,
-        truncate=request.truncate,
+        truncate=requested_truncation(request, model),
     )
 
 

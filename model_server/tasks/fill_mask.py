@@ -28,6 +28,7 @@ from model_server.tasks.base import (
     TaskOip,
     TaskSpec,
     class_defaults,
+    requested_truncation,
     split_rows,
 )
 from model_server.tokenization import Encoded
@@ -106,7 +107,7 @@ def _finish(out: FloatArray, enc: Encoded, text: str, options: FillMaskOptions, 
 
 def options_from_request(request: pb.FillMaskRequest, model: ModelDescription) -> FillMaskOptions:
     """Options of a FillMask request."""
-    return options(request.top_k, request.truncate)
+    return options(request.top_k, requested_truncation(request, model))
 
 
 def response(results: Sequence[MaskCandidates], model: ModelDescription) -> pb.FillMaskResponse:

@@ -28,6 +28,7 @@ from model_server.tasks.base import (
     TaskSpec,
     class_defaults,
     plain_input,
+    requested_truncation,
 )
 from model_server.tokenization import Encoded
 from model_server.validation import check_top_k
@@ -93,7 +94,8 @@ def _finish(out: FloatArray, enc: Encoded, text: str, options: ClassifyOptions, 
 
 def options_from_request(request: pb.ClassifyRequest, model: ModelDescription) -> ClassifyOptions:
     """Options of a Classify request."""
-    return ClassifyOptions(top_k=request.top_k, truncate=request.truncate, return_logits=request.return_logits)
+    truncate = requested_truncation(request, model)
+    return ClassifyOptions(top_k=request.top_k, truncate=truncate, return_logits=request.return_logits)
 
 
 def response(results: Sequence[Classification], model: ModelDescription) -> pb.ClassifyResponse:

@@ -32,6 +32,7 @@ from model_server.tasks.base import (
     choose,
     class_defaults,
     plain_input,
+    requested_truncation,
     split_rows,
 )
 from model_server.tokenization import Encoded
@@ -181,7 +182,7 @@ def options_from_request(request: pb.ClassifyTokensRequest, model: ModelDescript
         raise InvalidArgument(f"aggregation: unknown value {request.aggregation}")
     return TokenClassifyOptions(
         aggregation=_AGGREGATION_IN[request.aggregation],
-        truncate=request.truncate,
+        truncate=requested_truncation(request, model),
         include_outside=request.include_outside,
     )
 

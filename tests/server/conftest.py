@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
 
 from model_server.client import BertmeshClient
 from model_server.config import bundled_model_path
@@ -22,6 +24,24 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One random checkpoint per task, built once per test session."""
     root = tmp_path_factory.mktemp("tiny-models")
     return {task: checkpoints.build(root / task, task) for task in TASKS}
+
+
+@pytest.fixture(scope="session")
+def head_dim_32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT embedding checkpoint whose heads the packed attention kernel takes (head size 32)."""
+    path = tmp_path_factory.mktemp("head-dim-32")
+    config = transformers.BertConfig(
+        vocab_size=len(checkpoints.VOCAB),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(str(path), safe_serialization=True)
+    checkpoints.write_tokenizer(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from model_server.backend.factory import ENGINES, create_engine, resolve_engine
@@ -17,7 +16,6 @@ from model_server.checkpoint import inspect_checkpoint
 from model_server.config import ENGINE_KINDS, EngineConfig, build_parser, engine_defaults, parse_args
 from model_server.errors import ConfigError
 from model_server.tasks import ModelInput, Pooling
-from tests.server import checkpoints
 
 BATCH = [ModelInput((2, *(5 + i % 90 for i in range(n)), 3), Pooling.MEAN) for n in (3, 30, 7)]
 
@@ -28,16 +26,34 @@ def test_environment_variables_set_defaults_that_flags_override() -> None:
     off = EngineConfig(int8_fuse=False, attention="torch", mkl_amd=False)
     assert engine_defaults(env) == off
     assert parse_args([], env=env).engine == off
-    flags = ["--int8-fuse", "--attention", "native", "--mkl-amd", "--engine", "transformers", "--threads", "3"]
+    flags = ["--int8-fuse", "--attention", "auto", "--mkl-amd", "--engine", "transformers", "--threads", "3"]
     assert parse_args(flags, env=env).engine == EngineConfig(kind="transformers", threads=3)
     assert parse_args(["--no-int8-fuse", "--no-mkl-amd"], env={}).engine == EngineConfig(int8_fuse=False, mkl_amd=False)
+    kernels = {"BERTMESH_ATTENTION": "native", "BERTMESH_PROJECTIONS": "torch"}
+    assert parse_args([], env=kernels).engine == EngineConfig(attention="native", projections="torch")
+    assert parse_args(["--projections", "onednn"], env=kernels).engine.projections == "onednn"
 
 
 def test_serve_help_documents_every_engine_flag() -> None:
     text = " ".join(build_parser(env={}).format_help().split())
-    for flag in ("--engine", "--device", "--precision", "--threads", "--int8-fuse", "--attention", "--mkl-amd"):
+    flags = (
+        "--engine",
+        "--device",
+        "--precision",
+        "--threads",
+        "--int8-fuse",
+        "--attention",
+        "--projections",
+        "--mkl-amd",
+    )
+    for flag in flags:
         assert flag in text
-    for variable in ("BERTMESH_INT8_FUSE=0", "BERTMESH_ATTENTION=torch", "BERTMESH_MKL_AMD=0"):
+    for variable in (
+        "BERTMESH_INT8_FUSE=0",
+        "BERTMESH_ATTENTION=torch",
+        "BERTMESH_PROJECTIONS=torch",
+        "BERTMESH_MKL_AMD=0",
+    ):
         assert variable in text
 
 
@@ -50,24 +66,6 @@ def test_the_factory_offers_the_engines_the_command_line_names() -> None:
         resolve_engine("packed", roberta)
 
 
-@pytest.fixture(scope="module")
-def head_dim_32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BERT embedding checkpoint whose heads the packed attention kernel takes (head size 32)."""
-    path = tmp_path_factory.mktemp("head-dim-32")
-    config = transformers.BertConfig(
-        vocab_size=len(checkpoints.VOCAB),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(str(path), safe_serialization=True)
-    checkpoints.write_tokenizer(path)
-    return path
-
-
 def layers(engine: Any) -> list[Any]:
     assert isinstance(engine, PackedEngine)
     return list(engine.model.encoder.layers)
@@ -75,7 +73,7 @@ def layers(engine: Any) -> list[Any]:
 
 def test_attention_setting_chooses_the_kernel_and_outputs_agree(head_dim_32: Path) -> None:
     checkpoint = inspect_checkpoint(head_dim_32)
-    native = create_engine(checkpoint, EngineConfig(device="cpu"))
+    native = create_engine(checkpoint, EngineConfig(device="cpu", attention="native"))
     plain = create_engine(checkpoint, EngineConfig(device="cpu", attention="torch"))
     assert all(layer.native is not None for layer in layers(native))
     assert all(layer.native is None for layer in layers(plain))

@@ -116,6 +116,6 @@ def test_the_serving_log_says_which_int8_path_runs(
     from model_server.checkpoint import inspect_checkpoint
     from model_server.config import EngineConfig
 
-    with caplog.at_level(logging.INFO, logger="model_server.backend.packed_engine"):
+    with caplog.at_level(logging.INFO, logger="model_server.backend.packed_cpu"):
         create_engine(inspect_checkpoint(tiny_models["embedding"]), EngineConfig(device="cpu", precision="int8"))
     assert f"packed engine: {int8_path().describe()}" in caplog.messages

@@ -86,6 +86,26 @@ def test_a_sequence_gets_the_same_bits_in_any_batch_and_thread_count(kernel: Nat
         start += length
 
 
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_the_isa_switch_runs_that_code_and_it_computes_the_same(kernel: NativeAttention, isa: str) -> None:
+    library, _ = native.load(native.ATTENTION)
+    assert library is not None
+    try:
+        capped, how = native_attention.load({native_attention.ISA_VARIABLE: isa})
+        assert capped is not None and capped.isa == isa and f"{isa} code" in how
+        lengths = [1, 17, 33, 130, 64]
+        qkv = torch.randn(sum(lengths), 3 * 384)
+        packing = plan(lengths, torch.device("cpu"))
+        exact = reference(qkv.double(), lengths, 12)
+        ours = capped.attend(qkv, packing.lengths_tensor, packing.starts, 12)
+        assert (ours.double() - exact).abs().max().item() < 1e-5
+    finally:
+        restored, _ = native_attention.load()  # one library per process: back to this run's code for the others
+    assert restored is not None and restored.isa == kernel.isa
+    with pytest.raises(ValueError, match="BERTMESH_KERNEL_ISA=avx3"):
+        native_attention.isa_cap({native_attention.ISA_VARIABLE: "avx3"})
+
+
 def test_kernel_takes_only_what_it_computes(kernel: NativeAttention) -> None:
     cpu = torch.device("cpu")
     assert kernel.supports(32, torch.float32, cpu) and kernel.supports(64, torch.float32, cpu)

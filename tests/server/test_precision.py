@@ -42,14 +42,14 @@ def test_int8_without_onednn_falls_back_to_torch_dynamic_quantisation(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A torch build without oneDNN still gets int8 (torch's dynamic quantisation), not silently fp32."""
-    from model_server.backend import packed_engine
+    from model_server.backend import packed_cpu, packed_engine
     from model_server.backend.factory import create_engine
     from model_server.checkpoint import inspect_checkpoint
     from model_server.config import EngineConfig
 
-    monkeypatch.setattr(packed_engine, "onednn_available", lambda: False)
+    monkeypatch.setattr(packed_cpu, "onednn_available", lambda: False)
     checkpoint = inspect_checkpoint(tiny_models["embedding"])
-    with caplog.at_level(logging.INFO, logger=packed_engine.log.name):
+    with caplog.at_level(logging.INFO, logger=packed_cpu.log.name):
         backend = create_engine(checkpoint, EngineConfig(device="cpu", precision="int8"))
     assert any("int8 by torch's dynamic quantisation" in message for message in caplog.messages)
     assert isinstance(backend, packed_engine.PackedEngine)

@@ -154,7 +154,9 @@ class EmbedRequest(_message.Message):
     that end in a Normalize module).
     """
     truncate: _builtins.bool
-    """Inputs longer than max_tokens_per_input are cut to it when true and refused when false (the default)."""
+    """Inputs longer than max_tokens_per_input are cut to it when true and refused when false; unset uses the
+    server's default: refused, or cut where the server runs with --auto-truncate.
+    """
     id: _builtins.str
     """Caller's correlation id, echoed in the response (useful on EmbedStream)."""
     @_builtins.property
@@ -168,14 +170,18 @@ class EmbedRequest(_message.Message):
         model: _builtins.str = ...,
         pooling: Global___Pooling.ValueType = ...,
         normalize: _builtins.bool | None = ...,
-        truncate: _builtins.bool = ...,
+        truncate: _builtins.bool | None = ...,
         id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "normalize", b"normalize"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal[
+        "_normalize", b"_normalize", "_truncate", b"_truncate", "normalize", b"normalize", "truncate", b"truncate"
+    ]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal[
         "_normalize",
         b"_normalize",
+        "_truncate",
+        b"_truncate",
         "id",
         b"id",
         "inputs",
@@ -192,7 +198,12 @@ class EmbedRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__normalize: _TypeAlias = _typing.Literal["normalize"]  # noqa: Y015
     _WhichOneofArgType__normalize: _TypeAlias = _typing.Literal["_normalize", b"_normalize"]  # noqa: Y015
+    _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
+    _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__normalize) -> _WhichOneofReturnType__normalize | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncate) -> _WhichOneofReturnType__truncate | None: ...
 
 Global___EmbedRequest: _TypeAlias = EmbedRequest  # noqa: Y015
 
@@ -290,13 +301,15 @@ class ClassifyRequest(_message.Message):
         inputs: _abc.Iterable[_builtins.str] | None = ...,
         model: _builtins.str = ...,
         top_k: _builtins.int = ...,
-        truncate: _builtins.bool = ...,
+        truncate: _builtins.bool | None = ...,
         return_logits: _builtins.bool = ...,
         id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal[
+        "_truncate",
+        b"_truncate",
         "id",
         b"id",
         "inputs",
@@ -311,7 +324,9 @@ class ClassifyRequest(_message.Message):
         b"truncate",
     ]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
+    _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncate) -> _WhichOneofReturnType__truncate | None: ...
 
 Global___ClassifyRequest: _TypeAlias = ClassifyRequest  # noqa: Y015
 
@@ -433,13 +448,15 @@ class ClassifyTokensRequest(_message.Message):
         inputs: _abc.Iterable[_builtins.str] | None = ...,
         model: _builtins.str = ...,
         aggregation: Global___Aggregation.ValueType = ...,
-        truncate: _builtins.bool = ...,
+        truncate: _builtins.bool | None = ...,
         include_outside: _builtins.bool = ...,
         id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal[
+        "_truncate",
+        b"_truncate",
         "aggregation",
         b"aggregation",
         "id",
@@ -454,7 +471,9 @@ class ClassifyTokensRequest(_message.Message):
         b"truncate",
     ]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
+    _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncate) -> _WhichOneofReturnType__truncate | None: ...
 
 Global___ClassifyTokensRequest: _TypeAlias = ClassifyTokensRequest  # noqa: Y015
 
@@ -577,16 +596,29 @@ class FillMaskRequest(_message.Message):
         inputs: _abc.Iterable[_builtins.str] | None = ...,
         model: _builtins.str = ...,
         top_k: _builtins.int = ...,
-        truncate: _builtins.bool = ...,
+        truncate: _builtins.bool | None = ...,
         id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "id", b"id", "inputs", b"inputs", "model", b"model", "top_k", b"top_k", "truncate", b"truncate"
+        "_truncate",
+        b"_truncate",
+        "id",
+        b"id",
+        "inputs",
+        b"inputs",
+        "model",
+        b"model",
+        "top_k",
+        b"top_k",
+        "truncate",
+        b"truncate",
     ]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
+    _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncate) -> _WhichOneofReturnType__truncate | None: ...
 
 Global___FillMaskRequest: _TypeAlias = FillMaskRequest  # noqa: Y015
 
