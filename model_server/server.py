@@ -103,7 +103,8 @@ def load_model(
         raise ConfigError(f"{checkpoint.path}: fill-mask needs a mask token, and the tokenizer has none")
     if checkpoint.task is Task.SEQUENCE_CLASSIFICATION and not checkpoint.labels:
         raise ConfigError(f"{checkpoint.path}: sequence classification needs id2label in config.json")
-    backend = create_engine(checkpoint, replace(engine, device=device), tokenizer.pad_id)
+    bucket_tokens = engine.bucket_tokens or batch_limits.max_batch_tokens  # cuda engine: graphs up to a full batch
+    backend = create_engine(checkpoint, replace(engine, device=device, bucket_tokens=bucket_tokens), tokenizer.pad_id)
     # The longest input a request may bring, from the model's own vocabulary.
     sample = tokenizer.encode(["warm up " * request_limits.max_tokens_per_input], truncate=True)[0].ids
     backend.warmup(sample)
