@@ -19,18 +19,8 @@ from model_server.backend.transformers_engine import TransformersEngine
 from model_server.backend.varlen import choose, reference
 from model_server.checkpoint import inspect_checkpoint
 from model_server.config import EngineConfig, parse_args
-from model_server.tasks import ModelInput, Pooling
-
-
-def _inputs(lengths: list[int]) -> list[ModelInput]:
-    """Inputs of these lengths ([CLS] ... [SEP] of ordinary tokens), alternating mean and CLS pooling."""
-    return [
-        ModelInput(
-            (2, *(5 + (i * 7 + j) % 90 for j in range(n - 2)), 3)[:n], Pooling.CLS if i % 2 else Pooling.MEAN, (0,)
-        )
-        for i, n in enumerate(lengths)
-    ]
-
+from model_server.tasks import Pooling
+from tests.server.checkpoints import inputs_of_lengths
 
 # Buckets with bucket_tokens=256: 64, 128, 192, 256 (32 to 128 sequence slots).
 EDGE_CASES = {
@@ -61,7 +51,7 @@ def engines(tiny_models: dict[str, Path]) -> dict[str, tuple[CudaEngine, Transfo
 @pytest.mark.parametrize("task", ["embedding", "sequence-classification", "token-classification", "fill-mask"])
 def test_every_head_equals_transformers(engines: dict[str, tuple[Any, Any]], task: str, case: str) -> None:
     cuda, padded = engines[task]
-    batch = _inputs(EDGE_CASES[case])
+    batch = inputs_of_lengths(EDGE_CASES[case])
     ours, theirs = cuda.run(batch), padded.run(batch)
     assert len(ours) == len(theirs) == len(batch)
     for a, b in zip(ours, theirs, strict=True):
@@ -74,8 +64,8 @@ def test_bucket_padding_is_used_and_never_leaks(engines: dict[str, tuple[Any, An
     assert cuda.layout_for([30, 35]).tokens == 128 and cuda.layout_for([30, 34]).tokens == 64
     assert cuda.layout_for([1] * 70) == Layout(192, 96)  # 70 sequences: over the 128 bucket's 64 slots
     assert cuda.layout_for([120, 120, 60]) == Layout(300, 3)  # over the largest bucket: exact, run eagerly
-    alone = [cuda.run([item])[0] for item in _inputs([5, 9])]
-    together = cuda.run(_inputs([5, 9]))  # same inputs padded into one bucket with each other
+    alone = [cuda.run([item])[0] for item in inputs_of_lengths([5, 9])]
+    together = cuda.run(inputs_of_lengths([5, 9]))  # same inputs padded into one bucket with each other
     for a, b in zip(alone, together, strict=True):
         assert np.allclose(a, b, atol=1e-5)
 
@@ -85,7 +75,7 @@ def test_embeddings_equal_transformers_directly(tiny_models: dict[str, Path]) ->
     engine = create_engine(inspect_checkpoint(path), EngineConfig(device="cpu", kind="cuda", bucket_tokens=256))
     reference_model: Any = transformers.BertModel.from_pretrained(str(path))
     reference_model.train(False)
-    batch = _inputs([9, 40, 3])
+    batch = inputs_of_lengths([9, 40, 3])
     with torch.inference_mode():
         expected = [reference_model(input_ids=torch.tensor([item.ids])).last_hidden_state[0] for item in batch]
     for item, ours, states in zip(batch, engine.run(batch), expected, strict=True):
@@ -137,6 +127,6 @@ def test_on_cpu_every_batch_runs_eagerly(engines: dict[str, tuple[Any, Any]]) ->
     cuda, _ = engines["embedding"]
     before = cuda.eager_batches
     cuda.warmup([2, 5, 6, 3])
-    cuda.run(_inputs([4]))
+    cuda.run(inputs_of_lengths([4]))
     assert cuda.graphs == {} and cuda.eager_batches > before
     assert cuda.info.engine == "cuda" and cuda.info.packed
