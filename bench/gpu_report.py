@@ -52,7 +52,9 @@ def table(result: dict[str, Any]) -> str:
         what = f"gRPC, {r['scenario']}, {r['client_processes']} client processes" + (
             f", failures {r['failures']}" if r["failures"] else ""
         )
-        lines.append(_row("serve", r, what, baseline, latency=latency, gpu=gpu, cores=f"{r['server_cpu_cores']:.1f}"))
+        lines.append(
+            _row("serve", r, what, baseline, latency=latency, gpu=gpu, cores=_num(r["server_cpu_cores"], "{:.1f}"))
+        )
     for r in peers:
         lines.append(_row("peer", r, r["peer"], baseline))
     if first:

@@ -14,6 +14,7 @@ import multiprocessing
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from bench.gpu import GpuBenchOptions
 
 WARMUP_S = 3.0
+SAMPLE_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,15 @@ def _client(
             stub = pb_grpc.InferenceServiceStub(channel)
 
             async def call(request: corpus.Request) -> None:
-                await stub.Embed(pb.EmbedRequest(inputs=request.strings), timeout=60)
+                try:
+                    await stub.Embed(pb.EmbedRequest(inputs=request.strings), timeout=60)
+                except grpc.aio.AioRpcError as exc:  # counted by status code, e.g. RESOURCE_EXHAUSTED
+                    raise type(exc.code().name, (RuntimeError,), {})(exc.details()) from None
 
+            started = time.time()
             window = await closed_loop(call, requests, callers, warmup_s, measure_s)
         return {
+            "started": started,
             "seconds": window.seconds,
             "tokens": sum(r.tokens for r in window.requests),
             "latencies_s": window.latencies_s,
@@ -82,26 +89,45 @@ def _client(
     return asyncio.run(run())
 
 
-class GpuSampler:
-    """nvidia-smi's GPU utilisation, sampled every 200 ms while running (None without nvidia-smi)."""
+class Sampler:
+    """Samples the server's CPU seconds and nvidia-smi's GPU utilisation every SAMPLE_S in a thread, with wall
+    times, so both can be read over the measurement window alone (not the clients' start-up and warm-up)."""
 
-    def __enter__(self) -> GpuSampler:
-        smi = shutil.which("nvidia-smi")
-        argv = [smi or "", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) if smi else None
+    def __init__(self, server: ServerProcess) -> None:
+        self._server = server
+        self._smi = shutil.which("nvidia-smi")
+        self.samples: list[tuple[float, float, float | None]] = []  # (wall time, server CPU s, GPU busy %)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.samples: list[float] = []
-        if self._proc is not None:
-            self._proc.terminate()
-            output, _ = self._proc.communicate(timeout=10)
-            self.samples = [float(x) for x in output.split() if x.strip().replace(".", "", 1).isdigit()]
+        self._stop.set()
+        self._thread.join()
 
-    @property
-    def busy(self) -> float | None:
-        """Mean utilisation in percent."""
-        return sum(self.samples) / len(self.samples) if self.samples else None
+    def _gpu_busy(self) -> float | None:
+        if self._smi is None:
+            return None
+        query = [self._smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        done = subprocess.run(query, capture_output=True, text=True, timeout=10)
+        return float(done.stdout.split()[0]) if done.returncode == 0 and done.stdout.strip() else None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self._server.cpu_seconds(), self._gpu_busy()))
+            self._stop.wait(SAMPLE_S)
+
+    def over(self, start: float, end: float) -> tuple[float | None, float | None]:
+        """(server CPU cores, mean GPU busy %) between two wall times (None where too few samples)."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return None, None
+        cores = (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+        busy = [s[2] for s in inside if s[2] is not None]
+        return cores, (sum(busy) / len(busy) if busy else None)
 
 
 def _run(server: ServerProcess, port: int, scenario: Scenario, options: GpuBenchOptions) -> dict[str, Any]:
@@ -109,11 +135,13 @@ def _run(server: ServerProcess, port: int, scenario: Scenario, options: GpuBench
     callers = [scenario.concurrency // clients + (i < scenario.concurrency % clients) for i in range(clients)]
     warmup = min(WARMUP_S, options.serve_seconds)
     context = multiprocessing.get_context("spawn")  # no grpc state forked into the clients
-    with context.Pool(clients) as pool, GpuSampler() as gpu:
-        cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
+    with context.Pool(clients) as pool, Sampler(server) as sampler:
         args = [(port, 100 + i, scenario, n, warmup, options.serve_seconds) for i, n in enumerate(callers)]
         answers = pool.starmap(_client, args)
-        cpu_cores = (server.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+    # The window where every client measured: from the last one's warm-up end to the first one's window end.
+    window_start = max(a["started"] for a in answers) + warmup
+    window_end = min(a["started"] + warmup + a["seconds"] for a in answers)
+    cpu_cores, gpu_busy = sampler.over(window_start, window_end)
     latencies = [x for a in answers for x in a["latencies_s"]]
     failures: dict[str, int] = {}
     for a in answers:
@@ -128,8 +156,8 @@ def _run(server: ServerProcess, port: int, scenario: Scenario, options: GpuBench
         "p99_ms": 1000 * percentile(latencies, 99) if latencies else None,
         "answers": len(latencies),
         "failures": failures,
-        "gpu_busy_percent": gpu.busy,
-        "server_cpu_cores": cpu_cores,  # includes the warm-up, as the server's CPU is counted by process
+        "gpu_busy_percent": gpu_busy,
+        "server_cpu_cores": cpu_cores,
     }
 
 

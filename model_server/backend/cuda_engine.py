@@ -29,7 +29,7 @@ import torch
 from model_server.backend import ModelInput
 from model_server.backend.buckets import Layout, fill, layout_for, sequence_slots, token_buckets
 from model_server.backend.packed_bert import PackedBertEncoder, PackedModel, supports
-from model_server.backend.packed_engine import _layer
+from model_server.backend.packed_engine import PackedOutput
 from model_server.backend.torch_engine import TorchEngine
 from model_server.backend.varlen import VarlenAttention, choose
 from model_server.config import DEFAULT_BATCH_TOKENS, EngineConfig
@@ -61,39 +61,6 @@ class VarlenEncoder:
                 x = layer.norm1(layer.out(context.reshape(-1, hidden)) + x)
                 x = layer.norm2(layer.down(layer.act(layer.up(x))) + x)
         return x
-
-
-class VarlenOutput:
-    """A bucket's hidden states cut to the real tokens; heads run on the rows they need (as PackedOutput, with
-    each input's first row taken from the offsets already on the device)."""
-
-    def __init__(self, model: PackedModel, states: torch.Tensor, first_rows: torch.Tensor, lengths: list[int]) -> None:
-        self._model = model
-        self._states = states
-        self._first_rows = first_rows
-        self.lengths = lengths
-        self.starts = list(accumulate([0, *lengths[:-1]]))
-
-    def hidden(self) -> torch.Tensor:
-        """See EncoderOutput."""
-        return self._states
-
-    def sequence_logits(self) -> torch.Tensor:
-        """See EncoderOutput: BERT's pooler on each [CLS] vector, then the classifier."""
-        pooler: Any = _layer(self._model.pooler, "pooler")
-        first = self._states.index_select(0, self._first_rows)
-        logits: torch.Tensor = _layer(self._model.classifier, "classifier")(pooler.activation(pooler.dense(first)))
-        return logits
-
-    def token_logits(self) -> torch.Tensor:
-        """See EncoderOutput."""
-        logits: torch.Tensor = _layer(self._model.classifier, "classifier")(self._states)
-        return logits
-
-    def vocabulary_logits(self, rows: Sequence[int]) -> torch.Tensor:
-        """See EncoderOutput."""
-        logits: torch.Tensor = _layer(self._model.mlm_head, "language-model head")(self._states[list(rows)])
-        return logits
 
 
 @dataclass(frozen=True)
@@ -155,7 +122,7 @@ class CudaEngine(TorchEngine):
         """The layout a batch of these lengths runs in (see model_server.backend.buckets.layout_for)."""
         return layout_for(lengths, self.buckets)
 
-    def encode(self, inputs: Sequence[ModelInput]) -> VarlenOutput:
+    def encode(self, inputs: Sequence[ModelInput]) -> PackedOutput:
         """The hidden states of the batch's tokens, packed (see model_server.backend.EncoderOutput)."""
         lengths = [len(item.ids) for item in inputs]
         layout = self.layout_for(lengths)
@@ -173,8 +140,10 @@ class CudaEngine(TorchEngine):
             self.eager_batches += 1
             packed = host.to(self._device, non_blocking=True)
             states = self.encoder(packed, layout)
-        first_rows = packed[layout.offsets][: len(lengths)]
-        return VarlenOutput(self.model, states[: sum(lengths)], first_rows, lengths)
+        first_rows = packed[layout.offsets][: len(lengths)]  # each input's first row, already on the device
+        return PackedOutput(
+            self.model, states[: sum(lengths)], first_rows, lengths, list(accumulate([0, *lengths[:-1]]))
+        )
 
     def warmup(self, sample: Sequence[int]) -> None:
         """Captures every bucket's CUDA graph (where graphs are on), then runs the usual warm-up batches."""

@@ -20,7 +20,7 @@ import torch
 
 from model_server.backend import ModelInput, native_attention
 from model_server.backend.onednn import int8_path, onednn_available
-from model_server.backend.packed_bert import PackedModel, Packing, plan, supports
+from model_server.backend.packed_bert import PackedModel, plan, supports
 from model_server.backend.torch_engine import TorchEngine, quantize_int8
 from model_server.config import EngineConfig
 from model_server.errors import ConfigError
@@ -36,13 +36,21 @@ def _layer(module: torch.nn.Module | None, what: str) -> torch.nn.Module:
 
 
 class PackedOutput:
-    """A packed batch's hidden states; heads run on the rows they need."""
+    """A packed batch's hidden states; heads run on the rows they need. `first_rows` holds each input's first
+    row on the model's device (int32 or int64); `starts` the same on the host."""
 
-    def __init__(self, model: PackedModel, states: torch.Tensor, packing: Packing, starts: list[int]) -> None:
+    def __init__(
+        self,
+        model: PackedModel,
+        states: torch.Tensor,
+        first_rows: torch.Tensor,
+        lengths: Sequence[int],
+        starts: list[int],
+    ) -> None:
         self._model = model
         self._states = states
-        self._packing = packing
-        self.lengths = packing.lengths
+        self._first_rows = first_rows
+        self.lengths = lengths
         self.starts = starts
 
     def hidden(self) -> torch.Tensor:
@@ -52,7 +60,7 @@ class PackedOutput:
     def sequence_logits(self) -> torch.Tensor:
         """See EncoderOutput: BERT's pooler on each [CLS] vector, then the classifier."""
         pooler: Any = _layer(self._model.pooler, "pooler")
-        first = self._states.index_select(0, self._packing.starts)
+        first = self._states.index_select(0, self._first_rows)
         logits: torch.Tensor = _layer(self._model.classifier, "classifier")(pooler.activation(pooler.dense(first)))
         return logits
 
@@ -116,4 +124,5 @@ class PackedEngine(TorchEngine):
         ids = torch.from_numpy(np.fromiter((t for item in inputs for t in item.ids), np.int64, sum(lengths)))
         packing = plan(lengths, self._device)
         starts = list(np.cumsum([0, *lengths[:-1]]).tolist())
-        return PackedOutput(self.model, self.model.encoder(ids.to(self._device), packing), packing, starts)
+        states = self.model.encoder(ids.to(self._device), packing)
+        return PackedOutput(self.model, states, packing.starts, packing.lengths, starts)

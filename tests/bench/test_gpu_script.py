@@ -4,6 +4,7 @@ No timing assertions: only that it measures, counts and writes what it says."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,17 @@ def test_dry_run_goes_through_every_part_to_the_table(tmp_path: Path) -> None:
     assert any("batch 32" in p for p in peers) and any("batch 256" in p for p in peers) and len(peers) == 3
     summary = (tmp_path / "summary.md").read_text()
     assert summary.count("| serve |") == 3 and summary.count("| peer |") == 3 and "First pass" in summary
+
+
+def test_the_measure_script_brings_the_files_the_random_checkpoints_need(tmp_path: Path) -> None:
+    script = ROOT / "hack" / "gpu-measure.sh"
+    usage = subprocess.run([str(script)], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "hack/gpu-measure.sh run" in usage.stderr
+    env = {**os.environ, "PY": sys.executable}
+    done = subprocess.run([str(script), "files", str(tmp_path / "files")], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shape = make_checkpoint(tmp_path / "bert-base", "bert-base", files=tmp_path / "files")
+    assert shape.hidden == 768 and (tmp_path / "bert-base" / "modules.json").is_file()
+    assert (tmp_path / "bert-base" / "tokenizer.json").read_bytes() == (
+        tmp_path / "files" / "tokenizer.json"
+    ).read_bytes()

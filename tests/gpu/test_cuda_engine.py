@@ -95,8 +95,8 @@ def _launches(engine: CudaEngine, batch: list[ModelInput]) -> tuple[int, int, li
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         engine.run(batch)
     names = [event.name for event in prof.events()]
-    kernels = sum(1 for name in names if name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
-    graphs = sum(1 for name in names if name in ("cudaGraphLaunch", "cuGraphLaunch"))
+    kernels = sum(1 for name in names if name.startswith(("cudaLaunchKernel", "cuLaunchKernel")))
+    graphs = sum(1 for name in names if name.startswith(("cudaGraphLaunch", "cuGraphLaunch")))
     return kernels, graphs, names
 
 
