@@ -11,6 +11,8 @@ Chosen once at load (`choose`), first that applies:
    builds a per-shape plan (cuDNN's attention did, for every new shape: issue 12's first-pass cliff). Called
    with flash as the only SDPA backend, as newer torch would otherwise try cuDNN first.
 2. `flash-op`: the same kernel through its aten op, where the public wrapper is missing.
+   On a GPU each is first run once on a small batch of the engine's layout and kept only if it agrees with the
+   reference (a torch release whose wrapper refuses strided views or empty slots falls through to the next).
 3. `reference`: PyTorch's scaled-dot-product attention over the sequences gathered into one padded grid. Any
    device and dtype (the CPU path, and CUDA fp32), but it reads lengths on the host, so it cannot be captured.
 
@@ -23,12 +25,15 @@ torch.compile to be fast, which is the per-shape work this engine exists to remo
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
 
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -104,16 +109,39 @@ def flash_applies(device: torch.device, dtype: torch.dtype, head_dim: int) -> bo
     return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
 
 
-def choose(device: torch.device, dtype: torch.dtype, head_dim: int, prefer: str = "auto") -> VarlenAttention:
-    """The first implementation (varlen, flash-op, reference) that exists in this torch and applies here; or the
-    one `prefer` names, when it does."""
+def agrees_with_reference(attention: VarlenAttention, device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether an implementation runs here and matches the reference on a small batch laid out as the engine
+    lays out its batches (strided views of a fused projection, padding rows, empty trailing sequence slots)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    qkv = torch.randn(40, 3, 2, head_dim, device=device, dtype=dtype, generator=generator)
+    offsets = torch.tensor([0, 7, 30, 33, 33, 33], dtype=torch.int32, device=device)  # rows 33..39: padding
+    args = (qkv[:, 0], qkv[:, 1], qkv[:, 2], offsets, 64)
+    try:
+        with attention.scope():
+            got = attention.attend(*args)[:33].float()
+    except RuntimeError:
+        return False
+    want = reference(*args)[:33].float()
+    return bool(torch.allclose(got, want, atol=2e-2, rtol=2e-2))
+
+
+def choose(
+    device: torch.device, dtype: torch.dtype, head_dim: int, prefer: str = "auto", probe: bool = True
+) -> VarlenAttention:
+    """The first implementation (varlen, flash-op, reference) that exists in this torch, applies here and, with
+    `probe` on a visible GPU, agrees with the reference there; or the one `prefer` names, when it does."""
     candidates: list[tuple[str, Callable[[], AttendFn | None]]] = []
     if flash_applies(device, dtype, head_dim):
         candidates = [("varlen", _public_varlen), ("flash-op", _flash_op)]
     if prefer != "auto":
         candidates = [(name, make) for name, make in candidates if name == prefer]
+    probe = probe and torch.cuda.is_available()
     for name, make in candidates:
         attend = make()
-        if attend is not None:
-            return VarlenAttention(name, attend, capturable=True)
+        if attend is None:
+            continue
+        attention = VarlenAttention(name, attend, capturable=True)
+        if not probe or agrees_with_reference(attention, device, dtype, head_dim):
+            return attention
+        log.warning("variable-length attention %r fails or disagrees with the reference here; trying the next", name)
     return VarlenAttention("reference", reference, capturable=False)

@@ -16,7 +16,7 @@ from model_server.backend.buckets import Layout
 from model_server.backend.cuda_engine import CudaEngine
 from model_server.backend.factory import create_engine, resolve_engine
 from model_server.backend.transformers_engine import TransformersEngine
-from model_server.backend.varlen import choose, reference
+from model_server.backend.varlen import VarlenAttention, agrees_with_reference, choose, reference
 from model_server.checkpoint import inspect_checkpoint
 from model_server.config import EngineConfig, parse_args
 from model_server.tasks import Pooling
@@ -107,6 +107,20 @@ def test_attention_is_chosen_by_device_precision_and_head_size() -> None:
     assert first.name == "varlen" and first.capturable  # torch.nn.attention.varlen exists in this torch
     assert choose(cuda, torch.float16, 32, prefer="flash-op").name == "flash-op"
     assert not choose(cpu, torch.float32, 64).capturable
+
+
+def test_the_load_time_probe_refuses_an_attention_that_disagrees() -> None:
+    cpu = torch.device("cpu")
+    assert agrees_with_reference(VarlenAttention("reference", reference, False), cpu, torch.float32, 8)
+
+    def unmasked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor, _: int) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)).transpose(0, 1)
+
+    def failing(*_: object) -> torch.Tensor:
+        raise RuntimeError("not on this build")
+
+    assert not agrees_with_reference(VarlenAttention("unmasked", unmasked, True), cpu, torch.float32, 8)
+    assert not agrees_with_reference(VarlenAttention("failing", failing, True), cpu, torch.float32, 8)
 
 
 def test_the_factory_picks_the_cuda_engine_for_cuda_devices_only() -> None:
