@@ -1,5 +1,5 @@
 """The GPU benchmark, one command: bertmesh's engine in process, its first pass over never-seen batches,
-`bertmesh serve` over gRPC, and the peers, on the same corpus texts (issue 12).
+`bertmesh serve` over gRPC, and the peers, on the same corpus texts.
 
   python -m bench gpu                          # everything, on CUDA (hack/gpu-measure.sh on the GPU machine)
   python -m bench gpu --dry-run                # the same code path on CPU with a tiny model, through the table

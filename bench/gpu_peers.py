@@ -1,4 +1,4 @@
-"""The peers on the GPU, on the same corpus texts and random-weight checkpoints (issue 12, part d).
+"""The peers on the GPU, on the same corpus texts and random-weight checkpoints (part "peers").
 
 - sentence-transformers `encode` (fp16 on CUDA: the model halved), batch 32 and 256, tokenisation included.
 - plain transformers: the texts tokenised, sorted by length, cut into padded batches of 256 and moved to the

@@ -1,4 +1,4 @@
-"""`bertmesh serve` on the GPU over gRPC, loaded from several client processes (issue 12, part c).
+"""`bertmesh serve` on the GPU over gRPC, loaded from several client processes (part "serve").
 
 One server per model (result cache off, the engine and batching defaults a user gets on CUDA), then per
 scenario: `clients` processes (spawned, each its own grpc.aio loop) share the concurrency in a closed loop

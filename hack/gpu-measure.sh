@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurement of issue 12 in one device call: the CUDA engine's GPU tests, then `python -m bench gpu`
+# The GPU measurement in one device call: the CUDA engine's GPU tests, then `python -m bench gpu`
 # (engine in process, first pass, bertmesh serve over gRPC, peers), results written under $OUT.
 #
 #   hack/gpu-measure.sh prepare           here, once (the venv built): the Python 3.12 wheels the GPU machine

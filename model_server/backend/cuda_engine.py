@@ -2,15 +2,16 @@
 layer, and one CUDA graph per bucket captured at start, so a batch of any composition replays a graph.
 
 What a batch costs on the GPU is then one host-to-device copy (the layout vector, from pinned memory), one graph
-launch, the task head's few kernels and one device-to-host copy per result: no per-shape plan building, no
-per-batch kernel selection, and a launch count that does not depend on the batch's composition (issue 12).
+launch, the task head's few kernels and its copy of the results to the host: no per-shape plan building, no
+per-batch kernel selection, and a launch count that does not depend on the batch's composition.
 
 Per layer: the fused query/key/value projection (model_server.backend.packed_bert), variable-length attention
 (model_server.backend.varlen), the output projection, residual and layer norm, the feed-forward pair and again
 residual and layer norm, all PyTorch ops. Fusion, by what pays on a GPU: biases ride in the matrix multiplies
-(cuBLASLt's bias epilogue, which F.linear uses for fp16/bf16); GELU stays its own element-wise kernel because
-cuBLASLt's fused GELU epilogue is the tanh approximation and BERT uses the exact erf form; residual add and
-layer norm stay two kernels. Inside a CUDA graph these cost memory passes, not launches (unmeasured).
+(cuBLASLt's bias epilogue, which F.linear's addmm uses for 2-D fp16/bf16 inputs); GELU stays its own
+element-wise kernel because cuBLASLt's fused GELU epilogue is the tanh approximation and BERT uses the exact
+erf form; residual add and layer norm stay two kernels. Inside a CUDA graph these cost memory passes, not
+launches (unmeasured).
 
 On CPU (and on CUDA when no capturable attention applies, e.g. fp32) the same code runs eagerly: CI checks the
 layout, the padding and the layer loop against transformers there, with the reference attention.

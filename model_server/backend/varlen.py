@@ -8,8 +8,8 @@ Chosen once at load (`choose`), first that applies:
 1. `varlen`: torch.nn.attention.varlen.varlen_attn (documented from torch 2.10, so on the GPU machine's 2.11),
    FlashAttention-2's variable-length kernel; CUDA, fp16/bf16. Its launch grid depends only on the number of
    offset slots and `max_len`, never on the lengths, so one CUDA graph serves every batch of a bucket; nothing
-   builds a per-shape plan (cuDNN's attention did, for every new shape: issue 12's first-pass cliff). Called
-   with flash as the only SDPA backend, as newer torch would otherwise try cuDNN first.
+   builds a per-shape plan (cuDNN's attention did, for every new shape, and a server meets new shapes all the
+   time). Called with flash as the only SDPA backend, as newer torch would otherwise try cuDNN first.
 2. `flash-op`: the same kernel through its aten op, where the public wrapper is missing.
    On a GPU each is first run once on a small batch of the engine's layout and kept only if it agrees with the
    reference (a torch release whose wrapper refuses strided views or empty slots falls through to the next).
