@@ -6,7 +6,7 @@ PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv serve test test-fast test-e2e lint protos generate toolchain bench clean
+.PHONY: venv serve test test-fast test-e2e test-gpu lint protos generate toolchain bench clean
 
 venv:
 	@hack/venv.sh
@@ -16,17 +16,23 @@ serve: venv
 
 ## lint + every test tier (the command CI runs); the int8 accuracy tests once more with oneDNN capped at AVX2,
 ## whose int8 product saturates (no VNNI), and the attention kernel's tests on its AVX2 code, so a green run is
-## green on AVX2-only CPUs too
+## green on AVX2-only CPUs too. CI has no GPU: the tests that need one (tests/gpu, marker gpu) are deselected
+## here, and pytest's summary counts them as deselected; `make test-gpu` runs them on a GPU machine.
 test: venv toolchain lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 	ONEDNN_MAX_CPU_ISA=AVX2 BERTMESH_KERNEL_ISA=avx2 $(PY) -m pytest -m int8 $(PYTEST_ARGS)
 	BERTMESH_KERNEL_ISA=avx2 $(PY) -m pytest tests/server/test_native_attention.py $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not e2e and not gpu" $(PYTEST_ARGS)
 
 test-e2e: venv toolchain
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+## the tests that need a CUDA device (tests/gpu): the CUDA engine against transformers at fp16/bf16, graphs
+## replayed without new capture, launches per batch bounded
+test-gpu: venv
+	$(PY) -m pytest -m gpu tests/gpu $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .

@@ -72,11 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr = sub.add_parser("profile", help="py-spy profile of bertmesh under closed-loop load")
     pr.add_argument("--concurrency", type=int, default=32)
     pr.add_argument("--seconds", type=int, default=20)
-    gb = sub.add_parser("gpu", help="BERT-base at fp16/bf16 on the GPU: throughput and MFU (bench/gpu.py)")
+    gb = sub.add_parser("gpu", help="the GPU benchmark: engine, first pass, serve over gRPC, peers (bench/gpu.py)")
     gb.add_argument("--precisions", default="fp16,bf16")
+    gb.add_argument("--models", default="minilm,bert-base", help="of tiny, minilm, bert-base (random weights)")
+    gb.add_argument("--parts", default="engine,first-pass,serve,peers")
     gb.add_argument("--device", default="cuda")
-    gb.add_argument("--seconds", type=float, default=20.0)
-    gb.add_argument("--tiny", action="store_true", help="a tiny random BERT instead of BERT-base (smoke runs)")
+    gb.add_argument("--seconds", type=float, default=20.0, help="engine window per model and precision")
+    gb.add_argument("--serve-seconds", type=float, default=15.0, help="gRPC window per scenario")
+    gb.add_argument("--clients", type=int, default=8, help="gRPC client processes")
+    gb.add_argument("--engine", default="auto", help="bertmesh's --engine (auto: the cuda engine on CUDA)")
+    gb.add_argument("--tiny", action="store_true", help="only a tiny random BERT (smoke runs)")
+    gb.add_argument("--model-files", default=None, help="tokenizer/config files (default: the bundled MiniLM)")
+    gb.add_argument("--dry-run", action="store_true", help="every part on CPU, tiny model, short windows")
     gb.add_argument("--out", default=None, help="results folder (default bench/results/gpu-<time>)")
     en = sub.add_parser("engine", help="in-process A/B of the CPU engine options (bench/engine.py)")
     en.add_argument("--rounds", type=int, default=3)
@@ -162,12 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             kernels_bench(a.threads, [i for i in a.isas.split(",") if i], a.rounds)
         return 0
     if a.command == "gpu":
-        from pathlib import Path
+        from bench.gpu import gpu_bench, options_from
 
-        from bench.gpu import gpu_bench
-
-        out = Path(a.out) if a.out else None
-        gpu_bench([p for p in a.precisions.split(",") if p], a.device, a.seconds, tiny=a.tiny, out=out)
+        gpu_bench(options_from(vars(a)))
         return 0
     if a.command == "profile":
         from bench.profile import profile

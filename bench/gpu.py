@@ -1,78 +1,77 @@
-"""The GPU benchmark: BERT-base (random weights) at fp16/bf16 through bertmesh's own engine, and its model FLOP
-utilisation (MFU) against the GPU's bf16 peak.
+"""The GPU benchmark, one command: bertmesh's engine in process, its first pass over never-seen batches,
+`bertmesh serve` over gRPC, and the peers, on the same corpus texts.
 
-  python -m bench gpu                                   # fp16 and bf16 on CUDA, 20 s each
-  python -m bench gpu --device cpu --tiny --seconds 1   # the same code path on CPU, a tiny model (smoke run)
+  python -m bench gpu                          # everything, on CUDA (hack/gpu-measure.sh on the GPU machine)
+  python -m bench gpu --dry-run                # the same code path on CPU with a tiny model, through the table
+  python -m bench gpu --parts engine --tiny --device cpu --precisions fp32 --seconds 1
 
-The checkpoint is made in a temporary directory: bert-base-uncased's shape (12 layers, hidden 768, FFN 3072,
-vocabulary 30 522) with random weights in safetensors, and the bundled MiniLM tokenizer (the same uncased
-WordPiece vocabulary). bertmesh loads it with its own loader (`model_server.server.load_model`: engine,
-precision, batch limits), then computes batches of corpus texts, chosen by bertmesh's batch selection from a
-queue that is never empty, back to back: the saturated model, without gRPC. Useful FLOPs count real tokens
-only (bench.flops). The peak is measured in the same run (best bf16 `torch.mm` of 8192^3; fp32 on CPU) and, for
-GPUs whose data sheet is known, the nominal dense bf16 peak is reported beside it.
+Parts (`--parts`, default all):
+  engine      MiniLM and BERT-base shapes (random weights, bench.gpu_models) at each precision through bertmesh's
+              own loader and engine, batches as the server's batcher forms them from a never-empty queue, back to
+              back: tokens/s and model FLOP utilisation (useful FLOPs of real tokens, bench.flops) against the
+              bf16 matmul peak measured in the same run (and the data sheet's, where known).
+  first-pass  64 batch compositions the engine has never seen, timed on their first pass and on the third.
+  serve       `bertmesh serve` over gRPC from several client processes (bench.gpu_serve).
+  peers       sentence-transformers `encode` and plain transformers on length-sorted padded batches
+              (bench.gpu_peers).
+Results: results.json and summary.md (one table with ratios) in --out (default bench/results/gpu-<time>/).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import random
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import corpus
 from bench.flops import EncoderShape, useful_flops
+from bench.gpu_models import make_checkpoint, measured_peak
+from bench.gpu_report import write_report
 from bench.systems import ROOT
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, FLOP/s, by device-name substring.
 NOMINAL_BF16_PEAK = {"H200": 989.4e12, "H100 SXM": 989.4e12, "H100": 756e12, "A100": 312e12, "L40S": 362e12}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+PARTS = ("engine", "first-pass", "serve", "peers")
+FIRST_PASS_BATCHES = 64
 
 
-def make_checkpoint(directory: Path, *, tiny: bool) -> EncoderShape:
-    """A random-weight BERT (base, or tiny) with the bundled tokenizer; returns its FLOP shape."""
-    import transformers
+@dataclass(frozen=True)
+class GpuBenchOptions:
+    """What one `python -m bench gpu` run measures."""
 
-    from bench.model import bundled_model_path
+    device: str = "cuda"
+    precisions: tuple[str, ...] = ("fp16", "bf16")
+    models: tuple[str, ...] = ("minilm", "bert-base")
+    parts: tuple[str, ...] = PARTS
+    seconds: float = 20.0
+    serve_seconds: float = 15.0
+    clients: int = 8
+    engine: str = "auto"  # --engine for every bertmesh measurement (auto: the cuda engine on CUDA)
+    files: Path | None = None  # tokenizer/config files (default: the bundled MiniLM)
+    out: Path | None = None
 
-    hidden, layers, heads, ffn = (64, 2, 4, 128) if tiny else (768, 12, 12, 3072)
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=ffn,
-        max_position_embeddings=512,
-        architectures=["BertModel"],
+
+def dry_run(out: Path | None = None) -> GpuBenchOptions:
+    """Every part on CPU with a tiny model and short windows: proves the code path, measures nothing."""
+    return GpuBenchOptions(
+        device="cpu", precisions=("fp32",), models=("tiny",), seconds=0.3, serve_seconds=1.0, engine="cuda", out=out
     )
-    transformers.BertModel(config).save_pretrained(directory, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(bundled_model_path() / name, directory / name)
-    return EncoderShape(params=(4 * hidden * hidden + 2 * hidden * ffn) * layers, layers=layers, hidden=hidden)
 
 
-def measured_peak(device: str, seconds: float = 2.0) -> float:
-    """Best matmul rate in FLOP/s: bf16 8192^3 on CUDA, fp32 1536^3 on CPU."""
-    import torch
+def _loaded(model_dir: Path, precision: str, device: str, engine: Mapping[str, Any] | None = None) -> Any:
+    """(description, tokenizer, backend) of the checkpoint, loaded and warmed as `bertmesh serve` does."""
+    from model_server.config import ModelConfig, engine_defaults
+    from model_server.server import load_model
+    from model_server.tasks import Task
 
-    size, dtype = (8192, torch.bfloat16) if device == "cuda" else (1536, torch.float32)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    best = 0.0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = max(best, 2.0 * size**3 / (time.perf_counter() - start))
-    return best
+    settings = dataclasses.replace(engine_defaults(), precision=precision, device=device, **(engine or {}))
+    return load_model(ModelConfig(path=model_dir, task=Task.EMBEDDING), settings)
 
 
 def measure(
@@ -90,12 +89,8 @@ def measure(
     (model_server.config.EngineConfig fields)."""
     from model_server.backend import ModelInput
     from model_server.batcher import selection
-    from model_server.config import ModelConfig, engine_defaults
-    from model_server.server import load_model
-    from model_server.tasks import Task
 
-    settings = dataclasses.replace(engine_defaults(), precision=precision, device=device, **(engine or {}))
-    model, tokenizer, backend = load_model(ModelConfig(path=model_dir, task=Task.EMBEDDING), settings)
+    model, tokenizer, backend = _loaded(model_dir, precision, device, engine)
     texts = corpus.load()
     encoded = [e.ids for e in tokenizer.encode([t.text for t in texts], truncate=True)]
     limits = model.batching
@@ -131,6 +126,7 @@ def measure(
         total = sum(e.self_cpu_time_total for e in events)
         shares = {e.key: e.self_cpu_time_total / total for e in events if e.self_cpu_time_total / total >= 0.01}
     return {
+        "model": model_dir.name,
         "kernel_shares": shares,
         "precision": backend.info.precision,
         "engine": backend.info.engine,
@@ -143,33 +139,124 @@ def measure(
     }
 
 
-def gpu_bench(
-    precisions: list[str], device: str, seconds: float, *, tiny: bool, out: Path | None = None
+def compositions(lengths: Sequence[int], count: int, max_tokens: int, max_inputs: int, seed: int) -> list[list[int]]:
+    """`count` distinct batches (indices into `lengths`): random texts up to the token and input budgets."""
+    rng = random.Random(seed)
+    seen: set[tuple[int, ...]] = set()
+    batches: list[list[int]] = []
+    while len(batches) < count:
+        batch: list[int] = []
+        tokens = 0
+        for i in rng.sample(range(len(lengths)), min(len(lengths), max_inputs)):
+            if tokens + lengths[i] > max_tokens:
+                break
+            batch.append(i)
+            tokens += lengths[i]
+        key = tuple(sorted(batch))
+        if batch and key not in seen:
+            seen.add(key)
+            batches.append(batch)
+    return batches
+
+
+def first_pass(
+    model_dir: Path, precision: str, device: str, engine: Mapping[str, Any] | None = None, passes: int = 3
 ) -> dict[str, Any]:
-    """Runs every precision on one checkpoint; prints and writes results.json to `out` (default
-    bench/results/gpu-<time>/)."""
+    """Tokens/s of each pass over FIRST_PASS_BATCHES never-seen batch compositions (warm-up done as the server
+    does it); the first pass is what a server meets, every batch a new composition."""
+    from model_server.backend import ModelInput
+
+    model, tokenizer, backend = _loaded(model_dir, precision, device, engine)
+    ids = [e.ids for e in tokenizer.encode([t.text for t in corpus.load()], truncate=True)]
+    limits = model.batching
+    chosen = compositions(
+        [len(i) for i in ids], FIRST_PASS_BATCHES, limits.max_batch_tokens, limits.max_batch_requests, 7
+    )
+    batches = [[ModelInput(ids[i], model.default_pooling) for i in batch] for batch in chosen]
+    tokens = sum(len(ids[i]) for batch in chosen for i in batch)
+    rates, per_batch_ms = [], []
+    for _ in range(passes):
+        start = time.perf_counter()
+        for batch in batches:
+            backend.run(batch)  # returns host arrays: synchronised
+        elapsed = time.perf_counter() - start
+        rates.append(tokens / elapsed)
+        per_batch_ms.append(1000 * elapsed / len(batches))
+    return {
+        "model": model_dir.name,
+        "precision": backend.info.precision,
+        "engine": backend.info.engine,
+        "batches": len(batches),
+        "tokens_per_s_by_pass": rates,
+        "ms_per_batch_by_pass": per_batch_ms,
+        "first_over_steady": rates[0] / rates[-1],
+    }
+
+
+def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
+    """Runs the chosen parts; prints the summary table and writes results.json and summary.md to `out`."""
     import torch
 
+    device = options.device
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     nominal = next((peak for key, peak in NOMINAL_BF16_PEAK.items() if key in name), None)
-    with tempfile.TemporaryDirectory(prefix="bertmesh-gpu-bench-") as tmp:
-        shape = make_checkpoint(Path(tmp), tiny=tiny)
-        peak = measured_peak(device)
-        rows = [measure(Path(tmp), shape, p, device, seconds) for p in precisions]
-    for row in rows:
-        row["mfu_measured_peak"] = row["useful_flops_per_s"] / peak
-        row["mfu_nominal_peak"] = row["useful_flops_per_s"] / nominal if nominal else None
-    result = {"device": name, "model": "tiny" if tiny else "bert-base", "measured_peak_flops": peak,
-              "nominal_bf16_peak_flops": nominal, "rows": rows}  # fmt: skip
-    out = out or ROOT / "bench" / "results" / time.strftime("gpu-%Y%m%d-%H%M%S")
+    result: dict[str, Any] = {"device": name, "torch": torch.__version__, "nominal_bf16_peak_flops": nominal}
+    out = options.out or ROOT / "bench" / "results" / time.strftime("gpu-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bertmesh-gpu-bench-") as tmp:
+        dirs: dict[str, Path] = {}
+        shapes: dict[str, EncoderShape] = {}
+        for model in options.models:
+            dirs[model] = Path(tmp) / model
+            shapes[model] = make_checkpoint(dirs[model], model, options.files)
+        peak = result["measured_peak_flops"] = measured_peak(device)
+        if "engine" in options.parts:
+            rows = [
+                measure(dirs[m], shapes[m], p, device, options.seconds, engine={"kind": options.engine})
+                for m in options.models
+                for p in options.precisions
+            ]
+            for row, model in zip(rows, [m for m in options.models for _ in options.precisions], strict=True):
+                row["model"] = model
+                row["mfu_measured_peak"] = row["useful_flops_per_s"] / peak
+                row["mfu_nominal_peak"] = row["useful_flops_per_s"] / nominal if nominal else None
+            result["rows"] = rows
+        first = options.models[0]
+        if "first-pass" in options.parts:
+            found = first_pass(dirs[first], options.precisions[0], device, {"kind": options.engine})
+            result["first_pass"] = found | {"model": first}
+        if "serve" in options.parts:
+            from bench.gpu_serve import serve_bench
+
+            result["serve"] = serve_bench(dirs, options, out)
+        if "peers" in options.parts:
+            from bench.gpu_peers import peers
+
+            result["peers"] = peers(dirs, shapes, options, peak)
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    print(f"{name}: measured matmul peak {peak / 1e12:.1f} TFLOP/s; nominal bf16 {nominal and nominal / 1e12}")
-    print("| precision | tokens/s | inputs/s | useful TFLOP/s | MFU (measured peak) | MFU (nominal bf16) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        nominal_mfu = f"{r['mfu_nominal_peak']:.1%}" if r["mfu_nominal_peak"] is not None else "-"
-        print(f"| {r['precision']} | {r['tokens_per_s']:,.0f} | {r['inputs_per_s']:,.0f} | "
-              f"{r['useful_flops_per_s'] / 1e12:.2f} | {r['mfu_measured_peak']:.1%} | {nominal_mfu} |")  # fmt: skip
+    print(write_report(result, out))
     print(f"results in {out}")
     return result
+
+
+def options_from(args: Mapping[str, Any]) -> GpuBenchOptions:
+    """The options `python -m bench gpu` arguments ask for."""
+    out = Path(args["out"]) if args["out"] else None
+    if args["dry_run"]:
+        return dry_run(out)
+
+    def split(value: str) -> tuple[str, ...]:
+        return tuple(v for v in value.split(",") if v)
+
+    return GpuBenchOptions(
+        device=args["device"],
+        precisions=split(args["precisions"]),
+        models=("tiny",) if args["tiny"] else split(args["models"]),
+        parts=split(args["parts"]),
+        seconds=args["seconds"],
+        serve_seconds=args["serve_seconds"],
+        clients=args["clients"],
+        engine=args["engine"],
+        files=Path(args["model_files"]) if args["model_files"] else None,
+        out=out,
+    )

@@ -109,7 +109,13 @@ def load_model(
         raise ConfigError(f"{checkpoint.path}: sequence classification needs id2label in config.json")
     if checkpoint.task is Task.RERANK:
         check_labels(checkpoint.label_count, str(checkpoint.path))
-    settings = replace(engine, device=device, batch_tokens=batch_limits.max_batch_tokens)  # kernels timed on it
+    # Kernels are timed on the batch token budget; the cuda engine's graphs go up to a full batch.
+    settings = replace(
+        engine,
+        device=device,
+        batch_tokens=batch_limits.max_batch_tokens,
+        bucket_tokens=engine.bucket_tokens or batch_limits.max_batch_tokens,
+    )
     backend = create_engine(checkpoint, settings, tokenizer.pad_id)
     # The longest input a request may bring, from the model's own vocabulary.
     sample = tokenizer.encode(["warm up " * request_limits.max_tokens_per_input], truncate=True)[0].ids

@@ -1,7 +1,8 @@
 """The backend contract: token ids in, float arrays out. Implementations import torch; this module does not.
 
-Each engine is one class behind this contract (model_server.backend.packed_engine, .transformers_engine), chosen
-by model_server.backend.factory; an engine computes hidden states and the task's head turns them into outputs.
+Each engine is one class behind this contract (model_server.backend.cuda_engine, .packed_engine,
+.transformers_engine), chosen by model_server.backend.factory; an engine computes hidden states and the task's
+head turns them into outputs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class BackendInfo:
     @property
     def packed(self) -> bool:
         """Whether batches cost their real tokens (no padding), so the batcher need not group by length."""
-        return self.engine == "packed"
+        return self.engine in ("packed", "cuda")
 
 
 class Backend(Protocol):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from model_server.backend import ModelInput
-from model_server.backend.packed_bert import PackedModel, Packing, plan, supports
+from model_server.backend.packed_bert import PackedModel, plan, supports
 from model_server.backend.packed_cpu import cpu_model
 from model_server.backend.torch_engine import TorchEngine
 from model_server.config import EngineConfig
@@ -34,13 +34,21 @@ def _layer(module: torch.nn.Module | None, what: str) -> torch.nn.Module:
 
 
 class PackedOutput:
-    """A packed batch's hidden states; heads run on the rows they need."""
+    """A packed batch's hidden states; heads run on the rows they need. `first_rows` holds each input's first
+    row on the model's device (int32 or int64); `starts` the same on the host."""
 
-    def __init__(self, model: PackedModel, states: torch.Tensor, packing: Packing, starts: list[int]) -> None:
+    def __init__(
+        self,
+        model: PackedModel,
+        states: torch.Tensor,
+        first_rows: torch.Tensor,
+        lengths: Sequence[int],
+        starts: list[int],
+    ) -> None:
         self._model = model
         self._states = states
-        self._packing = packing
-        self.lengths = packing.lengths
+        self._first_rows = first_rows
+        self.lengths = lengths
         self.starts = starts
 
     def hidden(self) -> torch.Tensor:
@@ -50,7 +58,7 @@ class PackedOutput:
     def sequence_logits(self) -> torch.Tensor:
         """See EncoderOutput: BERT's pooler on each [CLS] vector, then the classifier."""
         pooler: Any = _layer(self._model.pooler, "pooler")
-        first = self._states.index_select(0, self._packing.starts)
+        first = self._states.index_select(0, self._first_rows)
         logits: torch.Tensor = _layer(self._model.classifier, "classifier")(pooler.activation(pooler.dense(first)))
         return logits
 
@@ -105,4 +113,4 @@ class PackedEngine(TorchEngine):
             packed_types = (t for item in inputs for t in (item.type_ids or (0,) * len(item.ids)))
             types = torch.from_numpy(np.fromiter(packed_types, np.int64, sum(lengths))).to(self._device)
         states = self.model.encoder(ids.to(self._device), packing, types)
-        return PackedOutput(self.model, states, packing, starts)
+        return PackedOutput(self.model, states, packing.starts, packing.lengths, starts)

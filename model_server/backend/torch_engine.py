@@ -108,6 +108,7 @@ class TorchEngine:
     """
 
     name: str
+    auto_devices: frozenset[str] = frozenset({"cpu", "cuda"})  # device types where `--engine auto` may choose it
 
     def __init__(self, task: TaskSpec[Any, Any], device: torch.device, precision: str, config: Any) -> None:
         self._head = task.head

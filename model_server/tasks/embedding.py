@@ -56,8 +56,12 @@ def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
     lengths = hidden.new_tensor(list(out.lengths))
     sequence_of_token = starts.new_tensor(range(len(inputs))).repeat_interleave(lengths.long())
     sums = hidden.new_zeros(len(inputs), hidden.shape[1]).index_add_(0, sequence_of_token, hidden)
-    mean = (sums / lengths[:, None]).cpu().numpy()
-    cls = hidden.index_select(0, starts).cpu().numpy()
+    # Both poolings leave the device in one copy (on a GPU each copy is a synchronising round trip).
+    pooled = hidden.new_empty(2 * len(inputs), hidden.shape[1])
+    pooled[: len(inputs)] = sums / lengths[:, None]
+    pooled[len(inputs) :] = hidden.index_select(0, starts)
+    both = pooled.cpu().numpy()
+    mean, cls = both[: len(inputs)], both[len(inputs) :]
     return [cls[row] if item.pooling is Pooling.CLS else mean[row] for row, item in enumerate(inputs)]
 
 

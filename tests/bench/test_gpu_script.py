@@ -4,32 +4,64 @@ No timing assertions: only that it measures, counts and writes what it says."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from bench.gpu import NOMINAL_BF16_PEAK, make_checkpoint
+import pytest
+
+from bench.gpu import NOMINAL_BF16_PEAK, compositions, options_from
+from bench.gpu_models import make_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "gpu", *argv], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
 
 
 def test_the_checkpoint_is_loadable_bert_with_the_bundled_tokenizer(tmp_path: Path) -> None:
-    shape = make_checkpoint(tmp_path, tiny=True)
+    shape = make_checkpoint(tmp_path, "tiny")
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer.json").is_file()
     config = json.loads((tmp_path / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (64, 2, 30522)
     assert shape.params == (4 * 64 * 64 + 2 * 64 * 128) * 2
     assert NOMINAL_BF16_PEAK["H200"] == 989.4e12
+    pooling = json.loads((tmp_path / "1_Pooling" / "config.json").read_text())
+    assert pooling["word_embedding_dimension"] == 64 and (tmp_path / "modules.json").is_file()
+
+
+def test_minilm_is_the_bundled_shape(tmp_path: Path) -> None:
+    shape = make_checkpoint(tmp_path, "minilm")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], shape.layers) == (384, 6, 6)
+
+
+def test_arguments_choose_the_parts_models_and_engine() -> None:
+    base: dict[str, Any] = {"out": None, "dry_run": False, "device": "cuda", "precisions": "fp16,bf16", "tiny": False}
+    base |= {"models": "minilm,bert-base", "parts": "engine,serve", "seconds": 20.0, "serve_seconds": 15.0}
+    base |= {"clients": 8, "model_files": "/carry/minilm", "engine": "auto"}
+    options = options_from(base)
+    assert options.models == ("minilm", "bert-base") and options.parts == ("engine", "serve")
+    assert options.precisions == ("fp16", "bf16") and options.files == Path("/carry/minilm")
+    dry = options_from(base | {"dry_run": True})
+    assert dry.device == "cpu" and dry.models == ("tiny",) and dry.engine == "cuda" and len(dry.parts) == 4
+
+
+def test_first_pass_batches_are_distinct_and_within_budget() -> None:
+    lengths = [10 + i % 50 for i in range(500)]
+    batches = compositions(lengths, 64, max_tokens=300, max_inputs=16, seed=1)
+    assert len({tuple(sorted(b)) for b in batches}) == 64
+    assert all(sum(lengths[i] for i in b) <= 300 and len(b) <= 16 for b in batches)
 
 
 def test_smoke_run_on_cpu_reports_throughput_and_utilisation(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[2]
-    argv = ["gpu", "--device", "cpu", "--tiny", "--precisions", "fp32", "--seconds", "0.3", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *argv],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=root,
-    )
+    argv = ["--device", "cpu", "--tiny", "--precisions", "fp32", "--seconds", "0.3", "--parts", "engine"]
+    done = _bench(*argv, "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith(f"results in {tmp_path}")
     result = json.loads((tmp_path / "results.json").read_text())
@@ -37,3 +69,33 @@ def test_smoke_run_on_cpu_reports_throughput_and_utilisation(tmp_path: Path) -> 
     assert row["precision"] == "fp32" and row["engine"] == "packed" and row["batches"] > 0
     assert row["tokens_per_s"] > 0 and row["mfu_measured_peak"] > 0
     assert row["mfu_nominal_peak"] is None and result["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_dry_run_goes_through_every_part_to_the_table(tmp_path: Path) -> None:
+    done = _bench("--dry-run", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["rows"][0]["engine"] == "cuda"  # the CUDA engine's code path, eagerly on CPU
+    assert result["first_pass"]["batches"] == 64 and len(result["first_pass"]["tokens_per_s_by_pass"]) == 3
+    serve = {r["scenario"]: r for r in result["serve"]}
+    assert set(serve) == {"1-8 texts, c=64", "1-8 texts, c=256", "64 texts, c=16"}
+    assert all(r["answers"] > 0 and r["client_processes"] == 8 for r in serve.values())
+    peers = [r["peer"] for r in result["peers"]]
+    assert any("batch 32" in p for p in peers) and any("batch 256" in p for p in peers) and len(peers) == 3
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("| serve |") == 3 and summary.count("| peer |") == 3 and "First pass" in summary
+
+
+def test_the_measure_script_brings_the_files_the_random_checkpoints_need(tmp_path: Path) -> None:
+    script = ROOT / "hack" / "gpu-measure.sh"
+    usage = subprocess.run([str(script)], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "hack/gpu-measure.sh run" in usage.stderr
+    env = {**os.environ, "PY": sys.executable}
+    done = subprocess.run([str(script), "files", str(tmp_path / "files")], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shape = make_checkpoint(tmp_path / "bert-base", "bert-base", files=tmp_path / "files")
+    assert shape.hidden == 768 and (tmp_path / "bert-base" / "modules.json").is_file()
+    assert (tmp_path / "bert-base" / "tokenizer.json").read_bytes() == (
+        tmp_path / "files" / "tokenizer.json"
+    ).read_bytes()

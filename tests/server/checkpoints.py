@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 import transformers
 
 from model_server.backend.packed_bert import Packing
+from model_server.tasks import ModelInput, Pooling
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = (
@@ -79,6 +81,17 @@ def build(path: Path, task: str, *, seed: int = 0) -> Path:
     model.save_pretrained(str(path), safe_serialization=True)
     write_tokenizer(path)
     return path
+
+
+def inputs_of_lengths(lengths: Sequence[int]) -> list[ModelInput]:
+    """Model inputs of these lengths ([CLS] ... [SEP] around ordinary tokens), alternating mean and CLS pooling,
+    each with one fill-mask position (heads read what they need)."""
+    return [
+        ModelInput(
+            (2, *(5 + (i * 7 + j) % 90 for j in range(n - 2)), 3)[:n], Pooling.CLS if i % 2 else Pooling.MEAN, (0,)
+        )
+        for i, n in enumerate(lengths)
+    ]
 
 
 def mean_pool(states: torch.Tensor, packing: Packing) -> torch.Tensor:

@@ -1,0 +1,111 @@
+"""The CUDA engine on a GPU: outputs against transformers at fp16/bf16 tolerance, graphs replayed for batches of
+any composition with no capture or compilation after warm-up, and a bounded number of launches per batch."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from model_server.backend.cuda_engine import CudaEngine
+from model_server.backend.factory import create_engine
+from model_server.backend.transformers_engine import TransformersEngine
+from model_server.checkpoint import inspect_checkpoint
+from model_server.config import EngineConfig
+from model_server.tasks import ModelInput
+from tests.server import checkpoints
+from tests.server.checkpoints import inputs_of_lengths
+
+pytestmark = pytest.mark.gpu
+
+TASKS = ("embedding", "sequence-classification", "token-classification", "fill-mask")
+BUCKET_TOKENS = 1024
+# Per batch outside the graph: the layout copy, the head's few kernels and copies. The graph holds the rest.
+MAX_LAUNCHES = 40
+
+
+def _random_batches(count: int, seed: int = 0) -> list[list[ModelInput]]:
+    """Batches of distinct compositions: 1 to 10 inputs of 2 to 100 tokens (within the largest bucket)."""
+    rng = random.Random(seed)
+    batches = []
+    for _ in range(count):
+        lengths = [rng.randint(2, 100) for _ in range(rng.randint(1, 10))]
+        batches.append(inputs_of_lengths(lengths))
+    return batches
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gpu-models")
+    return {task: checkpoints.build(root / task, task) for task in TASKS}
+
+
+def _engine(path: Path, precision: str, **settings: Any) -> CudaEngine:
+    config = EngineConfig(device="cuda", kind="cuda", precision=precision, bucket_tokens=BUCKET_TOKENS, **settings)
+    engine = create_engine(inspect_checkpoint(path), config)
+    assert isinstance(engine, CudaEngine)
+    engine.warmup([2, *range(5, 100), 3])
+    return engine
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("task", TASKS)
+def test_outputs_equal_transformers_at_half_precision(
+    cuda: torch.device, models: dict[str, Path], task: str, precision: str
+) -> None:
+    engine = _engine(models[task], precision)
+    assert engine.encoder.attention.name in ("varlen", "flash-op") and engine.graphs
+    reference = create_engine(inspect_checkpoint(models[task]), EngineConfig(device="cpu", kind="transformers"))
+    assert isinstance(reference, TransformersEngine)
+    tolerance = 2e-2 if precision == "fp16" else 6e-2
+    for lengths in ([17], [32, 32], [32, 33], [2] * 40, [100] * 10, [120] * 9):  # the last: over all buckets
+        batch = inputs_of_lengths(lengths)
+        for ours, theirs in zip(engine.run(batch), reference.run(batch), strict=True):
+            assert ours.shape == theirs.shape
+            assert np.allclose(ours, theirs, atol=tolerance, rtol=tolerance), (task, precision, lengths)
+
+
+def test_graph_replay_equals_eager(cuda: torch.device, models: dict[str, Path]) -> None:
+    graphed, eager = _engine(models["embedding"], "fp16"), _engine(models["embedding"], "fp16", cuda_graphs=False)
+    assert graphed.graphs and not eager.graphs
+    for batch in _random_batches(8):
+        for a, b in zip(graphed.run(batch), eager.run(batch), strict=True):
+            assert np.allclose(a, b, atol=1e-3)
+
+
+def test_unseen_compositions_replay_graphs_without_new_capture_or_compilation(
+    cuda: torch.device, models: dict[str, Path]
+) -> None:
+    engine = _engine(models["embedding"], "fp16")
+    graphs = dict(engine.graphs)
+    eager = engine.eager_batches
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for batch in _random_batches(64, seed=1):
+        engine.run(batch)
+    assert engine.graphs == graphs and engine.eager_batches == eager
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled
+
+
+def _launches(engine: CudaEngine, batch: list[ModelInput]) -> tuple[int, int, list[str]]:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        engine.run(batch)
+    names = [event.name for event in prof.events()]
+    kernels = sum(1 for name in names if name.startswith(("cudaLaunchKernel", "cuLaunchKernel")))
+    graphs = sum(1 for name in names if name.startswith(("cudaGraphLaunch", "cuGraphLaunch")))
+    return kernels, graphs, names
+
+
+def test_launches_per_batch_are_bounded_whatever_the_composition(cuda: torch.device, models: dict[str, Path]) -> None:
+    engine = _engine(models["embedding"], "fp16")
+    counts = set()
+    for batch in _random_batches(6, seed=2):
+        kernels, graphs, names = _launches(engine, batch)
+        assert graphs == 1 and kernels <= MAX_LAUNCHES, (kernels, graphs)
+        assert not any("cudnn" in name.lower() for name in names)  # no per-shape cuDNN attention plans
+        counts.add(kernels)
+    assert len(counts) == 1  # the same launches for every composition
