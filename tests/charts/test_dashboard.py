@@ -41,6 +41,8 @@ def exposed_series() -> dict[str, set[str]]:
     metrics.requests.labels(method="Embed", code="OK").inc()
     metrics.latency.labels(method="Embed").observe(0.01)
     metrics.health_checks.labels(method="Check").inc()
+    metrics.http_requests.labels(route="/v1/embeddings", code="200").inc()
+    metrics.http_latency.labels(route="/v1/embeddings").observe(0.01)
     metrics.model_info.labels("m", "r", "embedding", "fp32", "packed", "cpu").set(1)
     for family in metrics.registry.collect():
         labels = {label for sample in family.samples for label in sample.labels}
