@@ -69,7 +69,8 @@ def _header_matches(route: Obj) -> set[tuple[str, str]]:
 
 def routing_problems(caller: SidecarConfig, virtual_service: Obj, port: int, weights: Mapping[str, int]) -> list[str]:
     """The caller's outbound routes to the service follow the VirtualService route by route, the catch-all
-    route splits by `weights` (subset -> %, from the status), and retries never cover resource-exhausted."""
+    route splits by `weights` (subset -> %, from the status), each route mirrors what and as much as the
+    VirtualService says (a re-index rollout's copy to the canary), and retries never cover resource-exhausted."""
     host = virtual_service["spec"]["hosts"][0]
     routes = _envoy_routes(caller, host, port)
     if routes is None:
@@ -96,6 +97,14 @@ def routing_problems(caller: SidecarConfig, virtual_service: Obj, port: int, wei
         headers = {(n, m["exact"]) for match in vs_route.get("match", []) for n, m in match.get("headers", {}).items()}
         if _header_matches(route) != headers:
             problems.append(f"route {name} matches headers {_header_matches(route)}, the VirtualService {headers}")
+        mirrors = mirror_clusters(route)
+        wanted_mirrors = {}
+        if "mirror" in vs_route:
+            target = vs_route["mirror"]
+            mirror = cluster_name(target["host"], target.get("port", {}).get("number", port), target.get("subset", ""))
+            wanted_mirrors[mirror] = float(vs_route.get("mirrorPercentage", {}).get("value", 100.0))
+        if mirrors != wanted_mirrors:
+            problems.append(f"route {name} mirrors to {mirrors}, the VirtualService to {wanted_mirrors}")
         retry_on = set(filter(None, route.get("route", {}).get("retry_policy", {}).get("retry_on", "").split(",")))
         if NOT_RETRIED in retry_on:
             problems.append(f"route {name} retries {NOT_RETRIED}: {sorted(retry_on)}")
@@ -108,6 +117,22 @@ def routing_problems(caller: SidecarConfig, virtual_service: Obj, port: int, wei
         got = route_clusters(catch_all[-1]) if catch_all else None
         problems.append(f"the catch-all route splits {got}, the status says {split}")
     return problems
+
+
+FRACTION_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+
+
+def mirror_clusters(route: Obj) -> dict[str, float]:
+    """Envoy route -> the clusters it mirrors requests to, each with the percentage mirrored."""
+    out: dict[str, float] = {}
+    for policy in route.get("route", {}).get("request_mirror_policies", []):
+        fraction = policy.get("runtime_fraction", {}).get("default_value")
+        if fraction is None:  # no fraction: every request is mirrored
+            out[policy["cluster"]] = 100.0
+            continue
+        denominator = FRACTION_DENOMINATORS[fraction.get("denominator", "HUNDRED")]
+        out[policy["cluster"]] = round(100.0 * int(fraction.get("numerator", 0)) / denominator, 6)
+    return out
 
 
 def canary_problems(caller: SidecarConfig, host: str, port: int, pin: tuple[str, str] | None) -> list[str]:

@@ -160,7 +160,7 @@ def converged(istiod: Istiod, sidecar: Sidecar, check: Check) -> SidecarConfig:
 
 
 def model_check(manifest: Obj, objects: list[Obj]) -> Check:
-    """The model pod's inbound side: the rate limit on the gRPC port, STRICT mTLS on every Service port, RBAC,
+    """The model pod's inbound side: the rate limit and STRICT mTLS on every Service port (gRPC and HTTP), RBAC,
     and every EnvoyFilter patch applied."""
     service = of_kind(objects, "Service")[0]
     ports = pod_ports(service, of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"])
@@ -169,8 +169,9 @@ def model_check(manifest: Obj, objects: list[Obj]) -> Check:
     (authorization_policy,) = of_kind(objects, "AuthorizationPolicy")
 
     def check(config: SidecarConfig) -> list[str]:
-        problems = rate_limit_problems(config, limit, ports[grpc_port(service)])
-        for port in ports.values():
+        problems: list[str] = []
+        for port in ports.values():  # gRPC and HTTP: the same bucket, STRICT mTLS on both
+            problems += rate_limit_problems(config, limit, port)
             problems += mtls_problems(config, peer_authentication, port)
         problems += rbac_problems(config, authorization_policy)
         for envoy_filter in of_kind(objects, "EnvoyFilter"):
@@ -181,17 +182,22 @@ def model_check(manifest: Obj, objects: list[Obj]) -> Check:
 
 
 def caller_check(manifest: Obj, objects: list[Obj]) -> Check:
-    """The caller's outbound side: the VirtualService's routes with the status's weights, and the spec's
-    header pin to the canary while one is routed (no route to the canary otherwise)."""
-    port = grpc_port(of_kind(objects, "Service")[0])
+    """The caller's outbound side, on every Service port (gRPC and HTTP): the VirtualService's routes with the
+    status's weights and mirror, and the spec's header pin to the canary while one is routed or mirrored (no
+    route to the canary otherwise)."""
+    ports = [int(p["port"]) for p in of_kind(objects, "Service")[0]["spec"]["ports"]]
     (virtual_service,) = of_kind(objects, "VirtualService")
     host = virtual_service["spec"]["hosts"][0]
     weights = status_weights(manifest)
     header_pin = parse_model_deployment(manifest).spec.traffic.policy.header_pin
-    pin = (header_pin.name, header_pin.value) if weights["canary"] > 0 else None
+    pin = (header_pin.name, header_pin.value) if weights["canary"] > 0 or mirrored(manifest) else None
 
     def check(config: SidecarConfig) -> list[str]:
-        return routing_problems(config, virtual_service, port, weights) + canary_problems(config, host, port, pin)
+        problems: list[str] = []
+        for port in ports:
+            problems += routing_problems(config, virtual_service, port, weights)
+            problems += canary_problems(config, host, port, pin)
+        return problems
 
     return check
 
@@ -204,6 +210,12 @@ def with_status(manifest: Obj, phase: str) -> Obj:
     spec = parse_model_deployment(out).spec
     out["status"] = rollout_status(state, spec, stable_ready_replicas=1, canary_ready_replicas=1)
     return out
+
+
+def mirrored(manifest: Obj) -> bool:
+    """Whether the status says a re-index rollout mirrors calls to a ready canary (it has no weight)."""
+    canary = (manifest.get("status") or {}).get("canary") or {}
+    return canary.get("mode") == "Reindex" and int(canary.get("mirrorPercent") or 0) > 0
 
 
 def status_weights(manifest: Obj) -> dict[str, int]:
@@ -229,7 +241,8 @@ def test_sidecars_get_what_the_example_asks_for_through_a_canary_and_its_abort(
 
     routed = with_status(manifest, "routed")
     weights = status_weights(routed)
-    assert 0 < weights["canary"] < 100, routed["status"]
+    # A canary gets a share of the calls; an embedder's canary of another space only a mirrored copy of them.
+    assert 0 < weights["canary"] < 100 or (mirrored(routed) and weights["canary"] == 0), routed["status"]
     objects = apply_rendered(kube_api, routed)
     models = run_model_pods(kube_api, objects, mesh_node)
     assert {m.labels["serving.bertmesh.io/track"] for m in models} == {"stable", "canary"}
