@@ -216,6 +216,9 @@ def fidelity(task: str, reference: Sequence[Any], other: Sequence[Any]) -> dict[
         a, b = np.array(reference), np.array(other)
         cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         return {"cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean())}
+    if task == "rerank":  # relevance scores (the logit's sigmoid): how far a precision moves them
+        scores = [1 / (1 + np.exp(-np.array(outputs, dtype=np.float64)[:, 0])) for outputs in (reference, other)]
+        return {"score_max_abs_diff": float(np.abs(scores[0] - scores[1]).max())}
     agree = [x == y for x, y in zip(reference, other, strict=True)]
     return {"agreement": float(np.mean(agree))}
 
@@ -260,6 +263,8 @@ def render_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> 
         fid_text = (
             f"cos min {fid['cosine_min']:.4f}, mean {fid['cosine_mean']:.4f}"
             if "cosine_min" in fid
+            else f"relevance max |diff| {fid['score_max_abs_diff']:.4f}"
+            if "score_max_abs_diff" in fid
             else f"agreement {fid['agreement']:.1%}"
             if fid
             else "reference"

@@ -22,6 +22,7 @@ from model_server.loadgen.drivers import TIMEOUT, Window, closed_loop, open_loop
 from model_server.loadgen.schedules import poisson_arrivals
 from model_server.loadgen.stats import percentile
 from model_server.tasks import spec
+from model_server.tasks.rerank import RerankOptions
 
 Call = Callable[[Sequence[str]], Awaitable[Reply[Any]]]
 
@@ -53,9 +54,17 @@ def with_masks(texts: Sequence[str], mask_token: str) -> list[str]:
     return out
 
 
+# A cross-encoder scores (query, document) pairs: the benchmark's texts are the documents, paired with a
+# search-engine-length query (a request without one is refused as empty).
+RERANK_QUERY = "which of these passages answers the question best?"
+
+
 def task_call(plane: DataPlane) -> Call:
-    """The data-plane call of the served task: a request that sets no option but truncation."""
+    """The data-plane call of the served task: a request that sets no option but truncation (and, for
+    rerank, the query every text is paired with)."""
     options = dataclasses.replace(spec(plane.model.task).defaults(plane.model), truncate=True)
+    if isinstance(options, RerankOptions):
+        options = dataclasses.replace(options, query=RERANK_QUERY)
     return lambda texts: plane.infer(texts, options, None)
 
 

@@ -15,7 +15,7 @@ from model_server.errors import Overloaded
 from model_server.loadgen.drivers import TIMEOUT, Window
 
 
-@pytest.mark.parametrize("task", ["embedding", "sequence-classification"])
+@pytest.mark.parametrize("task", ["embedding", "sequence-classification", "rerank"])
 def test_capacity_report_measures_every_precision(tiny_models: dict[str, Path], tmp_path: Path, task: str) -> None:
     out = tmp_path / "report"
     done = subprocess.run(
@@ -52,6 +52,8 @@ def test_capacity_report_measures_every_precision(tiny_models: dict[str, Path], 
     fidelity = results[1]["fidelity"]
     if task == "embedding":
         assert 0.9 <= fidelity["cosine_min"] <= fidelity["cosine_mean"] <= 1.0
+    elif task == "rerank":
+        assert 0.0 <= fidelity["score_max_abs_diff"] < 0.1 and "relevance max |diff|" in (out / "report.md").read_text()
     else:
         assert 0.0 <= fidelity["agreement"] <= 1.0
     report = (out / "report.md").read_text()
