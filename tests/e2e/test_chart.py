@@ -385,6 +385,9 @@ def test_every_dashboard_query_answers_on_a_real_prometheus(start_prometheus: St
             metrics.queue_wait.observe(0.003)
             metrics.tokenization.observe(0.001)
             metrics.health_checks.labels(method="Check").inc()
+            for code in ("200", "429"):
+                metrics.http_requests.labels(route="/v1/embeddings", code=code).inc()
+            metrics.http_latency.labels(route="/v1/embeddings").observe(0.02)
 
         metrics.bind_queue(lambda: 3.0, lambda: 700.0)
         metrics.model_info.labels("sentiment", "r1", "sequence-classification", "fp16", "packed", "cuda:0").set(1)

@@ -132,11 +132,14 @@ def test_a_new_space_is_mirrored_then_promoted_at_once_or_aborted_without_a_mirr
         assert canary_status(md)["mirrorPercent"] == 20 and canary_status(md)["weight"] == 0
         assert "waiting for re-index" in md["status"]["message"]
         assert canary_status(md)["embeddingSpace"] != md["status"]["stable"]["embeddingSpace"]
-        pin, weighted = children(api, namespace, name)[("VirtualService", name)]["spec"]["http"]
-        assert pin["match"] == [{"headers": {"x-bertmesh-track": {"exact": "canary"}}}]
-        assert split(pin) == {"canary": 100}
-        assert split(weighted) == {"stable": 100, "canary": 0}
-        assert weighted["mirror"]["subset"] == "canary" and weighted["mirrorPercentage"] == {"value": 20.0}
+        routes = {r["name"]: r for r in children(api, namespace, name)[("VirtualService", name)]["spec"]["http"]}
+        assert list(routes) == ["canary-pin", "weighted", "canary-pin-http", "weighted-http"]
+        for suffix in ("", "-http"):  # the gRPC port's routes, then the HTTP port's
+            pin, weighted = routes[f"canary-pin{suffix}"], routes[f"weighted{suffix}"]
+            assert pin["match"][0]["headers"] == {"x-bertmesh-track": {"exact": "canary"}}
+            assert split(pin) == {"canary": 100}
+            assert split(weighted) == {"stable": 100, "canary": 0}
+            assert weighted["mirror"]["subset"] == "canary" and weighted["mirrorPercentage"] == {"value": 20.0}
 
     status = bertmesh(api, "rollout", "status", "flip", "-n", namespace)
     assert status.returncode == 0, status.stderr
@@ -152,22 +155,25 @@ def test_a_new_space_is_mirrored_then_promoted_at_once_or_aborted_without_a_mirr
     promote = bertmesh(api, "rollout", "promote", "flip", "-n", namespace)
     assert promote.returncode == 0, promote.stderr
     wait_for_md(api, namespace, "flip", "promoted", promoted_to_v2, operator=operator, timeout=60)
-    wait_until("the final route recorded", lambda: len(recorder.versions[-1][1]) == 1, timeout=10)
+    wait_until("the final routes recorded", lambda: len(recorder.versions[-1][1]) == 2, timeout=10)
     after = recorder.versions[recorder.versions.index(mirrored) + 1 :]
-    generation, (pin, flipped) = after[0]
-    # One apply took the route from 100/0 with a mirror to 0/100 without one, and nothing in between.
+    generation, routes = after[0]
+    # One apply took each port's route from 100/0 with a mirror to 0/100 without one, and nothing in between.
     assert generation == mirrored[0] + 1
-    assert split(flipped) == {"stable": 0, "canary": 100} and "mirror" not in flipped
+    for flipped in (r for r in routes if r["name"].startswith("weighted")):
+        assert split(flipped) == {"stable": 0, "canary": 100} and "mirror" not in flipped
     for _, routes in recorder.versions:
-        assert not all(split(routes[-1]).get(track, 0) > 0 for track in ("stable", "canary")), routes
+        for weighted in (r for r in routes if r["name"].startswith("weighted")):
+            assert not all(split(weighted).get(track, 0) > 0 for track in ("stable", "canary")), routes
     assert route_weights(children(api, namespace, "flip")[("VirtualService", "flip")]) == {"stable": 100}
 
     abort = bertmesh(api, "rollout", "abort", "dropped", "-n", namespace)
     assert abort.returncode == 0, abort.stderr
     md = wait_for_md(api, namespace, "dropped", "aborted", lambda m: phase(m) == "Aborted", operator=operator)
     assert canary_status(md)["mirrorPercent"] == 0
-    (only,) = children(api, namespace, "dropped")[("VirtualService", "dropped")]["spec"]["http"]
-    assert split(only) == {"stable": 100} and "mirror" not in only
+    remaining = children(api, namespace, "dropped")[("VirtualService", "dropped")]["spec"]["http"]
+    assert [r["name"] for r in remaining] == ["weighted", "weighted-http"]
+    assert all(split(r) == {"stable": 100} and "mirror" not in r for r in remaining)
     refused = bertmesh(api, "rollout", "promote", "dropped", "-n", namespace)
     assert refused.returncode == 1 and "aborted re-index canary has no replicas" in refused.stderr
 
