@@ -33,8 +33,18 @@ SHAPES: dict[str, list[int]] = {
     + [136],
 }
 HEADS, HEAD_DIM = 12, 32
-# What each --isas name sets in the worker's environment (oneDNN's own cap beside the kernel's).
-ISA_ENV = {"avx512": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "BERTMESH_KERNEL_ISA": "avx2"}}
+# What each --isas name sets in the worker's environment: the kernel's cap, oneDNN's, MKL's
+# (MKL_ENABLE_INSTRUCTIONS) and PyTorch's own vectorised kernels' (ATEN_CPU_CAPABILITY), so an AVX-512 machine
+# runs every library's AVX2 code.
+ISA_ENV = {
+    "avx512": {},
+    "avx2": {
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "BERTMESH_KERNEL_ISA": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+    },
+}
 
 
 def _best(call: Callable[[], Any], rounds: int, repeat: int) -> float:
