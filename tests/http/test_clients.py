@@ -4,6 +4,7 @@ base64), LangChain's OpenAIEmbeddings, and huggingface_hub's InferenceClient (TE
 from __future__ import annotations
 
 import httpx
+import huggingface_hub.constants
 import numpy as np
 import pytest
 from huggingface_hub import InferenceClient
@@ -98,7 +99,12 @@ def test_langchain_openai_embeddings_with_the_served_tokenizer_equal_grpc(minilm
     np.testing.assert_allclose(np.array(query), expected[0], atol=1e-4)
 
 
-def test_huggingface_inference_client_feature_extraction_equals_grpc(minilm_process: ServeProcess) -> None:
+def test_huggingface_inference_client_feature_extraction_equals_grpc(
+    minilm_process: ServeProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test session sets HF_HUB_OFFLINE=1 (no model is ever fetched from a hub), and huggingface_hub reads it
+    # once, at its first import, which may come before or after: this client only calls the local server.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     client = InferenceClient(model=minilm_process.http_url)
     expected = grpc_vectors(minilm_process, TEXTS[:1])
     vector = client.feature_extraction(TEXTS[0])
