@@ -264,3 +264,11 @@ def test_notes_render(helm: Helm, values: Path | None) -> None:
     notes = out[out.index("NOTES:") :]
     assert "kubectl apply" in notes and "examples/cpu-embedding.yaml" in notes
     assert "rollout status deployment/bertmesh" in notes
+
+
+def test_notes_say_to_install_keda_only_when_it_is_the_autoscaler(helm: Helm) -> None:
+    args = ["install", "bertmesh", str(CHART), "--dry-run=client", "--namespace", RELEASE_NAMESPACE]
+    keda = helm.run(*args).stdout
+    assert "install KEDA" in keda and "http://prometheus.istio-system.svc:9090" in keda[keda.index("NOTES:") :]
+    hpa = helm.run(*args, "--set", "operator.autoscaler=hpa").stdout
+    assert "KEDA" not in hpa[hpa.index("NOTES:") :]
