@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make serve` (bertmesh serve on the bundled model, CPU) and `make test`.
 # Each installs what it needs: the pinned venv (hack/venv.sh) and, for the e2e tier, the Kubernetes toolchain
-# (hack/k8s-toolchain.sh, hack/istiod.sh); each is cached under ~/.cache/bertmesh and reused.
+# (hack/k8s-toolchain.sh, hack/istiod.sh, hack/keda.sh); each is cached under ~/.cache/bertmesh and reused.
 SHELL := /bin/bash
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
@@ -53,6 +53,7 @@ toolchain:
 	@hack/k8s-toolchain.sh
 	@hack/third-party-crds.sh
 	@hack/istiod.sh
+	@hack/keda.sh
 
 bench: venv
 	$(PY) -m bench $(ARGS)

@@ -28,6 +28,7 @@ CHILD_RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Service"): ("", "services"),
     ("apps/v1", "Deployment"): ("apps", "deployments"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): ("autoscaling", "horizontalpodautoscalers"),
+    ("keda.sh/v1alpha1", "ScaledObject"): ("keda.sh", "scaledobjects"),
     ("policy/v1", "PodDisruptionBudget"): ("policy", "poddisruptionbudgets"),
     ("networking.istio.io/v1", "VirtualService"): ("networking.istio.io", "virtualservices"),
     ("networking.istio.io/v1", "DestinationRule"): ("networking.istio.io", "destinationrules"),

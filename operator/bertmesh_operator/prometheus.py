@@ -16,8 +16,9 @@ from typing import Protocol
 
 from bertmesh_operator.analysis import AnalysisTarget, p99_latency_query, read_scalar, success_rate_query
 from bertmesh_operator.errors import MetricsUnavailableError
+from bertmesh_operator.render.context import DEFAULT_PROMETHEUS_URL
 
-DEFAULT_URL = "http://prometheus.istio-system.svc:9090"
+DEFAULT_URL = DEFAULT_PROMETHEUS_URL
 
 
 @dataclass(frozen=True)

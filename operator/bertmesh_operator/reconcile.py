@@ -30,6 +30,7 @@ from bertmesh_operator.observe import (
     observe_tracks,
     stale_children,
 )
+from bertmesh_operator.permissions import CHILD_RESOURCES
 from bertmesh_operator.prometheus import MetricsSource
 from bertmesh_operator.readiness import PodView, not_ready_reason
 from bertmesh_operator.render import RenderOptions, grpc_endpoint, render
@@ -51,6 +52,13 @@ from bertmesh_operator.status_model import ModelDeploymentStatus
 WARNING_REASONS = frozenset(
     {Reason.CHECK_FAILED, Reason.CANARY_ABORTED, Reason.ANALYSIS_DEFERRED, Reason.INVALID_SPEC, Reason.APPLY_FAILED}
 )
+# Child kinds that another project's CRD brings, which the operator can do without: when the API server does
+# not serve one, its objects are left out (an apply would fail, and every other child still works) and the
+# status says what to install.
+OPTIONAL_KINDS: dict[tuple[str, str], str] = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "install KEDA (docs/install.md) or run the operator with --autoscaler "
+    "hpa; until then no autoscaler is applied and each track keeps its replica count",
+}
 
 
 class ClusterClient(Protocol):
@@ -70,6 +78,10 @@ class ClusterClient(Protocol):
 
     def patch_model_deployment_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         """Merge-patch the status; returns the stored object."""
+        ...
+
+    def served(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves a resource (discovery)."""
         ...
 
 
@@ -136,6 +148,7 @@ class Reconciler:
         rejected_retry_seconds: float = 60.0,
         metrics_retry_seconds: float = 5.0,
         full_apply_seconds: float = 600.0,
+        discovery_seconds: float = 60.0,
     ) -> None:
         self.kube = kube
         self.metrics = metrics
@@ -145,6 +158,10 @@ class Reconciler:
         self.full_apply_seconds = full_apply_seconds
         self.rejected_retry_seconds = rejected_retry_seconds
         self.metrics_retry_seconds = metrics_retry_seconds
+        # Discovery answers per optional kind, (served, monotonic time asked): a CRD installed later is noticed
+        # within discovery_seconds, without a discovery request per reconcile.
+        self.discovery_seconds = discovery_seconds
+        self._served: dict[tuple[str, str], tuple[bool, float]] = {}
 
     def reconcile(
         self,
@@ -176,9 +193,10 @@ class Reconciler:
         command = Command.parse((md.metadata.annotations or {}).get(COMMAND_ANNOTATION))
         state = step(before, observation, spec, now, command)
 
-        objects = render(md, state=state, options=self.options)
+        started = self.monotonic()
+        objects, missing = self._servable(render(md, state=state, options=self.options), started)
         try:
-            applied = self._apply(objects, children, memory)
+            applied = self._apply(objects, children, memory, started)
             pruned, vanished = self._prune(objects, children, uid, md.namespace, memory)
         except ApiRejectedError as error:
             written = self._write_degraded(fresh, memory, Reason.APPLY_FAILED, str(error), now)
@@ -204,11 +222,19 @@ class Reconciler:
             now=now,
             previous=md.status,
             not_ready=not_ready,
+            autoscaler_missing=missing,
         )
         written = self._write_status(md, fresh.get("status"), patch, memory)
         posted = _transition_events(before, state)
-        if written and not_ready is not None and _ready_message(fresh.get("status")) != _ready_message(patch):
+        old_status = fresh.get("status")
+        if written and not_ready is not None and _message_of(old_status, "Ready") != _message_of(patch, "Ready"):
             posted += (Event("Warning", Reason.NO_READY_REPLICAS, not_ready),)
+        if (
+            written
+            and missing is not None
+            and _message_of(old_status, "Autoscaling") != _message_of(patch, "Autoscaling")
+        ):
+            posted += (Event("Warning", Reason.AUTOSCALER_MISSING, missing),)
         return Outcome(
             phase=state.phase,
             applied=applied,
@@ -219,6 +245,23 @@ class Reconciler:
             retry=observation.metrics_error,
             retry_delay=self.metrics_retry_seconds if observation.metrics_error else 0.0,
         )
+
+    def _servable(self, objects: list[dict[str, Any]], now: float) -> tuple[list[dict[str, Any]], str | None]:
+        """The objects the API server can take, and what to install for the optional ones it cannot."""
+        kinds = {(o["apiVersion"], o["kind"]) for o in objects} & OPTIONAL_KINDS.keys()
+        absent = sorted(kind for kind in kinds if not self._kind_served(kind, now))
+        if not absent:
+            return objects, None
+        kept = [o for o in objects if (o["apiVersion"], o["kind"]) not in absent]
+        return kept, "; ".join(f"{v} {k} is not served by the API server: {OPTIONAL_KINDS[(v, k)]}" for v, k in absent)
+
+    def _kind_served(self, kind: tuple[str, str], now: float) -> bool:
+        known = self._served.get(kind)
+        if known is not None and now - known[1] < self.discovery_seconds:
+            return known[0]
+        served = self.kube.served(kind[0], CHILD_RESOURCES[kind][1])
+        self._served[kind] = (served, now)
+        return served
 
     def _fresh(self, body: Mapping[str, Any], memory: ObjectMemory) -> Mapping[str, Any] | None:
         version = body["metadata"].get("resourceVersion")
@@ -252,9 +295,8 @@ class Reconciler:
             return replace(observation, metrics_error=str(error))
         return replace(observation, success_rate=measured.success_rate, p99_latency_ms=measured.p99_latency_ms)
 
-    def _apply(self, objects: list[dict[str, Any]], children: list[Child], memory: ObjectMemory) -> int:
+    def _apply(self, objects: list[dict[str, Any]], children: list[Child], memory: ObjectMemory, started: float) -> int:
         live = {child.key: child for child in children}
-        started = self.monotonic()
         first = memory.applied_all_at is None
         everything = memory.applied_all_at is not None and started - memory.applied_all_at >= self.full_apply_seconds
         count = 0
@@ -325,12 +367,12 @@ def _stamped(obj: Mapping[str, Any], fingerprint: str) -> dict[str, Any]:
     return {**obj, "metadata": meta}
 
 
-def _ready_message(status: Any) -> str | None:
-    """The Ready condition's message in a status as stored or as patched."""
+def _message_of(status: Any, condition_type: str) -> str | None:
+    """A condition's message in a status as stored or as patched."""
     if not isinstance(status, dict):
         return None
     for condition in status.get("conditions") or ():
-        if isinstance(condition, dict) and condition.get("type") == "Ready":
+        if isinstance(condition, dict) and condition.get("type") == condition_type:
             return str(condition.get("message", ""))
     return None
 

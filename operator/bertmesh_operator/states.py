@@ -64,6 +64,9 @@ class Reason(StrEnum):
     NO_READY_REPLICAS = "NoReadyReplicas"
     NO_ROLLOUT = "NoRollout"
     AS_EXPECTED = "AsExpected"
+    # The Autoscaling condition's reasons.
+    AUTOSCALED = "Autoscaled"
+    AUTOSCALER_MISSING = "AutoscalerMissing"  # KEDA's ScaledObject kind is not served: no autoscaler applied
 
 
 # The reason a phase is entered with: what a status that lost its condition is read back as.

@@ -104,11 +104,13 @@ def conditions(
     now: datetime,
     previous: list[Condition] | None = None,
     not_ready: str | None = None,
+    autoscaler_missing: str | None = None,
 ) -> list[Condition]:
-    """The Ready, Progressing and Degraded conditions; an unchanged one keeps its transition time.
+    """The Ready, Progressing, Degraded and Autoscaling conditions; an unchanged one keeps its transition time.
 
     `not_ready` is why the stable pods are not ready (`readiness.not_ready_reason`), carried in Ready's message
-    while no stable replica is ready.
+    while no stable replica is ready. `autoscaler_missing` says why the tracks have no autoscaler (KEDA not
+    installed): Autoscaling is False with it, else True.
     """
     ready_message = f"{stable_ready_replicas} stable replica(s) ready, revision {state.stable_revision}"
     if not_ready and stable_ready_replicas == 0:
@@ -124,6 +126,12 @@ def conditions(
         ),
         ("Progressing", rolling, state.reason if rolling else Reason.NO_ROLLOUT, state.message if rolling else ""),
         ("Degraded", aborted, state.reason if aborted else Reason.AS_EXPECTED, state.message if aborted else ""),
+        (
+            "Autoscaling",
+            autoscaler_missing is None,
+            Reason.AUTOSCALED if autoscaler_missing is None else Reason.AUTOSCALER_MISSING,
+            autoscaler_missing or "",
+        ),
     ]
     before = {c.type: c for c in previous or ()}
     result = []
@@ -155,6 +163,7 @@ def status_patch(
     now: datetime,
     previous: ModelDeploymentStatus | None = None,
     not_ready: str | None = None,
+    autoscaler_missing: str | None = None,
 ) -> dict[str, Any]:
     """The whole status to write after a reconcile (a merge patch body for the status subresource)."""
     found = conditions(
@@ -164,6 +173,7 @@ def status_patch(
         now=now,
         previous=previous.conditions if previous is not None else None,
         not_ready=not_ready,
+        autoscaler_missing=autoscaler_missing,
     )
     return {
         "observedGeneration": generation,
@@ -189,7 +199,7 @@ def degraded_status_patch(
     """The status write when the operator cannot act on a generation (an invalid spec, refused objects).
 
     Degraded becomes True with the reason; Ready and Progressing and the rollout fields stay as they were (the
-    children are left alone), or are Unknown when nothing was ever deployed.
+    children are left alone), or are Unknown when nothing was ever deployed; Autoscaling stays if present.
     """
     before = {c.type: c for c in (previous.conditions if previous is not None else None) or ()}
     found: list[Condition] = []
@@ -217,4 +227,7 @@ def degraded_status_patch(
             last_transition_time=since,
         )
     )
+    # The conditions list is replaced whole by a merge patch: keep what says whether the tracks autoscale.
+    if "Autoscaling" in before:
+        found.append(before["Autoscaling"])
     return {"observedGeneration": generation, "conditions": [c.wire() for c in found]}

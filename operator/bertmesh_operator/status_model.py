@@ -15,7 +15,7 @@ from bertmesh_operator.schema import CrdModel
 from bertmesh_operator.spec import ModelSpec, RuntimeSpec
 from bertmesh_operator.states import Phase, RolloutMode
 
-ConditionType = Literal["Ready", "Progressing", "Degraded"]
+ConditionType = Literal["Ready", "Progressing", "Degraded", "Autoscaling"]
 Revision = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[a-f0-9]+$")]
 Replicas = Annotated[int, Field(ge=0, le=100000)]
 

@@ -108,6 +108,8 @@ def test_operator_deployment_defaults(helm: Helm) -> None:
         "--all-namespaces",
         "--prometheus-url",
         "http://prometheus.istio-system.svc:9090",
+        "--autoscaler",
+        "keda",
         "--health-host",
         "0.0.0.0",
         "--health-port",
@@ -136,13 +138,19 @@ def test_namespaced_operator_gets_one_namespace_flag_per_namespace(helm: Helm) -
 
 def test_operator_options_reach_the_command_line(helm: Helm) -> None:
     values: dict[str, Any] = {
-        "operator": {"prometheusUrl": "http://prom.monitoring:9090", "resyncSeconds": 120, "verbose": True},
+        "operator": {
+            "prometheusUrl": "http://prom.monitoring:9090",
+            "autoscaler": "hpa",
+            "resyncSeconds": 120,
+            "verbose": True,
+        },
         "image": {"digest": "sha256:" + "ab" * 32, "tag": "ignored"},
     }
     _, container = _operator(helm.template(values=values))
     args = container["args"]
     assert args[args.index("--prometheus-url") + 1] == "http://prom.monitoring:9090"
     assert args[args.index("--resync-seconds") + 1] == "120"
+    assert args[args.index("--autoscaler") + 1] == "hpa"
     assert args[-1] == "--verbose"
     assert container["image"] == "ghcr.io/bertmesh/operator@sha256:" + "ab" * 32
 
@@ -256,3 +264,11 @@ def test_notes_render(helm: Helm, values: Path | None) -> None:
     notes = out[out.index("NOTES:") :]
     assert "kubectl apply" in notes and "examples/cpu-embedding.yaml" in notes
     assert "rollout status deployment/bertmesh" in notes
+
+
+def test_notes_say_to_install_keda_only_when_it_is_the_autoscaler(helm: Helm) -> None:
+    args = ["install", "bertmesh", str(CHART), "--dry-run=client", "--namespace", RELEASE_NAMESPACE]
+    keda = helm.run(*args).stdout
+    assert "install KEDA" in keda and "http://prometheus.istio-system.svc:9090" in keda[keda.index("NOTES:") :]
+    hpa = helm.run(*args, "--set", "operator.autoscaler=hpa").stdout
+    assert "KEDA" not in hpa[hpa.index("NOTES:") :]

@@ -110,6 +110,7 @@ MISTAKES: list[tuple[dict[str, Any], str]] = [
     ({"operator": {"healthPort": "8080"}}, "/operator/healthPort"),
     ({"operator": {"healthPort": 80}}, "/operator/healthPort"),
     ({"operator": {"prometheusUrl": "prometheus:9090"}}, "/operator/prometheusUrl"),
+    ({"operator": {"autoscaler": "adapter"}}, "/operator/autoscaler"),
     ({"operator": {"resources": {"requests": {"memory": "lots"}}}}, "/operator/resources/requests/memory"),
     ({"operator": {"resources": {"request": {"cpu": "1"}}}}, "additional properties 'request' not allowed"),
     ({"operator": {"tolerations": [{"key": "a", "effect": "NoSchedul"}]}}, "/operator/tolerations/0/effect"),

@@ -80,6 +80,7 @@ class KubeApi:
         for d in (self.log_dir, self.pki_dir):
             d.mkdir(parents=True, exist_ok=True)
         run_command(["openssl", "genrsa", "-out", str(self.sa_key_file), "2048"])
+        self._front_proxy_certs()
         tokens = self.pki_dir / "tokens.csv"
         tokens.write_text(f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         etcd_port, peer_port = free_port(), free_port()
@@ -122,6 +123,17 @@ class KubeApi:
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--profiling=false",
+                # Aggregated APIs (KEDA's external metrics): the apiserver proxies to an APIService's endpoint
+                # address itself (no kube-proxy here to route a Service's cluster IP), and proves who the caller
+                # is with the front-proxy client certificate.
+                "--enable-aggregator-routing=true",
+                f"--requestheader-client-ca-file={self.pki_dir / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={self.pki_dir / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={self.pki_dir / 'front-proxy-client.key'}",
             ],
         )
         wait_until("kube-apiserver /readyz", self._ready, timeout=60, watch=[etcd, apiserver])
@@ -133,6 +145,61 @@ class KubeApi:
         if istio_crds:
             self.apply_manifests(self.toolchain.istio_crds)
         self.start_seconds = time.monotonic() - began
+
+    def _front_proxy_certs(self) -> None:
+        """A CA and the client certificate the apiserver presents when it proxies to an aggregated API."""
+        ca, client = self.pki_dir / "front-proxy-ca", self.pki_dir / "front-proxy-client"
+        run_command(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=front-proxy-ca",
+                "-keyout",
+                f"{ca}.key",
+                "-out",
+                f"{ca}.crt",
+            ]
+        )
+        run_command(
+            [
+                "openssl",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=front-proxy-client",
+                "-keyout",
+                f"{client}.key",
+                "-out",
+                f"{client}.csr",
+            ]
+        )
+        run_command(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                f"{client}.csr",
+                "-CA",
+                f"{ca}.crt",
+                "-CAkey",
+                f"{ca}.key",
+                "-CAcreateserial",
+                "-out",
+                f"{client}.crt",
+            ]
+        )
 
     def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.log_dir)

@@ -25,6 +25,7 @@ from tests.e2e.cluster import KubeApi, NewNamespace
 from tests.e2e.istio import IstioAnalyze, Istioctl, IstioValidate
 from tests.e2e.istio_traffic import IstioTraffic
 from tests.e2e.istiod import Istiod, IstiodMissingError, find_istiod
+from tests.e2e.keda import Keda, KedaMissingError, find_keda
 from tests.e2e.operator_process import OperatorProcess, StartOperator, install_crd, operator_kubeconfig
 from tests.e2e.prometheus import MetricsExporter, Prometheus, StartPrometheus, wait_for_scrape
 from tests.e2e.simcluster import SimCluster
@@ -83,6 +84,21 @@ def istiod(istiod_binary: Path, sim_cluster: SimCluster, e2e_log_dir: Path) -> I
     lists the Istio objects it holds.
     """
     started = Istiod.start(istiod_binary, sim_cluster.api, e2e_log_dir)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def keda_home(k8s_toolchain: Toolchain) -> Path:
+    """KEDA as hack/keda.sh builds it; skips (fails under BERTMESH_REQUIRE_E2E=1) when missing."""
+    return require_built(find_keda, KedaMissingError)
+
+
+@pytest.fixture(scope="module")
+def keda(keda_home: Path, sim_cluster: SimCluster, e2e_log_dir: Path) -> Iterator[Keda]:
+    """KEDA's operator and metrics API server on the session's apiserver, the external metrics API registered
+    and answering; one per test module, unregistered afterwards."""
+    started = Keda.start(keda_home, sim_cluster.api, e2e_log_dir)
     yield started
     started.stop()
 
@@ -272,7 +288,7 @@ def md_crd(kube_api: KubeApi) -> KubeApi:
 
 @pytest.fixture
 def start_operator(md_crd: KubeApi) -> Iterator[StartOperator]:
-    """`start_operator(namespaces, prometheus_url=..., resync_seconds=1, workers=4) -> OperatorProcess`.
+    """`start_operator(namespaces, prometheus_url=..., resync_seconds=1, workers=4, autoscaler="keda")`.
 
     Runs `bertmesh operator` as a process, as a ServiceAccount bound to exactly permissions.RULES, and waits
     for its /healthz. Each one started is stopped after the test, and the finalizers it put on the
@@ -287,6 +303,7 @@ def start_operator(md_crd: KubeApi) -> Iterator[StartOperator]:
         prometheus_url: str = "http://127.0.0.1:9",
         resync_seconds: float = 1.0,
         workers: int = 4,
+        autoscaler: str = "keda",
     ) -> OperatorProcess:
         process = OperatorProcess(
             md_crd,
@@ -295,6 +312,7 @@ def start_operator(md_crd: KubeApi) -> Iterator[StartOperator]:
             prometheus_url=prometheus_url,
             resync_seconds=resync_seconds,
             workers=workers,
+            autoscaler=autoscaler,
         )
         started.append((process, namespaces))
         process.wait_live()

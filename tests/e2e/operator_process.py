@@ -74,6 +74,7 @@ class OperatorProcess:
         prometheus_url: str = "http://127.0.0.1:9",
         resync_seconds: float = 1.0,
         workers: int = 4,
+        autoscaler: str = "keda",
     ) -> None:
         OperatorProcess._started += 1
         self.api = api
@@ -87,6 +88,7 @@ class OperatorProcess:
             f"--health-port={self.port}",
             f"--resync-seconds={resync_seconds:g}",
             f"--workers={workers}",
+            f"--autoscaler={autoscaler}",
         ]
         name = f"operator-{'-'.join(namespaces) or 'all'}-{OperatorProcess._started}"
         self.process = ManagedProcess(name, argv, api.log_dir, env=api.tool_env(kubeconfig))
@@ -126,6 +128,7 @@ class StartOperator(Protocol):
         prometheus_url: str = ...,
         resync_seconds: float = ...,
         workers: int = ...,
+        autoscaler: str = ...,
     ) -> OperatorProcess: ...
 
 

@@ -37,7 +37,14 @@ pytestmark = pytest.mark.e2e
 
 CRDS_SCRIPT = REPO / "hack" / "third-party-crds.sh"
 # Between them every child kind the operator renders: a canary (two tracks, routes) and a rate limit.
-EXAMPLES = [REPO / "examples" / "gpu-classifier-canary.yaml", REPO / "examples" / "rate-limited.yaml"]
+# Between them every child kind: the first two render ScaledObjects, cpu-embedding a plain HPA.
+EXAMPLES = [
+    REPO / "examples" / "gpu-classifier-canary.yaml",
+    REPO / "examples" / "rate-limited.yaml",
+    REPO / "examples" / "cpu-embedding.yaml",
+]
+# KEDA's ScaledObject CRD (the one tests/operator checks rendered ScaledObjects against).
+KEDA_CRD = REPO / "tests" / "operator" / "third_party" / "keda.sh_scaledobjects.yaml"
 GROUP = "serving.bertmesh.io"
 # Calls the operator never makes: each must be refused to its ServiceAccount.
 Check = tuple[str, str, str]  # verb, resource (or resource/subresource), API group
@@ -142,6 +149,7 @@ def act_as_operator(api: KubeApi, kubeconfig: Path, namespace: str, tmp_path: Pa
     children = render_children(namespace, tmp_path)
     rendered = {(o["apiVersion"], o["kind"]) for o in children}
     assert rendered == set(CHILD_RESOURCES), f"not covered: {set(CHILD_RESOURCES) - rendered}"
+    api.apply_manifests(KEDA_CRD)  # as a cluster with KEDA has it (installed by the admin)
     stored = api.apply_manifests(children, kubeconfig=kubeconfig, field_manager="bertmesh-operator")
     assert len(stored) == len(children)
     md = yaml.safe_load(EXAMPLES[0].read_text())

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bertmesh_operator.render import render
+from bertmesh_operator.render import RenderOptions, render
 from tests.e2e.cluster import KubeApi
 from tests.e2e.kube_objects import (
     apply_md,
@@ -30,9 +30,10 @@ from tests.e2e.simcluster import SimCluster
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
 
-def expected_children(md: dict[str, Any]) -> set[tuple[str, str]]:
+def expected_children(md: dict[str, Any], autoscaler: str = "keda") -> set[tuple[str, str]]:
     """(kind, name) of every object render() gives for the ModelDeployment as stored (status included)."""
-    return {(o["kind"], o["metadata"]["name"]) for o in render(md)}
+    options = RenderOptions(autoscaler="hpa" if autoscaler == "hpa" else "keda")
+    return {(o["kind"], o["metadata"]["name"]) for o in render(md, options=options)}
 
 
 def assert_owned(md: dict[str, Any], objects: dict[tuple[str, str], dict[str, Any]]) -> None:
@@ -92,7 +93,9 @@ def test_every_example_gets_its_children_status_and_ready_gpu_pods(
 ) -> None:
     api = md_crd
     model_claim(api, namespace, "bertmesh-models")
-    operator = start_operator([namespace])
+    # Plain HPAs: they scale each Deployment to minReplicas with no metrics source at all (KEDA's tier,
+    # test_autoscaling_keda.py, proves the ScaledObjects).
+    operator = start_operator([namespace], autoscaler="hpa")
     names = []
     for path in EXAMPLES:
         api.kubectl("apply", "-n", namespace, "-f", str(path))
@@ -110,13 +113,14 @@ def test_every_example_gets_its_children_status_and_ready_gpu_pods(
             timeout=120,
         )
         objects = children(api, namespace, name)
-        assert set(objects) == expected_children(md)
+        assert set(objects) == expected_children(md, "hpa")
         assert_owned(md, objects)
         generation = md["metadata"]["generation"]
         assert {c["type"]: c["observedGeneration"] for c in md["status"]["conditions"]} == {
             "Ready": generation,
             "Progressing": generation,
             "Degraded": generation,
+            "Autoscaling": generation,
         }
         assert condition(md, "Degraded")["status"] == "False"
         assert md["status"]["grpcEndpoint"] == f"{name}.{namespace}.svc.cluster.local:50051"

@@ -35,6 +35,9 @@ class FakeCluster:
         self.status_writes = 0
         self.gets = 0
         self.reject: str | None = None
+        # Resources (plural names) discovery says are not served, as on a cluster without their CRD.
+        self.unserved: set[str] = set()
+        self.discoveries = 0
 
     def _bump(self, meta: dict[str, Any]) -> None:
         self.version += 1
@@ -44,7 +47,13 @@ class FakeCluster:
         self.gets += 1
         return copy.deepcopy(self.md) if self.md else None
 
+    def served(self, api_version: str, plural: str) -> bool:
+        self.discoveries += 1
+        return plural not in self.unserved
+
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "ScaledObject" and "scaledobjects" in self.unserved:
+            raise ApiRejectedError(404, "keda.sh/v1alpha1 ScaledObject is not served")
         if self.reject is not None and obj["kind"] == self.reject:
             raise ApiRejectedError(403, f"{obj['kind']} is forbidden")
         key = (obj["kind"], obj["metadata"]["name"])

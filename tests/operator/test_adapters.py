@@ -209,7 +209,7 @@ def test_children_are_listed_by_label_in_pages_with_their_kind(stub: Stub) -> No
     found: list[dict[str, Any]] = []
     missing = kube_client(stub.url).list_children(["ml"], "serving.bertmesh.io/model-deployment", found.append)
     assert missing == []
-    assert len(found) == len(stub.requests) == 10  # one page per child kind
+    assert len(found) == len(stub.requests) == 11  # one page per child kind
     assert {(o["apiVersion"], o["kind"]) for o in found} >= {("apps/v1", "Deployment"), ("v1", "Service")}
     assert stub.requests[0]["query"]["labelSelector"] == "serving.bertmesh.io/model-deployment"
     assert all("/namespaces/ml/" in r["path"] for r in stub.requests)
@@ -217,5 +217,5 @@ def test_children_are_listed_by_label_in_pages_with_their_kind(stub: Stub) -> No
     stub.status, stub.body = 404, "404 page not found"
     found.clear()
     missing = kube_client(stub.url).list_children([], "x", found.append)
-    assert found == [] and len(missing) == 10
+    assert found == [] and len(missing) == 11
     assert all("/namespaces/" not in r["path"] for r in stub.requests)  # every namespace

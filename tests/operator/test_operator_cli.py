@@ -32,6 +32,7 @@ def test_operator_defaults_are_what_the_chart_expects() -> None:
     assert (config.health_host, config.health_port) == ("0.0.0.0", 8080)
     assert config.liveness_endpoint == "http://0.0.0.0:8080/healthz"
     assert config.resync_seconds == 30
+    assert config.autoscaler == "keda"
     assert not config.verbose
 
 
@@ -45,9 +46,11 @@ def test_operator_flags() -> None:
             "--health-host=::",
             "--health-port=9000",
             "--resync-seconds=5",
+            "--autoscaler=hpa",
             "--verbose",
         ]
     )
+    assert config.autoscaler == "hpa"
     assert config.namespaces == ("a", "b")
     assert config.liveness_endpoint == "http://[::]:9000/healthz"
     assert (config.prometheus_url, config.resync_seconds, config.verbose) == ("http://p:9090", 5.0, True)
@@ -56,7 +59,13 @@ def test_operator_flags() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--namespace=a", "--all-namespaces"], ["--resync-seconds=0"], ["--health-port=0"], ["--workers=0"]],
+    [
+        ["--namespace=a", "--all-namespaces"],
+        ["--resync-seconds=0"],
+        ["--health-port=0"],
+        ["--workers=0"],
+        ["--autoscaler=adapter"],
+    ],
 )
 def test_operator_refuses_bad_flags(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

@@ -52,7 +52,10 @@ def test_a_new_model_deployment_gets_every_child_and_a_status(world: World) -> N
     assert all(o["metadata"]["ownerReferences"][0]["uid"] == UID for o in cluster.objects.values())
     status = cluster.md["status"]
     assert status["phase"] == "Stable" and status["observedGeneration"] == 1
-    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded", "Autoscaling"}
+    autoscaling = next(c for c in status["conditions"] if c["type"] == "Autoscaling")
+    assert (autoscaling["status"], autoscaling["reason"]) == ("True", "Autoscaled")
+    assert ("ScaledObject", "minilm-stable") in cluster.applied
 
 
 def test_a_re_check_of_an_unchanged_model_deployment_makes_no_write(world: World) -> None:
@@ -109,7 +112,7 @@ def test_a_canary_steps_on_good_metrics_then_promotes_and_prunes(world: World, t
     run(world, memory)  # the stable Deployment rolled out the candidate
     assert cluster.md["status"]["phase"] == "Stable"
     # The reconcile that found it rolled out no longer renders the canary, and pruned it.
-    assert sorted(cluster.deleted) == [("Deployment", "minilm-canary"), ("HorizontalPodAutoscaler", "minilm-canary")]
+    assert sorted(cluster.deleted) == [("Deployment", "minilm-canary"), ("ScaledObject", "minilm-canary")]
     assert cluster.md["status"]["stable"]["model"]["storageUri"] == "pvc://models/v2"
 
 
@@ -129,7 +132,7 @@ def test_bad_metrics_abort_the_canary_to_zero_replicas_and_100_percent_stable(wo
     assert [r["name"] for r in vs["spec"]["http"]] == ["weighted", "weighted-http"]
     assert [[d["weight"] for d in route["route"]] for route in vs["spec"]["http"]] == [[100], [100]]
     assert cluster.objects[("Deployment", "minilm-canary")]["spec"]["replicas"] == 0
-    assert ("HorizontalPodAutoscaler", "minilm-canary") in cluster.deleted
+    assert ("ScaledObject", "minilm-canary") in cluster.deleted
     degraded = next(c for c in cluster.md["status"]["conditions"] if c["type"] == "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "CanaryAborted")
 
@@ -378,7 +381,73 @@ def test_a_child_whose_render_changed_while_the_operator_was_down_is_applied(wor
     # The new revision goes out as a canary: its objects and the route change, the rest is as it was.
     assert sorted(cluster.applied[9:]) == [
         ("Deployment", "minilm-canary"),
-        ("HorizontalPodAutoscaler", "minilm-canary"),
+        ("ScaledObject", "minilm-canary"),
         ("VirtualService", "minilm"),
     ]
     assert outcome.applied == 3
+
+
+def _autoscaling_condition(cluster: FakeCluster) -> dict[str, Any]:
+    return next(c for c in cluster.md["status"]["conditions"] if c["type"] == "Autoscaling")
+
+
+def test_without_kedas_crd_no_scaled_object_is_applied_and_the_status_says_to_install_it(
+    world: World, t0: datetime
+) -> None:
+    cluster, metrics, clock, _ = world
+    cluster.unserved = {"scaledobjects"}
+    now = [0.0]
+    reconciler = Reconciler(cluster, metrics, clock=clock, monotonic=lambda: now[0], discovery_seconds=60)
+    memory = ObjectMemory()
+    outcome = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
+    # Everything else serves; the one object that would be refused is not sent at all.
+    assert ("ScaledObject", "minilm-stable") not in cluster.applied
+    assert ("Deployment", "minilm-stable") in cluster.applied and outcome.retry is None
+    condition = _autoscaling_condition(cluster)
+    assert (condition["status"], condition["reason"]) == ("False", "AutoscalerMissing")
+    assert "keda.sh/v1alpha1 ScaledObject is not served" in condition["message"]
+    assert "install KEDA" in condition["message"] and "--autoscaler hpa" in condition["message"]
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "AutoscalerMissing")]
+    assert cluster.md["status"]["phase"] == "Stable"  # the rollout is not blocked by it
+    # Said once, and discovery is asked once a minute, not once per reconcile.
+    now[0] = 30.0
+    again = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
+    assert again.events == () and cluster.discoveries == 1
+    # KEDA installed: noticed at the next discovery, the ScaledObject goes out and the condition clears.
+    cluster.unserved = set()
+    now[0] = 61.0
+    healed = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
+    assert ("ScaledObject", "minilm-stable") in cluster.applied and healed.status_written
+    condition = _autoscaling_condition(cluster)
+    assert (condition["status"], condition["reason"], condition["message"]) == ("True", "Autoscaled", "")
+    assert healed.events == ()
+
+
+def test_cpu_and_the_hpa_autoscaler_never_ask_for_keda(stored: dict[str, Any], t0: datetime) -> None:
+    from bertmesh_operator.render import RenderOptions
+
+    stored["spec"]["autoscaling"] = {"metric": "cpu"}
+    cluster = FakeCluster(stored)
+    cluster.unserved = {"scaledobjects"}
+    Reconciler(cluster, FakeMetrics(), clock=Clock(t0)).reconcile(copy.deepcopy(cluster.md), [], ObjectMemory())
+    assert ("HorizontalPodAutoscaler", "minilm-stable") in cluster.applied
+    assert _autoscaling_condition(cluster)["status"] == "True" and cluster.discoveries == 0
+    stored["spec"]["autoscaling"] = {"metric": "inflight"}
+    cluster = FakeCluster(stored)
+    cluster.unserved = {"scaledobjects"}
+    hpa = Reconciler(cluster, FakeMetrics(), RenderOptions(autoscaler="hpa"), clock=Clock(t0))
+    hpa.reconcile(copy.deepcopy(cluster.md), [], ObjectMemory())
+    assert ("HorizontalPodAutoscaler", "minilm-stable") in cluster.applied
+    assert _autoscaling_condition(cluster)["status"] == "True" and cluster.discoveries == 0
+
+
+def test_a_later_invalid_spec_keeps_the_autoscaling_condition(world: World) -> None:
+    cluster = world[0]
+    cluster.unserved = {"scaledobjects"}
+    run(world, ObjectMemory())
+    cluster.edit_spec({**cluster.md["spec"], "autoscaling": {"minReplicas": 5, "maxReplicas": 2}})
+    run(world, ObjectMemory())
+    conditions = {c["type"]: c for c in cluster.md["status"]["conditions"]}
+    assert set(conditions) == {"Ready", "Progressing", "Degraded", "Autoscaling"}
+    assert conditions["Degraded"]["reason"] == "InvalidSpec"
+    assert conditions["Autoscaling"]["reason"] == "AutoscalerMissing"

@@ -75,6 +75,17 @@ def test_render_options(tmp_path: Path, make_md: MakeManifest, capsys: pytest.Ca
     assert vs["spec"]["hosts"] == ["minilm.ml.svc.corp"]
 
 
+def test_render_autoscaler_flags(tmp_path: Path, make_md: MakeManifest, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, make_md())
+    assert main(["render", "-f", str(path), "--prometheus-url", "http://prom:9090"]) == 0
+    kinds = {o["kind"]: o for o in yaml.safe_load_all(capsys.readouterr().out)}
+    assert kinds["ScaledObject"]["spec"]["triggers"][0]["metadata"]["serverAddress"] == "http://prom:9090"
+    assert "HorizontalPodAutoscaler" not in kinds
+    assert main(["render", "-f", str(path), "--autoscaler", "hpa"]) == 0
+    kinds = {o["kind"]: o for o in yaml.safe_load_all(capsys.readouterr().out)}
+    assert "HorizontalPodAutoscaler" in kinds and "ScaledObject" not in kinds
+
+
 def test_invalid_spec_names_document_and_fields(
     tmp_path: Path, make_md: MakeManifest, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from bertmesh_operator.errors import InvalidSpecError
 from bertmesh_operator.render import RenderOptions, render
-from bertmesh_operator.render.context import DEFAULT_STORAGE_INITIALIZER
+from bertmesh_operator.render.context import DEFAULT_PROMETHEUS_URL, DEFAULT_STORAGE_INITIALIZER
 from bertmesh_operator.resource import parse_model_deployment
 from bertmesh_operator.rollout import follow_spec
 from bertmesh_operator.status import rollout_state
@@ -51,6 +51,17 @@ def _render_parser() -> argparse.ArgumentParser:
         "--storage-initializer-image",
         default=DEFAULT_STORAGE_INITIALIZER,
         help=f"downloads s3/gs/https models; default: {DEFAULT_STORAGE_INITIALIZER}",
+    )
+    parser.add_argument(
+        "--autoscaler",
+        choices=("keda", "hpa"),
+        default="keda",
+        help="as the operator's flag: keda (ScaledObjects) or hpa for inflight/queuedTokens; default: keda",
+    )
+    parser.add_argument(
+        "--prometheus-url",
+        default=DEFAULT_PROMETHEUS_URL,
+        help=f"as the operator's flag: what KEDA's triggers query; default: {DEFAULT_PROMETHEUS_URL}",
     )
     return parser
 
@@ -116,6 +127,8 @@ def main(argv: list[str]) -> int:
         cluster_domain=args.cluster_domain,
         trust_domain=args.trust_domain,
         storage_initializer_image=args.storage_initializer_image,
+        autoscaler="hpa" if args.autoscaler == "hpa" else "keda",
+        prometheus_url=args.prometheus_url,
     )
     try:
         objects = render_documents(text, options, datetime.now(UTC), args.namespace)

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bertmesh_operator.prometheus import DEFAULT_URL
+from bertmesh_operator.render.context import Autoscaler
 
 log = logging.getLogger("bertmesh_operator")
 CRD_WAIT_SECONDS = 60.0
@@ -26,6 +27,7 @@ class OperatorConfig:
 
     namespaces: tuple[str, ...]  # empty: every namespace
     prometheus_url: str
+    autoscaler: Autoscaler
     health_host: str
     health_port: int
     resync_seconds: float
@@ -78,7 +80,17 @@ def parse_args(argv: list[str]) -> OperatorConfig:
     )
     scope.add_argument("--all-namespaces", action="store_true", help="serve every namespace (the default)")
     parser.add_argument(
-        "--prometheus-url", default=DEFAULT_URL, help=f"Prometheus for canary analysis; default: {DEFAULT_URL}"
+        "--prometheus-url",
+        default=DEFAULT_URL,
+        help=f"Prometheus for canary analysis and KEDA's autoscaling triggers; default: {DEFAULT_URL}",
+    )
+    parser.add_argument(
+        "--autoscaler",
+        choices=("keda", "hpa"),
+        default="keda",
+        help="what scales a track on inflight or queuedTokens: keda (a ScaledObject reading Prometheus; KEDA "
+        "must be installed) or hpa (Pods metrics; a custom-metrics adapter must serve them); cpu is always a "
+        "plain HPA; default: keda",
     )
     parser.add_argument("--health-host", default="0.0.0.0", help="liveness endpoint address; default: 0.0.0.0")
     parser.add_argument(
@@ -96,6 +108,7 @@ def parse_args(argv: list[str]) -> OperatorConfig:
     return OperatorConfig(
         namespaces=tuple(dict.fromkeys(args.namespaces or ())),
         prometheus_url=args.prometheus_url,
+        autoscaler="hpa" if args.autoscaler == "hpa" else "keda",
         health_host=args.health_host,
         health_port=int(args.health_port),
         resync_seconds=float(args.resync_seconds),
@@ -115,6 +128,7 @@ def main(argv: list[str]) -> int:
     from bertmesh_operator.kube import KubeClient, load_api_client
     from bertmesh_operator.prometheus import PrometheusClient
     from bertmesh_operator.reconcile import Reconciler
+    from bertmesh_operator.render import RenderOptions
     from bertmesh_operator.render.context import MD_LABEL
     from bertmesh_operator.resource import GROUP, PLURAL, VERSION
 
@@ -146,7 +160,11 @@ def main(argv: list[str]) -> int:
 
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="reconcile")
     runtime = Runtime(
-        reconciler=Reconciler(kube, PrometheusClient(config.prometheus_url)),
+        reconciler=Reconciler(
+            kube,
+            PrometheusClient(config.prometheus_url),
+            RenderOptions(autoscaler=config.autoscaler, prometheus_url=config.prometheus_url),
+        ),
         executor=executor,
         resync_seconds=config.resync_seconds,
     )
@@ -161,9 +179,10 @@ def main(argv: list[str]) -> int:
     if missing:
         log.warning("not served by the API server (install their CRDs): %s", ", ".join(missing))
     log.info(
-        "bertmesh operator: %s, prometheus %s, resync %gs, liveness %s",
+        "bertmesh operator: %s, prometheus %s, autoscaler %s, resync %gs, liveness %s",
         ", ".join(config.namespaces) or "all namespaces",
         config.prometheus_url,
+        config.autoscaler,
         config.resync_seconds,
         config.liveness_endpoint,
     )

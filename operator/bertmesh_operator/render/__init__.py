@@ -15,7 +15,7 @@ from bertmesh_operator.render.deployment import render_deployment
 from bertmesh_operator.render.istio_ratelimit import render_envoy_filter
 from bertmesh_operator.render.istio_security import render_authorization_policy, render_peer_authentication
 from bertmesh_operator.render.istio_traffic import render_destination_rule, render_virtual_service
-from bertmesh_operator.render.scaling import render_hpa, render_pdb
+from bertmesh_operator.render.scaling import render_autoscaler, render_pdb
 from bertmesh_operator.render.service import render_service, render_service_account
 from bertmesh_operator.resource import ModelDeployment, parse_model_deployment
 from bertmesh_operator.rollout import RolloutState
@@ -37,7 +37,7 @@ def render(
     ctx = RenderContext(md=model, state=state, options=options or RenderOptions())
     objects = [render_service_account(ctx), render_service(ctx)]
     objects += [render_deployment(ctx, track) for track in ctx.tracks]
-    objects += [render_hpa(ctx, track) for track in ctx.tracks if not track.scaled_down]
+    objects += [render_autoscaler(ctx, track) for track in ctx.tracks if not track.scaled_down]
     objects += [
         render_pdb(ctx),
         render_destination_rule(ctx),

@@ -27,6 +27,9 @@ REVISION_LABEL = "serving.bertmesh.io/revision"
 DEFAULT_STORAGE_INITIALIZER = "kserve/storage-initializer:v0.17.0"
 
 TrackName = Literal["stable", "canary"]
+Autoscaler = Literal["keda", "hpa"]
+# Istio's sample Prometheus addon; the chart and the operator's --prometheus-url say where it really is.
+DEFAULT_PROMETHEUS_URL = "http://prometheus.istio-system.svc:9090"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class RenderOptions:
     storage_initializer_image: str = DEFAULT_STORAGE_INITIALIZER
     # LRU bound on per-caller token buckets in each sidecar (Envoy dynamic descriptors).
     max_callers: int = 1000
+    # What scales a track on a bertmesh metric: KEDA ScaledObjects, or plain HPAs on Pods metrics (these need
+    # a custom-metrics adapter). `cpu` is a plain HPA either way.
+    autoscaler: Autoscaler = "keda"
+    # The Prometheus KEDA's triggers query (the server's gauges, scraped as the chart's PodMonitor labels them).
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL
 
 
 @dataclass(frozen=True)

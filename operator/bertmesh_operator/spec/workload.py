@@ -94,7 +94,7 @@ DEFAULT_TARGETS: dict[str, int] = {"inflight": 16, "queuedTokens": 16384, "cpu":
 
 
 class AutoscalingSpec(CrdModel):
-    """How many replicas each track runs (an autoscaling/v2 HorizontalPodAutoscaler per track)."""
+    """How many replicas each track runs (a KEDA ScaledObject or an autoscaling/v2 HPA per track)."""
 
     cel_rules = (
         CelRule(
@@ -116,14 +116,23 @@ class AutoscalingSpec(CrdModel):
     metric: Metric = Field(
         default="inflight",
         description="inflight (average bertmesh_inflight_requests per pod), queuedTokens (average "
-        "bertmesh_queue_tokens per pod), or cpu (utilisation %). The first two need a custom-metrics "
-        "adapter. Default: inflight.",
+        "bertmesh_queue_tokens per pod), or cpu (utilisation %). The first two are read from Prometheus by a "
+        "KEDA ScaledObject (the operator's default autoscaler; with --autoscaler hpa, a custom-metrics "
+        "adapter must serve them); cpu is a plain HPA. Default: inflight.",
     )
     target: int | None = Field(
         default=None,
         ge=1,
         le=10000000,
         description="Target value per pod. Default: 16 (inflight), 16384 (queuedTokens), 70 (cpu).",
+    )
+    fallback_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="KEDA only: the replicas each track keeps while Prometheus cannot be read (3 failed reads "
+        "in a row), or the count running when that is more; capped at maxReplicas. Default: minReplicas (the "
+        "track holds its count).",
     )
     scale_down_stabilization_seconds: int = Field(
         default=300,
