@@ -48,12 +48,14 @@ def test_a_bertmesh_metric_gets_a_scaled_object_on_its_tracks_own_gauge(make_md:
     }
 
 
-def test_the_default_metric_is_inflight_per_pod_at_16(make_md: MakeManifest) -> None:
+def test_the_default_metric_is_queued_tokens_per_pod_by_the_pods_device(make_md: MakeManifest) -> None:
     trigger = by_key(render(make_md()))["ScaledObject/minilm-stable"]["spec"]["triggers"][0]
     assert trigger["metadata"]["query"] == (
-        'sum(bertmesh_inflight_requests{namespace="ml",model_deployment="minilm",track="stable"})'
+        'sum(bertmesh_queue_tokens{namespace="ml",model_deployment="minilm",track="stable"})'
     )
-    assert trigger["metadata"]["threshold"] == "16"
+    assert trigger["metadata"]["threshold"] == "512"  # a CPU pod
+    gpu = make_md({"resources": {"gpus": 1}, "runtime": {"precision": "fp16"}})
+    assert by_key(render(gpu))["ScaledObject/minilm-stable"]["spec"]["triggers"][0]["metadata"]["threshold"] == "16384"
     assert trigger["metadata"]["serverAddress"] == "http://prometheus.istio-system.svc:9090"
 
 
@@ -109,8 +111,10 @@ def test_cpu_keeps_the_plain_hpa_under_keda(make_md: MakeManifest) -> None:
 @pytest.mark.parametrize(
     ("fragment", "metric"),
     [
-        ({}, {"type": "Pods", "pods": {"metric": {"name": "bertmesh_inflight_requests"},
-                                       "target": {"type": "AverageValue", "averageValue": "16"}}}),
+        ({}, {"type": "Pods", "pods": {"metric": {"name": "bertmesh_queue_tokens"},
+                                       "target": {"type": "AverageValue", "averageValue": "512"}}}),
+        ({"metric": "inflight"}, {"type": "Pods", "pods": {"metric": {"name": "bertmesh_inflight_requests"},
+                                  "target": {"type": "AverageValue", "averageValue": "16"}}}),
         ({"metric": "queuedTokens", "target": 4096},
          {"type": "Pods", "pods": {"metric": {"name": "bertmesh_queue_tokens"},
                                    "target": {"type": "AverageValue", "averageValue": "4096"}}}),

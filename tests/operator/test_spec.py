@@ -22,7 +22,7 @@ def test_minimal_spec_gets_documented_defaults(make_md: MakeManifest) -> None:
     assert (spec.runtime.max_batch_tokens, spec.runtime.max_queued_tokens) == (16384, 262144)
     assert (spec.resources.gpus, spec.resources.cpu, spec.resources.memory) == (0, "1", "2Gi")
     assert (spec.autoscaling.min_replicas, spec.autoscaling.max_replicas) == (1, 3)
-    assert (spec.autoscaling.metric, spec.autoscaling.effective_target) == ("inflight", 16)
+    assert (spec.autoscaling.metric, spec.autoscaling.effective_target(spec.resources.gpus)) == ("queuedTokens", 512)
     assert spec.traffic.canary is None
     assert (spec.traffic.timeout, spec.traffic.retry_attempts) == ("30s", 2)
     policy = spec.traffic.policy
@@ -34,10 +34,13 @@ def test_minimal_spec_gets_documented_defaults(make_md: MakeManifest) -> None:
     assert spec.access.allowed_callers is None
 
 
-@pytest.mark.parametrize(("metric", "target"), [("inflight", 16), ("queuedTokens", 16384), ("cpu", 70)])
-def test_autoscaling_target_defaults_per_metric(make_md: MakeManifest, metric: str, target: int) -> None:
+@pytest.mark.parametrize(
+    ("metric", "gpus", "target"),
+    [("inflight", 0, 16), ("queuedTokens", 1, 16384), ("queuedTokens", 0, 512), ("cpu", 0, 70), ("cpu", 1, 70)],
+)
+def test_autoscaling_target_defaults_per_metric(make_md: MakeManifest, metric: str, gpus: int, target: int) -> None:
     spec = parse_model_deployment(make_md({"autoscaling": {"metric": metric}})).spec
-    assert spec.autoscaling.effective_target == target
+    assert spec.autoscaling.effective_target(gpus) == target
 
 
 CANARY = {"model": {"storageUri": "pvc://models/v2"}}

@@ -18,7 +18,7 @@ POD_METRICS = {"inflight": "bertmesh_inflight_requests", "queuedTokens": "bertme
 
 def _metric(ctx: RenderContext) -> dict[str, Any]:
     autoscaling = ctx.spec.autoscaling
-    target = autoscaling.effective_target
+    target = autoscaling.effective_target(ctx.spec.resources.gpus)
     if autoscaling.metric == "cpu":
         return {
             "type": "Resource",
@@ -125,7 +125,7 @@ def render_scaled_object(ctx: RenderContext, track: Track) -> dict[str, Any]:
                     "metadata": {
                         "serverAddress": ctx.options.prometheus_url,
                         "query": track_query(ctx, track.name),
-                        "threshold": str(autoscaling.effective_target),
+                        "threshold": str(autoscaling.effective_target(ctx.spec.resources.gpus)),
                     },
                 }
             ],

@@ -91,6 +91,10 @@ class ResourcesSpec(CrdModel):
 
 Metric = Literal["inflight", "queuedTokens", "cpu"]
 DEFAULT_TARGETS: dict[str, int] = {"inflight": 16, "queuedTokens": 16384, "cpu": 70}
+# queuedTokens per pod without GPUs: a CPU pod computes thousands of tokens a second, not millions, so a GPU
+# pod's backlog (one full batch, 16384) would be seconds of waiting there. Measured (bench/autoscale_signal.py,
+# 2 cores): p99 passed ~400 ms at ~300 queued tokens per pod with 1-text requests and ~500 with 16-text ones.
+CPU_QUEUED_TOKENS_TARGET = 512
 
 
 class AutoscalingSpec(CrdModel):
@@ -114,17 +118,18 @@ class AutoscalingSpec(CrdModel):
     min_replicas: int = Field(default=1, ge=1, le=1000, description="Default: 1.")
     max_replicas: int = Field(default=3, ge=1, le=1000, description="Default: 3.")
     metric: Metric = Field(
-        default="inflight",
-        description="inflight (average bertmesh_inflight_requests per pod), queuedTokens (average "
-        "bertmesh_queue_tokens per pod), or cpu (utilisation %). The first two are read from Prometheus by a "
-        "KEDA ScaledObject (the operator's default autoscaler; with --autoscaler hpa, a custom-metrics "
-        "adapter must serve them); cpu is a plain HPA. Default: inflight.",
+        default="queuedTokens",
+        description="queuedTokens (average bertmesh_queue_tokens per pod: the work waiting, which tracks latency "
+        "best across request sizes), inflight (average bertmesh_inflight_requests per pod), or cpu "
+        "(utilisation %). The first two are read from Prometheus by a KEDA ScaledObject (the operator's "
+        "default autoscaler; with --autoscaler hpa, a custom-metrics adapter must serve them); cpu is a plain "
+        "HPA. Default: queuedTokens.",
     )
     target: int | None = Field(
         default=None,
         ge=1,
         le=10000000,
-        description="Target value per pod. Default: 16 (inflight), 16384 (queuedTokens), 70 (cpu).",
+        description="Target value per pod. Default: queuedTokens 16384 with GPUs, 512 without; inflight 16; cpu 70.",
     )
     fallback_replicas: int | None = Field(
         default=None,
@@ -141,7 +146,10 @@ class AutoscalingSpec(CrdModel):
         description="How long load must stay low before scaling down (model pods are slow to start). Default: 300.",
     )
 
-    @property
-    def effective_target(self) -> int:
-        """The target value, with the per-metric default applied."""
-        return self.target if self.target is not None else DEFAULT_TARGETS[self.metric]
+    def effective_target(self, gpus: int) -> int:
+        """The target value, with the default of the metric (and, for queued tokens, of GPU or CPU pods)."""
+        if self.target is not None:
+            return self.target
+        if self.metric == "queuedTokens" and gpus == 0:
+            return CPU_QUEUED_TOKENS_TARGET
+        return DEFAULT_TARGETS[self.metric]
