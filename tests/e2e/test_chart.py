@@ -111,7 +111,10 @@ def allowed_by_review(api: KubeApi, kubeconfig: Path, checks: list[Check], names
 
 
 def install(api: KubeApi, release: str, namespace: str, values: dict[str, Any], tmp_path: Path) -> None:
-    """`helm install` of the chart (the namespace created); takes over a CRD an earlier test applied."""
+    """`helm install` of the chart (the namespace created); takes over a CRD an earlier test applied. KEDA's
+    ScaledObject CRD is applied first, as on a cluster with KEDA (installed by the admin): `kubectl auth can-i`
+    resolves a resource through discovery, so the operator's scaledobjects rights can only be asked then."""
+    api.apply_manifests(KEDA_CRD)
     values_file = tmp_path / f"{release}-values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     api.helm(
@@ -149,7 +152,6 @@ def act_as_operator(api: KubeApi, kubeconfig: Path, namespace: str, tmp_path: Pa
     children = render_children(namespace, tmp_path)
     rendered = {(o["apiVersion"], o["kind"]) for o in children}
     assert rendered == set(CHILD_RESOURCES), f"not covered: {set(CHILD_RESOURCES) - rendered}"
-    api.apply_manifests(KEDA_CRD)  # as a cluster with KEDA has it (installed by the admin)
     stored = api.apply_manifests(children, kubeconfig=kubeconfig, field_manager="bertmesh-operator")
     assert len(stored) == len(children)
     md = yaml.safe_load(EXAMPLES[0].read_text())
