@@ -15,6 +15,7 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from tests.e2e.certs import make_ca, sign
 from tests.e2e.manifests import Manifests, as_objects, as_path, to_yaml
 from tests.e2e.processes import ManagedProcess, free_port, http_ok, run_command, wait_until
 from tests.e2e.toolchain import Toolchain
@@ -149,57 +150,8 @@ class KubeApi:
     def _front_proxy_certs(self) -> None:
         """A CA and the client certificate the apiserver presents when it proxies to an aggregated API."""
         ca, client = self.pki_dir / "front-proxy-ca", self.pki_dir / "front-proxy-client"
-        run_command(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=front-proxy-ca",
-                "-keyout",
-                f"{ca}.key",
-                "-out",
-                f"{ca}.crt",
-            ]
-        )
-        run_command(
-            [
-                "openssl",
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=front-proxy-client",
-                "-keyout",
-                f"{client}.key",
-                "-out",
-                f"{client}.csr",
-            ]
-        )
-        run_command(
-            [
-                "openssl",
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                f"{client}.csr",
-                "-CA",
-                f"{ca}.crt",
-                "-CAkey",
-                f"{ca}.key",
-                "-CAcreateserial",
-                "-out",
-                f"{client}.crt",
-            ]
-        )
+        make_ca(ca, "front-proxy-ca")
+        sign(ca, client, "front-proxy-client")
 
     def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.log_dir)

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tests.e2e.certs import make_ca, sign
 from tests.e2e.cluster import KubeApi
 from tests.e2e.processes import ManagedProcess, free_port, http_ok, run_command, wait_until
 
@@ -78,63 +79,13 @@ def _certificates(directory: Path, address: str) -> None:
     """ca.crt, tls.crt, tls.key as KEDA reads them: one certificate both sides of its gRPC present."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, tls = directory / "ca", directory / "tls"
-    run_command(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=keda-e2e-ca",
-            "-keyout",
-            f"{ca}.key",
-            "-out",
-            f"{ca}.crt",
-        ]
-    )
-    run_command(
-        [
-            "openssl",
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=keda-operator",
-            "-keyout",
-            f"{tls}.key",
-            "-out",
-            f"{tls}.csr",
-        ]
-    )
-    extensions = directory / "san.ext"
-    extensions.write_text(
+    make_ca(ca, "keda-e2e-ca")
+    sign(
+        ca,
+        tls,
+        "keda-operator",
         f"subjectAltName=IP:127.0.0.1,IP:{address},DNS:localhost,DNS:keda-operator.keda.svc.cluster.local\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-    )
-    run_command(
-        [
-            "openssl",
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-in",
-            f"{tls}.csr",
-            "-CA",
-            f"{ca}.crt",
-            "-CAkey",
-            f"{ca}.key",
-            "-CAcreateserial",
-            "-out",
-            f"{tls}.crt",
-            "-extfile",
-            str(extensions),
-        ]
+        "extendedKeyUsage=serverAuth,clientAuth\n",
     )
 
 
