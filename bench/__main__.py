@@ -44,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--texts", default="1-8", help="texts per request, uniform (default 1-8)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--seed", type=int, default=6)
+    r.add_argument(
+        "--pin",
+        default="",
+        metavar="SERVER/CLIENT",
+        help="pin every server to SERVER CPUs and the load generator to CLIENT CPUs, e.g. 0/1 (default: unpinned)",
+    )
     r.add_argument("--no-perf-analyzer", action="store_true")
     r.add_argument("--pa-concurrency", type=_ints, default=None)
     r.add_argument(
@@ -192,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_texts=int(high or low),
         threads=a.threads,
         seed=a.seed,
+        pin=a.pin,
         perf_analyzer=not a.no_perf_analyzer,
     )
     for variant in a.variant:

@@ -64,12 +64,23 @@ def tree_cpu_seconds(root: int) -> float:
 class ServerProcess:
     """One server started in its own process group, output to a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log: Path, env: dict[str, str], cwd: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log: Path,
+        env: dict[str, str],
+        cwd: Path,
+        cpus: Sequence[int] = (),
+    ) -> None:
         self.name = name
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = log.open("wb")
-        print(f"bench: starting {name}: {' '.join(argv)}", flush=True)
+        pinned = f" on CPUs {','.join(map(str, cpus))}" if cpus else ""
+        print(f"bench: starting {name}{pinned}: {' '.join(argv)}", flush=True)
+        # The affinity is set before exec, so every process and thread the server starts inherits it.
+        cpu_set = set(cpus)
         self.proc = subprocess.Popen(
             list(argv),
             stdout=self._log,
@@ -77,6 +88,7 @@ class ServerProcess:
             env={**os.environ, **env},
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpu_set)) if cpu_set else None,
         )
 
     @property

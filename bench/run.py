@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -43,6 +44,8 @@ class Plan:
     max_texts: int = 8
     seed: int = 6
     threads: int = 2
+    # "SERVER/CLIENT" CPU lists, e.g. "0/1": each server on its CPUs, the load generator on the others
+    pin: str = ""
     perf_analyzer: bool = True
     pa_concurrency: list[int] = field(default_factory=lambda: [1, 8, 32])
     pa_texts: int = 4
@@ -206,7 +209,11 @@ async def run(plan: Plan, out_dir: Path | None = None) -> Path:
     out = out_dir or RESULTS / stamp
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    settings = Settings(threads=plan.threads)
+    server_cpus, client_cpus = parse_pin(plan.pin)
+    settings = Settings(threads=plan.threads, server_cpus=server_cpus)
+    if client_cpus:
+        # Set before any server starts; each server's own affinity replaces this one in its process.
+        os.sched_setaffinity(0, set(client_cpus))
     notes: dict[str, str] = {}
     texts = corpus.load()
     requests = corpus.sample_requests(texts, 5000, plan.seed, plan.min_texts, plan.max_texts)
@@ -323,6 +330,24 @@ async def run(plan: Plan, out_dir: Path | None = None) -> Path:
     return out
 
 
+def parse_pin(pin: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """ "0/1" or "0-1/2,3" -> (server CPUs, client CPUs); "" -> nothing pinned."""
+    if not pin:
+        return (), ()
+    server, sep, client = pin.partition("/")
+    if not sep or not server or not client:
+        raise ValueError(f"--pin must be SERVER_CPUS/CLIENT_CPUS, e.g. 0/1; got {pin!r}")
+    return _cpu_list(server), _cpu_list(client)
+
+
+def _cpu_list(text: str) -> tuple[int, ...]:
+    cpus: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.extend(range(int(low), int(high or low) + 1))
+    return tuple(cpus)
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -334,14 +359,10 @@ def _cpu_model() -> str:
 
 
 def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _loadavg() -> tuple[float, float, float]:
-    import os
-
     return os.getloadavg()
 
 

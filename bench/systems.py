@@ -49,6 +49,8 @@ class Settings:
     max_batch_tokens: int = 16_384
     max_batch_inputs: int = 256
     max_batch_delay_ms: float = 2.0
+    # CPUs every server process is pinned to (empty: not pinned), so a server cannot borrow the client's core
+    server_cpus: tuple[int, ...] = ()
     cache_dir: Path = Path(os.environ.get("BERTMESH_CACHE", Path.home() / ".cache" / "bertmesh"))
 
 
@@ -160,12 +162,13 @@ class Bertmesh(_ServerSystem):
             str(s.threads),
             "--cache-entries",
             "0",
+            # INFO: the startup lines say which kernels were chosen by timing on this machine
             "--log-level",
-            "WARNING",
+            "INFO",
             *self.extra_args,
         ]
         env = _thread_env(s.threads) | self.env
-        self.server = ServerProcess(self.name, argv, logs / f"{self.name}.log", env, ROOT)
+        self.server = ServerProcess(self.name, argv, logs / f"{self.name}.log", env, ROOT, s.server_cpus)
         await _poll_ready(self.server, _health_check(self.port), 300)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}", options=_CHANNEL_OPTIONS)
         self.stub = pb_grpc.InferenceServiceStub(self.channel)
@@ -274,7 +277,7 @@ class Triton(_ServerSystem):
             "--max-queue-delay-us",
             str(int(s.max_batch_delay_ms * 1000)),
         ]
-        self.server = ServerProcess(self.name, argv, logs / f"{self.name}.log", env, ROOT)
+        self.server = ServerProcess(self.name, argv, logs / f"{self.name}.log", env, ROOT, s.server_cpus)
 
         def ready() -> bool:
             with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
@@ -365,7 +368,7 @@ class Infinity(_ServerSystem):
         env["INFINITY_ANONYMOUS_USAGE_STATS"] = "0"
         env["DO_NOT_TRACK"] = "1"
         env |= self.env
-        self.server = ServerProcess(self.name, argv, logs / f"{self.name}.log", env, ROOT)
+        self.server = ServerProcess(self.name, argv, logs / f"{self.name}.log", env, ROOT, self.settings.server_cpus)
         url = f"http://127.0.0.1:{self.port}/health"
 
         def ready() -> bool:
