@@ -1,12 +1,16 @@
 """The kopf handlers: when the operator reconciles a ModelDeployment, and how reconciles are kept apart.
 
-- `on.create` / `on.update` / `on.resume` reconcile at once when a ModelDeployment appears, changes (spec,
-  labels or annotations, including `bertmesh rollout`'s command), or is found at start-up.
-- A daemon per ModelDeployment (`follow_children`) reconciles it when the watches wake it (a Deployment
-  reports something new, a pod changes, a child is deleted), so the status follows the pods within seconds,
-  and re-checks it (level-based) after `resync` seconds without a wake. A timer, running only while a
-  rollout is in flight, reconciles every few seconds: that is what notices a ready canary and runs the
-  canary analysis when its interval is due.
+- One watch-event handler for ModelDeployments (`on.event`, kopf's lowest level) keeps the newest body of
+  each and starts a follower (`follow`) for every one it sees, at start-up too. The follower is the only
+  thing that reconciles its ModelDeployment: at once when it starts, whenever the object changes (spec,
+  labels or annotations, including `bertmesh rollout`'s command; not for the operator's own status writes),
+  whenever the children's watches wake it (a Deployment reports something new, a pod changes, a child is
+  deleted), every few seconds while a rollout is in flight (a ready canary, a due canary analysis), and
+  after `resync` seconds without a wake (level-based safety net). It ends when its object is deleted.
+- No kopf change handlers, daemons or timers: those make kopf put a finalizer and a last-handled
+  annotation on every object, two more writes per ModelDeployment (a sixth of the API server's work at
+  1,000 of them) and a finalizer that blocks deletion while no operator runs. kopf still removes the
+  finalizer that earlier versions put (`FINALIZER`) at the first event of each object.
 - Watches of every labelled child (`serving.bertmesh.io/model-deployment`, selected by the API server) keep
   a `ChildRegistry`, filled by one LIST per kind before kopf starts: the reconcile gets the children as they
   are now without a request (readiness for the rollout, what to prune, what was edited or deleted since it
@@ -15,10 +19,10 @@
   ModelDeployments). A watch of the pods with that label keeps a `PodView` each (`readiness`), which the
   reconcile reads to say why a track is not ready.
 
-One reconcile at a time per ModelDeployment (an asyncio lock in its memo); each runs in a thread pool,
-because the kubernetes client is synchronous. Errors that heal become `kopf.TemporaryError(delay=...)`; an
-invalid spec is a Degraded condition written by the reconcile and, in change handlers, a PermanentError
-(an Event, no retries); the follower does not raise for it, so a bad spec is never a retry storm.
+One reconcile at a time per ModelDeployment (its follower's); each runs in a thread pool, because the
+kubernetes client is synchronous. Errors that heal are retried after their delay; an invalid spec is a
+Degraded condition and a Warning Event written by the reconcile, retried only when the object changes or at
+the resync, so a bad spec is never a retry storm.
 """
 
 from __future__ import annotations
@@ -40,26 +44,32 @@ from bertmesh_operator.readiness import PodView, pod_owner, pod_view
 from bertmesh_operator.reconcile import ObjectMemory, Outcome, Reconciler
 from bertmesh_operator.render.context import MD_LABEL
 from bertmesh_operator.resource import GROUP, PLURAL, VERSION
-from bertmesh_operator.states import IN_FLIGHT, phase_of
+from bertmesh_operator.states import IN_FLIGHT
 
-# While a rollout is in flight the timer reconciles at least this often (seconds): a canary's readiness and
-# its analysis interval (10s at least) are noticed within this much.
+# While a rollout is in flight the follower reconciles at least this often (seconds): a canary's readiness
+# and its analysis interval (10s at least) are noticed within this much.
 ROLLOUT_TICK_SECONDS = 5.0
+# Unexpected errors (bugs) are retried, but not in a hot loop.
+ERROR_BACKOFF_SECONDS = 30.0
+# Put by operators before 2026-12: kopf removes it from each object at its first event (no handler needs it).
 FINALIZER = "serving.bertmesh.io/operator"
-ANNOTATION_PREFIX = "serving.bertmesh.io"
 CHILD_EVENTS = "children"  # the id of the handler of the children's watch events
 POD_EVENTS = "pods"  # the id of the handler of the pods' watch events
+MD_EVENTS = "modeldeployments"  # the id of the handler of the ModelDeployments' watch events
 LIST_CHUNK = 250  # objects per page of the watches' first LIST
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ObjectSlot:
-    """Per-ModelDeployment handler state, kept in its kopf memo."""
+class Followed:
+    """One ModelDeployment being followed: its newest body (from the watch) and its follower's state."""
 
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    body: kopf.Body
+    uid: str
     memory: ObjectMemory = field(default_factory=ObjectMemory)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     last_reconciled: float = -math.inf  # event-loop time of the last completed reconcile
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -71,14 +81,42 @@ class Runtime:
     resync_seconds: float
     children: ChildRegistry = field(default_factory=ChildRegistry)
     pods: OwnerIndex[PodView] = field(default_factory=OwnerIndex)
-    # One per ModelDeployment being followed: set when what its children report changes.
-    wakeups: dict[Owner, asyncio.Event] = field(default_factory=dict)
+    # Every ModelDeployment the watch has shown and not yet deleted.
+    followed: dict[Owner, Followed] = field(default_factory=dict)
 
     def wake(self, owner: Owner | None) -> None:
         """Have the ModelDeployment's follower reconcile it soon (many wakes before it runs make one)."""
-        wakeup = self.wakeups.get(owner) if owner is not None else None
-        if wakeup is not None:
-            wakeup.set()
+        entry = self.followed.get(owner) if owner is not None else None
+        if entry is not None:
+            entry.wakeup.set()
+
+    def observe(self, event_type: str | None, body: kopf.Body) -> None:
+        """A ModelDeployment watch event: keep the newest body, start or wake its follower, or end it."""
+        meta = body.get("metadata") or {}
+        owner: Owner = (meta.get("namespace", ""), meta.get("name", ""))
+        uid = meta.get("uid", "")
+        entry = self.followed.get(owner)
+        if entry is not None and entry.uid != uid:  # a namesake deleted and made again: follow the new one
+            self.stop(owner)
+            entry = None
+        if event_type == "DELETED":
+            if entry is not None:
+                self.stop(owner)
+            return
+        if entry is None:
+            entry = self.followed[owner] = Followed(body=body, uid=uid)
+            entry.task = asyncio.get_running_loop().create_task(follow(self, entry), name=f"follow {owner}")
+            return
+        entry.body = body
+        # The event of the operator's own status write changes nothing the reconcile reads.
+        if meta.get("resourceVersion") != entry.memory.known_resource_version:
+            entry.wakeup.set()
+
+    def stop(self, owner: Owner) -> None:
+        """Stop following a ModelDeployment (deleted, or the operator stopping)."""
+        entry = self.followed.pop(owner, None)
+        if entry is not None and entry.task is not None:
+            entry.task.cancel()
 
     @property
     def rollout_tick_seconds(self) -> float:
@@ -86,31 +124,19 @@ class Runtime:
         return min(self.resync_seconds, ROLLOUT_TICK_SECONDS)
 
 
-def _slot(memo: kopf.Memo) -> ObjectSlot:
-    slot = memo.get("bertmesh")
-    if not isinstance(slot, ObjectSlot):
-        slot = ObjectSlot()
-        memo["bertmesh"] = slot
-    return slot
-
-
-async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> Outcome:
-    """Run one reconcile of the object in the thread pool (after any other reconcile of it); post its events."""
-    slot = _slot(memo)
+async def reconcile(runtime: Runtime, entry: Followed) -> Outcome:
+    """Run one reconcile of the object in the thread pool; post its events."""
     loop = asyncio.get_running_loop()
-    async with slot.lock:
-        # Copied in the event loop: kopf keeps updating the live body, and the watches the registry, meanwhile.
-        snapshot = copy.deepcopy(dict(body))
-        meta = snapshot["metadata"]
-        children = runtime.children.children(meta.get("namespace", ""), meta["name"])
-        pods = runtime.pods.values((meta.get("namespace", ""), meta["name"]))
-        try:
-            outcome = await loop.run_in_executor(
-                runtime.executor, runtime.reconciler.reconcile, snapshot, children, slot.memory, pods
-            )
-        except TransientApiError as error:
-            raise kopf.TemporaryError(str(error), delay=error.delay) from None
-        slot.last_reconciled = loop.time()
+    body = entry.body
+    # Copied in the event loop: the watch replaces the body, and updates the registries, meanwhile.
+    snapshot = copy.deepcopy(dict(body))
+    meta = snapshot["metadata"]
+    children = runtime.children.children(meta.get("namespace", ""), meta["name"])
+    pods = runtime.pods.values((meta.get("namespace", ""), meta["name"]))
+    outcome = await loop.run_in_executor(
+        runtime.executor, runtime.reconciler.reconcile, snapshot, children, entry.memory, pods
+    )
+    entry.last_reconciled = loop.time()
     for uid in outcome.vanished:
         runtime.children.discard(uid)
     for event in outcome.events:
@@ -118,8 +144,8 @@ async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> Outco
     if outcome.applied or outcome.pruned or outcome.status_written:
         log.info(
             "%s/%s: phase %s, %d applied, %d pruned, status %s",
-            snapshot["metadata"].get("namespace"),
-            snapshot["metadata"]["name"],
+            meta.get("namespace"),
+            meta["name"],
             outcome.phase,
             outcome.applied,
             outcome.pruned,
@@ -129,6 +155,8 @@ async def reconcile(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> Outco
 
 
 async def _woken(wakeup: asyncio.Event, seconds: float) -> bool:
+    if seconds <= 0:
+        return True
     try:
         await asyncio.wait_for(wakeup.wait(), seconds)
     except TimeoutError:
@@ -136,44 +164,50 @@ async def _woken(wakeup: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-async def follow_children(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> None:
-    """Reconcile the ModelDeployment whenever its children report a change, and re-check it every resync.
+async def follow(runtime: Runtime, entry: Followed) -> None:
+    """Reconcile one ModelDeployment now and whenever it or its children change, until it is deleted.
 
     What the Deployments and pods report changes the status (ready replicas, why not ready): the watches wake
     this loop, so the status follows them within a reconcile. The re-check on a quiet object is the safety
     net for a lost watch event or a drifted child (level-based), skipped right after another reconcile.
     """
     loop = asyncio.get_running_loop()
-    meta = body.get("metadata", {})
-    owner = (meta.get("namespace", ""), meta.get("name", ""))
-    # A new one even if a namesake's follower still runs (a ModelDeployment deleted and made again): the
-    # newest object is the one the watches' wakes are for.
-    wakeup = runtime.wakeups[owner] = asyncio.Event()
-    delay = runtime.resync_seconds
-    try:
-        while True:
-            woken = await _woken(wakeup, delay)
-            wakeup.clear()
-            delay = runtime.resync_seconds
-            if not woken and loop.time() - _slot(memo).last_reconciled < runtime.resync_seconds / 2:
-                continue
-            try:
-                outcome = await reconcile(runtime, body, memo)
-            except kopf.TemporaryError as error:
-                delay = error.delay or runtime.resync_seconds
-                log.warning("%s/%s: %s (retrying in %gs)", owner[0], owner[1], error, delay)
-                continue
-            if outcome.gone:
-                return
-            if outcome.retry is not None:
-                delay = outcome.retry_delay
-    finally:
-        if runtime.wakeups.get(owner) is wakeup:
-            del runtime.wakeups[owner]
-
-
-def _rollout_in_flight(status: kopf.Status, **_: Any) -> bool:
-    return phase_of(status.get("phase")) in IN_FLIGHT
+    meta = entry.body.get("metadata") or {}
+    name = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    delay, first = 0.0, True
+    while True:
+        # A retry or a rollout tick is due whatever else ran; only the plain resync is skipped when recent.
+        due = delay < runtime.resync_seconds
+        woken = await _woken(entry.wakeup, delay)
+        entry.wakeup.clear()
+        delay = runtime.resync_seconds
+        if not woken and not due and loop.time() - entry.last_reconciled < runtime.resync_seconds / 2:
+            continue
+        try:
+            outcome = await reconcile(runtime, entry)
+        except TransientApiError as error:
+            delay = error.delay or runtime.resync_seconds
+            log.warning("%s: %s (retrying in %gs)", name, error, delay)
+            continue
+        except Exception:  # a bug: say so, keep following, do not spin
+            log.exception("%s: reconcile failed (retrying in %gs)", name, ERROR_BACKOFF_SECONDS)
+            delay = ERROR_BACKOFF_SECONDS
+            continue
+        if first:
+            # Counted by bench/operator_scale.py: every object reconciled once after a (re)start.
+            log.info("%s: followed (phase %s)", name, outcome.phase)
+            first = False
+        if outcome.gone:
+            if runtime.followed.get((meta.get("namespace", ""), meta.get("name", ""))) is entry:
+                del runtime.followed[(meta.get("namespace", ""), meta.get("name", ""))]
+            return
+        if outcome.invalid is not None:
+            log.warning("%s: invalid spec: %s", name, outcome.invalid)
+        if outcome.retry is not None:
+            delay = min(delay, outcome.retry_delay)
+            log.warning("%s: %s (retrying in %gs)", name, outcome.retry, delay)
+        if outcome.phase in IN_FLIGHT:
+            delay = min(delay, runtime.rollout_tick_seconds)
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -218,48 +252,24 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             registry=registry,
         )(on_child_event)
 
-    async def on_change(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        outcome = await reconcile(runtime, body, memo)
-        if outcome.invalid is not None:
-            raise kopf.PermanentError(outcome.invalid)
-        if outcome.retry is not None:
-            raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
+    async def on_model_deployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002
+        runtime.observe(type, body)
 
-    async def follow(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        await follow_children(runtime, body, memo)
+    kopf.on.event(GROUP, VERSION, PLURAL, id=MD_EVENTS, registry=registry)(on_model_deployment_event)
 
-    async def on_rollout_tick(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        outcome = await reconcile(runtime, body, memo)
-        if outcome.retry is not None:
-            raise kopf.TemporaryError(outcome.retry, delay=outcome.retry_delay)
+    @kopf.on.cleanup(registry=registry)
+    async def stop_following(**_: Any) -> None:
+        for owner in list(runtime.followed):
+            runtime.stop(owner)
 
-    kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-created", registry=registry)(on_change)
-    kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-updated", registry=registry)(on_change)
-    kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resumed", registry=registry)(on_change)
-    # Cancelled (kopf's cancellation_timeout) when the object goes or the operator stops: safe anywhere.
-    kopf.daemon(GROUP, VERSION, PLURAL, id="follow", cancellation_timeout=1.0, registry=registry)(follow)
-    # Only while a rollout is in flight (kopf starts and stops this timer as the phase changes).
-    kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="rollout",
-        interval=runtime.rollout_tick_seconds,
-        initial_delay=runtime.rollout_tick_seconds,
-        when=_rollout_in_flight,
-        registry=registry,
-    )(on_rollout_tick)
     return registry
 
 
 def operator_settings(*, workers: int) -> kopf.OperatorSettings:
-    """kopf's settings for bertmesh: its own finalizer and annotations, label-selected child watches."""
+    """kopf's settings for bertmesh: label-selected child watches, paged LISTs, Warnings only as Events."""
     settings = kopf.OperatorSettings()
+    # No handler needs a finalizer now; naming the one earlier versions put lets kopf remove it.
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
     # Watch only the operator's children and their pods (the API server filters), not every Service in the
     # cluster.
     for api_version, kind in CHILD_RESOURCES:
@@ -275,6 +285,6 @@ def operator_settings(*, workers: int) -> kopf.OperatorSettings:
     # The first LIST of every watched kind in pages, not 1,000 Deployments decoded at once.
     settings.watching.chunk_size = LIST_CHUNK
     settings.execution.max_workers = workers
-    # Unexpected errors (bugs) are retried, but not in a hot loop.
-    settings.execution.default_backoff = 30
+    # Unexpected errors (bugs) in a watch handler are retried, but not in a hot loop.
+    settings.execution.default_backoff = int(ERROR_BACKOFF_SECONDS)
     return settings

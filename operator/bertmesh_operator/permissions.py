@@ -53,7 +53,7 @@ def _child_rules() -> list[Rule]:
 
 # The operator's own API calls beyond its children.
 OWN_RULES = [
-    # Watched for changes; patched for kopf's finalizer and progress annotations and rollout commands.
+    # Watched for changes; patched for rollout commands and to take off the finalizer earlier versions put.
     Rule("serving.bertmesh.io", ("modeldeployments",), ("get", "list", "watch", "patch")),
     Rule("serving.bertmesh.io", ("modeldeployments/status",), ("get", "patch")),
     # kopf reports handler outcomes as Events on the ModelDeployment.

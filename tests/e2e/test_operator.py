@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bertmesh_operator.handlers import FINALIZER
 from bertmesh_operator.render import RenderOptions, render
 from tests.e2e.cluster import KubeApi
 from tests.e2e.kube_objects import (
@@ -243,7 +244,7 @@ def test_a_killed_operator_converges_after_restart_without_duplicates(
         objects = children(api, namespace, name)
         assert set(objects) == expected_children(md)
         assert_owned(md, objects)
-        assert md["metadata"]["finalizers"] == ["serving.bertmesh.io/operator"]
+        assert not md["metadata"].get("finalizers")  # nothing blocks deletion while no operator runs
         replica_sets = get_json(
             api, "replicasets", "-n", namespace, "-l", f"serving.bertmesh.io/model-deployment={name}"
         )
@@ -267,3 +268,26 @@ def test_deleting_a_model_deployment_removes_its_children(
         return not left and not children(api, namespace, "doomed") and not pods
 
     wait_until("the ModelDeployment, its children and pods gone", all_gone, timeout=60, watch=[operator.process])
+
+
+def test_the_finalizer_of_earlier_operators_is_removed_and_deletion_is_not_blocked(
+    md_crd: KubeApi, namespace: str, start_operator: StartOperator
+) -> None:
+    """Operators before 2026-12 put kopf's finalizer on every ModelDeployment; this one needs none (no kopf
+    daemons, timers or change handlers), takes the old one off, and then deletion never waits for it."""
+    api = md_crd
+    legacy = tiny("legacy")
+    legacy["metadata"]["finalizers"] = [FINALIZER]
+    apply_md(api, namespace, legacy)
+    operator = start_operator([namespace])
+    wait_for_md(
+        api,
+        namespace,
+        "legacy",
+        "finalizer removed and reconciled",
+        lambda m: not m["metadata"].get("finalizers") and (m.get("status") or {}).get("phase"),
+        operator=operator,
+    )
+    operator.stop()
+    api.kubectl("delete", "md", "legacy", "-n", namespace, "--timeout=30s")  # with no operator running
+    assert not api.kubectl("get", "md", "-n", namespace, "-o", "name").stdout.strip()

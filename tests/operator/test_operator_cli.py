@@ -216,7 +216,7 @@ def test_the_operator_imports_and_starts_without_torch(tmp_path: Path) -> None:
 
 
 def test_routine_kopf_lines_are_dropped_and_the_rest_kept() -> None:
-    quiet = _QuietTicks("children", "pods")
+    quiet = _QuietTicks("children", "pods", "modeldeployments")
     kept = {
         message: quiet.filter(logging.makeLogRecord({"msg": message}))
         for message in (
@@ -224,11 +224,12 @@ def test_routine_kopf_lines_are_dropped_and_the_rest_kept() -> None:
             "Timer 'rollout' succeeded.",
             "Handler 'children' succeeded.",
             "Handler 'pods' succeeded.",
-            "Handler 'reconcile-created' succeeded.",
+            "Handler 'modeldeployments' succeeded.",
+            "Handler 'modeldeployments' failed with an exception. Will retry.",
             "Timer 'rollout' failed temporarily: Prometheus at http://p is unreachable",
         )
     }
     assert [message for message, keep in kept.items() if keep] == [
-        "Handler 'reconcile-created' succeeded.",
+        "Handler 'modeldeployments' failed with an exception. Will retry.",
         "Timer 'rollout' failed temporarily: Prometheus at http://p is unreachable",
     ]

@@ -124,7 +124,14 @@ def main(argv: list[str]) -> int:
     import kopf
 
     from bertmesh_operator.errors import ApiRejectedError, TransientApiError
-    from bertmesh_operator.handlers import CHILD_EVENTS, POD_EVENTS, Runtime, build_registry, operator_settings
+    from bertmesh_operator.handlers import (
+        CHILD_EVENTS,
+        MD_EVENTS,
+        POD_EVENTS,
+        Runtime,
+        build_registry,
+        operator_settings,
+    )
     from bertmesh_operator.kube import KubeClient, load_api_client
     from bertmesh_operator.prometheus import PrometheusClient
     from bertmesh_operator.reconcile import Reconciler
@@ -135,7 +142,7 @@ def main(argv: list[str]) -> int:
     kopf.configure(verbose=config.verbose)
     if not config.verbose:
         # One line per object per tick says nothing; reconciles that change something log themselves.
-        logging.getLogger("kopf.objects").addFilter(_QuietTicks(CHILD_EVENTS, POD_EVENTS))
+        logging.getLogger("kopf.objects").addFilter(_QuietTicks(CHILD_EVENTS, POD_EVENTS, MD_EVENTS))
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per liveness probe
     try:
         api_client = load_api_client(pool_size=config.workers + 2)
