@@ -291,8 +291,7 @@ def start_operator(md_crd: KubeApi) -> Iterator[StartOperator]:
     """`start_operator(namespaces, prometheus_url=..., resync_seconds=1, workers=4, autoscaler="keda")`.
 
     Runs `bertmesh operator` as a process, as a ServiceAccount bound to exactly permissions.RULES, and waits
-    for its /healthz. Each one started is stopped after the test, and the finalizers it put on the
-    ModelDeployments of its namespaces are removed, so those namespaces can be deleted without it.
+    for its /healthz. Each one started is stopped after the test (it puts no finalizer: nothing to clean up).
     """
     kubeconfig = operator_kubeconfig(md_crd)
     started: list[tuple[OperatorProcess, Sequence[str]]] = []
@@ -319,10 +318,5 @@ def start_operator(md_crd: KubeApi) -> Iterator[StartOperator]:
         return process
 
     yield start
-    for process, namespaces in started:
+    for process, _ in started:
         process.stop()
-        for namespace in namespaces:
-            names = md_crd.kubectl("get", "md", "-n", namespace, "-o", "name", check=False).stdout.split()
-            for name in names:
-                patch = '{"metadata":{"finalizers":null}}'
-                md_crd.kubectl("patch", name, "-n", namespace, "--type=merge", "-p", patch, check=False)
