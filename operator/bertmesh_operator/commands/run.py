@@ -174,6 +174,7 @@ def main(argv: list[str]) -> int:
         ),
         executor=executor,
         resync_seconds=config.resync_seconds,
+        concurrency=config.workers,
     )
     # The children as they are before the first reconcile (kopf's watches keep them current from then on):
     # a reconcile that saw none would misread a ready canary as missing.
