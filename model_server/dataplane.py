@@ -115,10 +115,12 @@ class DataPlane:
         *,
         wait_for_room: bool = False,
         field: str = "inputs",
+        scalar: bool = False,
     ) -> Reply[Any]:
         """Per-input results of the task whose options these are (see model_server.tasks); FAILED_PRECONDITION
         when the served model does another task. Embeddings also take token ids of the served vocabulary;
-        `field` is the inputs' name in the caller's API, for messages."""
+        `field` is the inputs' name in the caller's API, for messages (`scalar`: one input that the API names
+        without an index, e.g. rerank's `query`)."""
         task = spec_of(options)
         if self.model.task is not task.task:
             raise FailedPrecondition(
@@ -146,7 +148,7 @@ class DataPlane:
 
         unique = list(todo)
         first_index = [todo[text][0] for text in unique]
-        encodings = await self._encode(unique, first_index, options.truncate, field, first)
+        encodings = await self._encode(unique, first_index, options.truncate, field, first, scalar)
         inputs = [task.prepare(enc, first_index[n], options, self._served) for n, enc in enumerate(encodings)]
         items = [(len(item.ids), item) for item in inputs]
         if wait_for_room:
@@ -193,8 +195,10 @@ class DataPlane:
         check_texts(documents, self.model.limits, documents_field)
         options = replace(embedding_defaults(self.model), normalize=True, truncate=truncate)
         calls = [
-            asyncio.ensure_future(self.infer(texts, options, deadline, wait_for_room=wait_for_room, field=field))
-            for texts, field in (([query], query_field), (documents, documents_field))
+            asyncio.ensure_future(
+                self.infer(texts, options, deadline, wait_for_room=wait_for_room, field=field, scalar=scalar)
+            )
+            for texts, field, scalar in (([query], query_field, True), (documents, documents_field, False))
         ]
         try:
             asked, found = await asyncio.gather(*calls)
@@ -231,7 +235,13 @@ class DataPlane:
                 )
 
     async def _encode(
-        self, inputs: list[str | TokenIds], indices: list[int], truncate: bool, field: str, first: str | None
+        self,
+        inputs: list[str | TokenIds],
+        indices: list[int],
+        truncate: bool,
+        field: str,
+        first: str | None,
+        scalar: bool,
     ) -> list[Encoded]:
         texts = [item for item in inputs if isinstance(item, str)]
         encoded: list[Encoded] = []
@@ -247,7 +257,8 @@ class DataPlane:
         from_text, from_ids = iter(encoded), iter(wrapped)
         encodings = [next(from_text) if isinstance(item, str) else next(from_ids) for item in inputs]
         for i in over_token_limit(encodings, self.model.limits):
-            raise refuse_long(indices[i], len(encodings[i]), self.model.limits, field, paired=first is not None)
+            index = None if scalar else indices[i]
+            raise refuse_long(index, len(encodings[i]), self.model.limits, field, paired=first is not None)
         return encodings
 
     def _encode_blocking(self, texts: list[str], truncate: bool, first: str | None) -> list[Encoded]:

@@ -61,11 +61,15 @@ def over_token_limit(encodings: Sequence[Encoded], limits: Limits) -> list[int]:
     return [i for i, e in enumerate(encodings) if len(e) > limits.max_tokens_per_input]
 
 
-def refuse_long(index: int, tokens: int, limits: Limits, field: str = "inputs", *, paired: bool = False) -> OverLimit:
-    """The error for an input over the token limit when the request did not ask for truncation."""
+def refuse_long(
+    index: int | None, tokens: int, limits: Limits, field: str = "inputs", *, paired: bool = False
+) -> OverLimit:
+    """The error for an input over the token limit when the request did not ask for truncation (index None: the
+    field holds one text, named without an index)."""
     counted = " (the query's and the document's together)" if paired else ""
+    named = field if index is None else f"{field}[{index}]"
     return OverLimit(
-        f"{field}[{index}]: {tokens} tokens{counted} exceed max_tokens_per_input={limits.max_tokens_per_input}; "
+        f"{named}: {tokens} tokens{counted} exceed max_tokens_per_input={limits.max_tokens_per_input}; "
         "shorten the input, or let the server cut it: truncate=true in the request (--truncate in the bertmesh CLI)"
     )
 

@@ -130,6 +130,31 @@ def test_a_query_leaving_no_room_is_refused_naming_the_query(short_cross_encoder
     assert details(err.value).startswith("query: ") and f"max_tokens_per_input={LIMIT}" in details(err.value)
 
 
+@pytest.fixture(scope="module")
+def short_embedder(tiny_models: dict[str, Path]) -> Iterator[ServerThread]:
+    """The tiny embedding model with a short token limit: it reranks by cosine."""
+    argv = ["--max-tokens-per-input", str(LIMIT), "--cache-entries", "0"]
+    server = ServerThread(config_for(tiny_models["embedding"], *argv)).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("query", "documents", "field"),
+    [(LONG, DOCUMENTS[:1], "query: "), (QUERY, [DOCUMENTS[0], LONG], "documents[1]: ")],
+)
+def test_cosine_rerank_names_the_text_over_the_token_limit(
+    short_embedder: ServerThread, query: str, documents: list[str], field: str
+) -> None:
+    """The query is one text, named without an index; a document by its index."""
+    with pytest.raises(grpc.RpcError) as err:
+        rerank(short_embedder.target, query=query, documents=documents)
+    assert code(err.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(err.value).startswith(field), details(err.value)
+    assert f"max_tokens_per_input={LIMIT}" in details(err.value)
+    assert "together" not in details(err.value)  # no pair here: each text counts alone
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
