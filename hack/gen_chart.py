@@ -3,7 +3,8 @@
 Both come from the operator's single sources of truth, so the chart cannot drift from what the operator does:
 - `templates/crd-modeldeployments.serving.bertmesh.io.yaml`: the operator's generated CRD, byte for byte, inside
   `crds.enabled` with the `helm.sh/resource-policy: keep` annotation behind `crds.keep`;
-- `templates/_operator-rules.tpl`: `bertmesh_operator.permissions.RULES` as RBAC rules (`bertmesh.operatorRules`).
+- `templates/_operator-rules.tpl`: `bertmesh_operator.permissions.RULES` as RBAC rules (`bertmesh.operatorRules`)
+  and `CLUSTER_RULES`, granted only with scope cluster (`bertmesh.operatorClusterRules`).
 
 Usage: .venv/bin/python hack/gen_chart.py [--check]
 """
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bertmesh_operator.crd import CRD_PATH
-from bertmesh_operator.permissions import RULES, Rule
+from bertmesh_operator.permissions import CLUSTER_RULES, RULES, Rule
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "charts" / "bertmesh" / "templates"
@@ -57,21 +58,24 @@ def _flow(items: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(item) for item in items) + "]"
 
 
-def rules_template(rules: Sequence[Rule]) -> str:
-    """The `bertmesh.operatorRules` named template: one RBAC rule per permissions.Rule, in order."""
-    source = "bertmesh_operator.permissions.RULES (every API call the operator makes)"
-    out = ["{{- /* " + _GENERATED.format(source=source) + " */}}\n", '{{- define "bertmesh.operatorRules" -}}\n']
-    for rule in rules:
-        out.append(f"- apiGroups: {_flow([rule.api_group])}\n")
-        out.append(f"  resources: {_flow(rule.resources)}\n")
-        out.append(f"  verbs: {_flow(rule.verbs)}\n")
-    out.append("{{- end }}\n")
+def rules_template(rules: Sequence[Rule], cluster_rules: Sequence[Rule] = ()) -> str:
+    """The `bertmesh.operatorRules` and `bertmesh.operatorClusterRules` named templates: one RBAC rule per
+    permissions.Rule, in order."""
+    source = "bertmesh_operator.permissions.RULES and CLUSTER_RULES (every API call the operator makes)"
+    out = ["{{- /* " + _GENERATED.format(source=source) + " */}}\n"]
+    for name, group in (("bertmesh.operatorRules", rules), ("bertmesh.operatorClusterRules", cluster_rules)):
+        out.append('{{- define "' + name + '" -}}\n')
+        for rule in group:
+            out.append(f"- apiGroups: {_flow([rule.api_group])}\n")
+            out.append(f"  resources: {_flow(rule.resources)}\n")
+            out.append(f"  verbs: {_flow(rule.verbs)}\n")
+        out.append("{{- end }}\n")
     return "".join(out)
 
 
 def generated() -> dict[Path, str]:
     """Every generated chart file and its current content."""
-    return {CRD_TEMPLATE: crd_template(CRD_PATH.read_text()), RULES_TEMPLATE: rules_template(RULES)}
+    return {CRD_TEMPLATE: crd_template(CRD_PATH.read_text()), RULES_TEMPLATE: rules_template(RULES, CLUSTER_RULES)}
 
 
 def main(argv: list[str]) -> int:

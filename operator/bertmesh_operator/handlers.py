@@ -278,8 +278,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     return registry
 
 
-def operator_settings(*, workers: int) -> kopf.OperatorSettings:
-    """kopf's settings for bertmesh: label-selected child watches, paged LISTs, Warnings only as Events."""
+def operator_settings(*, workers: int, clusterwide: bool) -> kopf.OperatorSettings:
+    """kopf's settings for bertmesh: label-selected child watches, paged LISTs, Warnings only as Events; CRDs
+    watched for kinds installed later only when `clusterwide` (permissions.CLUSTER_RULES)."""
     settings = kopf.OperatorSettings()
     # No handler needs a finalizer now; naming the one earlier versions put lets kopf remove it.
     settings.persistence.finalizer = FINALIZER
@@ -289,8 +290,10 @@ def operator_settings(*, workers: int) -> kopf.OperatorSettings:
         group, _, version = api_version.rpartition("/")
         settings.watching.label_selectors[group, version, CHILD_RESOURCES[(api_version, kind)][1]] = MD_LABEL
     settings.watching.label_selectors["", "v1", POD_RESOURCE] = MD_LABEL
-    # Only the resources present at start-up: no list/watch of CRDs or namespaces (not in permissions.RULES).
-    settings.scanning.disabled = True
+    # Cluster-wide, kopf watches the CRDs (permissions.CLUSTER_RULES) and starts watching a child kind whose CRD
+    # appears later (KEDA installed after bertmesh). Namespaced, it has no cluster-wide right: only the kinds
+    # served at start-up, and no 403 warnings. Namespaces are never listed (the flags name them).
+    settings.scanning.disabled = not clusterwide
     settings.posting.reporting_component = "bertmesh-operator"
     # No Event per handler that succeeded (two API writes per ModelDeployment per start); kopf's warnings and
     # errors, and the operator's own Events (kopf.event), are still posted.

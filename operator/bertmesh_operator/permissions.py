@@ -64,3 +64,9 @@ OWN_RULES = [
 ]
 
 RULES: list[Rule] = [*OWN_RULES, *_child_rules()]
+
+# Granted only with a cluster-wide scope (every namespace): kopf watches the CRDs so that a kind installed after
+# the operator started (KEDA's ScaledObject) is watched at once, without a restart. Read-only, and no `get`:
+# kopf only lists and watches them. A namespaced operator gets nothing cluster-wide and sees new kinds at its
+# next start.
+CLUSTER_RULES: list[Rule] = [Rule("apiextensions.k8s.io", ("customresourcedefinitions",), ("list", "watch"))]

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from bertmesh_operator.permissions import RULES
+from bertmesh_operator.permissions import CLUSTER_RULES, RULES
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bertmesh"
@@ -108,11 +108,12 @@ def schema() -> Obj:
 
 
 def expected_grants(namespaces: Iterable[str]) -> set[Grant]:
-    """What permissions.RULES grants the operator in each of `namespaces` ("" meaning cluster-wide)."""
+    """What permissions.RULES grants the operator in each of `namespaces` ("" meaning cluster-wide, where
+    CLUSTER_RULES are granted too)."""
     return {
         (namespace, rule.api_group, resource, verb)
         for namespace in namespaces
-        for rule in RULES
+        for rule in (RULES + CLUSTER_RULES if namespace == "" else RULES)
         for resource in rule.resources
         for verb in rule.verbs
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bertmesh_operator.crd import CRD_PATH
-from bertmesh_operator.permissions import RULES
+from bertmesh_operator.permissions import CLUSTER_RULES, RULES
 from tests.e2e.cluster import KubeApi
 from tests.e2e.processes import ManagedProcess, free_port, http_ok, wait_until
 
@@ -23,12 +23,15 @@ CLUSTER_ROLE = "bertmesh-operator-e2e"
 
 
 def cluster_role() -> dict[str, Any]:
-    """A ClusterRole holding exactly permissions.RULES."""
+    """A ClusterRole holding exactly permissions.RULES and CLUSTER_RULES (the chart's grants in scope cluster)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": CLUSTER_ROLE},
-        "rules": [{"apiGroups": [r.api_group], "resources": list(r.resources), "verbs": list(r.verbs)} for r in RULES],
+        "rules": [
+            {"apiGroups": [r.api_group], "resources": list(r.resources), "verbs": list(r.verbs)}
+            for r in [*RULES, *CLUSTER_RULES]
+        ],
     }
 
 

@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client as k8s_client
 
 from bertmesh_operator.crd import CRD_NAME, CRD_PATH
-from bertmesh_operator.permissions import CHILD_RESOURCES, RULES
+from bertmesh_operator.permissions import CHILD_RESOURCES, CLUSTER_RULES, RULES
 from model_server.metrics import Metrics
 from tests.charts.chart import CHART, REPO, one
 from tests.e2e.cluster import KubeApi, NewNamespace
@@ -210,6 +210,11 @@ def test_cluster_scope_install(kube_api: KubeApi, namespace: str, new_namespace:
     refused = [p for p, yes in answers(kube_api, operator, granted(), namespace).items() if not yes]
     assert not refused, f"permissions.RULES not granted: {refused}"
     assert can_i(kube_api, operator, "list", "modeldeployments", GROUP, None)  # cluster-wide watch
+    crds = [
+        (verb, resource, rule.api_group) for rule in CLUSTER_RULES for resource in rule.resources for verb in rule.verbs
+    ]
+    refused = [p for p, yes in answers(kube_api, operator, crds, None).items() if not yes]
+    assert not refused, f"permissions.CLUSTER_RULES not granted: {refused}"
     allowed = [p for p, yes in answers(kube_api, operator, NEVER, namespace).items() if yes]
     allowed += [p for p, yes in answers(kube_api, operator, NEVER_CLUSTER, None).items() if yes]
     assert not allowed, f"granted beyond permissions.RULES: {allowed}"
@@ -245,7 +250,15 @@ def test_namespaced_scope_install(
     assert not allowed, f"{watched[0]}: granted beyond permissions.RULES: {allowed}"
     # The second namespace's Role is the same template: asked in-process (a kubectl process apiece is slow).
     assert set(allowed_by_review(kube_api, operator, [*granted(), *NEVER], watched[1])) == set(granted())
-    # Nothing outside the watched namespaces, nothing cluster-wide.
+    # Nothing outside the watched namespaces, nothing cluster-wide (not even the CRDs cluster scope reads).
+    clusterwide = [
+        p
+        for p, yes in answers(
+            kube_api, operator, [("list", "customresourcedefinitions", "apiextensions.k8s.io")], None
+        ).items()
+        if yes
+    ]
+    assert not clusterwide, f"granted cluster-wide in scope namespaced: {clusterwide}"
     outside = allowed_by_review(kube_api, operator, granted(), namespace)
     assert not outside, f"granted in the unwatched namespace {namespace}: {outside}"
     cluster = allowed_by_review(kube_api, operator, [*granted(), *NEVER_CLUSTER], None)

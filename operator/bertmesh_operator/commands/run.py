@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
     try:
         kopf.run(
             registry=build_registry(runtime),
-            settings=operator_settings(workers=config.workers),
+            settings=operator_settings(workers=config.workers, clusterwide=not config.namespaces),
             standalone=True,
             clusterwide=not config.namespaces,
             namespaces=list(config.namespaces),
