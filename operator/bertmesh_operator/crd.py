@@ -34,6 +34,8 @@ _PRINTER_COLUMNS = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.storageUri"},
     {"name": "Canary %", "type": "integer", "jsonPath": ".status.canary.weight"},
+    # A re-index rollout keeps Canary % at 0 while it mirrors traffic: the mode says why.
+    {"name": "Mode", "type": "string", "jsonPath": ".status.canary.mode"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.stable.readyReplicas"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
     {"name": "Revision", "type": "string", "jsonPath": ".status.stable.revision", "priority": 1},

@@ -146,6 +146,10 @@ def test_a_new_space_is_mirrored_then_promoted_at_once_or_aborted_without_a_mirr
     assert "Mode:          Reindex: embedding space changes from auto:" in status.stdout
     assert "Mirror:        20% of live traffic mirrored to the canary" in status.stdout
     assert "Weights:       stable 100%, canary 0%" in status.stdout
+    # `kubectl get md` says why Canary % stays 0: the CRD's Mode column.
+    table = api.kubectl("get", "md", "flip", "-n", namespace).stdout.splitlines()
+    row = dict(zip(table[0].replace("CANARY %", "CANARY").split(), table[1].split(), strict=True))
+    assert (row["CANARY"], row["MODE"]) == ("0", "Reindex"), table
 
     def last_mirrored() -> tuple[int, list[dict[str, Any]]] | None:
         last = recorder.versions[-1] if recorder.versions else None

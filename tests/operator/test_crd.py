@@ -46,7 +46,7 @@ def test_crd_names_and_columns() -> None:
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if "priority" not in c]
-    assert columns == ["Ready", "Model", "Canary %", "Replicas", "Age"]
+    assert columns == ["Ready", "Model", "Canary %", "Mode", "Replicas", "Age"]
 
 
 def _nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
