@@ -221,6 +221,8 @@ async def follow(runtime: Runtime, entry: Followed) -> None:
             log.warning("%s: %s (retrying in %gs)", name, outcome.retry, delay)
         if outcome.phase in IN_FLIGHT:
             delay = min(delay, runtime.rollout_tick_seconds)
+        if outcome.recheck is not None:
+            delay = min(delay, outcome.recheck)
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:

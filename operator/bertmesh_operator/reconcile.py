@@ -123,6 +123,9 @@ class Outcome:
     events: tuple[Event, ...] = ()
     retry: str | None = None  # why to come back early (metrics unavailable, objects refused)
     retry_delay: float = 0.0
+    # An optional kind (KEDA's ScaledObject) is not served: come back when discovery may be asked again, so
+    # installing it is noticed within that, whatever the resync.
+    recheck: float | None = None
 
 
 def _utcnow() -> datetime:
@@ -244,6 +247,7 @@ class Reconciler:
             events=posted,
             retry=observation.metrics_error,
             retry_delay=self.metrics_retry_seconds if observation.metrics_error else 0.0,
+            recheck=self.discovery_seconds if missing is not None else None,
         )
 
     def _servable(self, objects: list[dict[str, Any]], now: float) -> tuple[list[dict[str, Any]], str | None]:

@@ -302,15 +302,15 @@ def test_a_kind_installed_after_the_operator_started_is_applied_and_watched_with
     k8s_toolchain: Toolchain, tmp_path: Path
 ) -> None:
     """KEDA installed after bertmesh (scope cluster, the chart's default): the ScaledObject goes out at the next
-    discovery (a minute at most, seen at the next 30 s re-check), and kopf watches it from then on, so a deleted one
-    comes back within seconds, not at the 10-minute re-apply. An apiserver of its own: the session's has KEDA's CRD
+    discovery (a minute at most, even with a 10-minute resync), and kopf watches it from then on, so a deleted one
+    comes back within seconds, not at the resync. An apiserver of its own: the session's has KEDA's CRD
     once an earlier test applied it."""
     with contextlib.ExitStack() as stack:
         api = KubeApi.start(k8s_toolchain, tmp_path / "kube-api", tmp_path / "logs")
         stack.callback(api.stop)
         install_crd(api)
         namespace = api.create_namespace("late-keda")
-        operator = OperatorProcess(api, operator_kubeconfig(api), [], resync_seconds=30)
+        operator = OperatorProcess(api, operator_kubeconfig(api), [], resync_seconds=600)
         stack.callback(operator.stop)
         operator.wait_live()
         apply_md(api, namespace, tiny("embedder", autoscaling={"minReplicas": 1, "maxReplicas": 2}))

@@ -33,7 +33,7 @@ def test_the_crd_is_established_and_kubectl_prints_its_columns(md_crd: KubeApi, 
     for path in EXAMPLES:
         md_crd.kubectl("apply", "-n", namespace, "-f", str(path))
     table = md_crd.kubectl("get", "md", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "MODEL", "CANARY", "%", "REPLICAS", "AGE"]
+    assert table[0].split() == ["NAME", "READY", "MODEL", "CANARY", "%", "MODE", "REPLICAS", "AGE"]
     assert {row.split()[0] for row in table[1:]} == {"embed-public", "minilm-embed", "sentiment"}
     assert "s3://models/sentiment/v1" in md_crd.kubectl("get", "modeldeployment", "sentiment", "-n", namespace).stdout
     wide = md_crd.kubectl("get", "md", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()

@@ -161,3 +161,18 @@ async def test_a_quiet_object_is_re_checked_at_the_resync(executor: ThreadPoolEx
         await until(lambda: reconciler.calls >= 3)
     finally:
         runtime.stop(OWNER)
+
+
+@pytest.mark.parametrize(("recheck", "rechecked"), [(0.03, True), (None, False)])
+async def test_a_missing_autoscaler_kind_is_re_checked_at_the_discovery_interval_not_the_resync(
+    executor: ThreadPoolExecutor, recheck: float | None, rechecked: bool
+) -> None:
+    reconciler = CountingReconciler(Outcome(phase=Phase.STABLE, recheck=recheck))
+    reconciler.release.set()
+    runtime = Runtime(reconciler=reconciler, executor=executor, resync_seconds=3600)
+    runtime.observe(None, body())
+    try:
+        await asyncio.sleep(0.3)
+        assert (reconciler.calls >= 3) is rechecked
+    finally:
+        runtime.stop(OWNER)

@@ -403,6 +403,7 @@ def test_without_kedas_crd_no_scaled_object_is_applied_and_the_status_says_to_in
     # Everything else serves; the one object that would be refused is not sent at all.
     assert ("ScaledObject", "minilm-stable") not in cluster.applied
     assert ("Deployment", "minilm-stable") in cluster.applied and outcome.retry is None
+    assert outcome.recheck == 60  # back when discovery may be asked again, whatever the resync
     condition = _autoscaling_condition(cluster)
     assert (condition["status"], condition["reason"]) == ("False", "AutoscalerMissing")
     assert "keda.sh/v1alpha1 ScaledObject is not served" in condition["message"]
@@ -417,7 +418,7 @@ def test_without_kedas_crd_no_scaled_object_is_applied_and_the_status_says_to_in
     cluster.unserved = set()
     now[0] = 61.0
     healed = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
-    assert ("ScaledObject", "minilm-stable") in cluster.applied and healed.status_written
+    assert ("ScaledObject", "minilm-stable") in cluster.applied and healed.status_written and healed.recheck is None
     condition = _autoscaling_condition(cluster)
     assert (condition["status"], condition["reason"], condition["message"]) == ("True", "Autoscaled", "")
     assert healed.events == ()
