@@ -58,7 +58,7 @@ def _flow(items: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(item) for item in items) + "]"
 
 
-def rules_template(rules: Sequence[Rule], cluster_rules: Sequence[Rule] = ()) -> str:
+def rules_template(rules: Sequence[Rule], cluster_rules: Sequence[Rule]) -> str:
     """The `bertmesh.operatorRules` and `bertmesh.operatorClusterRules` named templates: one RBAC rule per
     permissions.Rule, in order."""
     source = "bertmesh_operator.permissions.RULES and CLUSTER_RULES (every API call the operator makes)"

@@ -10,7 +10,7 @@ from types import ModuleType
 import yaml
 
 from bertmesh_operator.crd import CRD_PATH
-from bertmesh_operator.permissions import RULES
+from bertmesh_operator.permissions import CLUSTER_RULES, RULES
 from tests.charts.chart import REPO, Helm, by_kind
 
 TEMPLATE = f"templates/crd-{CRD_PATH.name}"
@@ -81,6 +81,8 @@ def test_template_delimiters_in_the_crd_are_printed_verbatim(helm: Helm) -> None
 
 
 def test_rules_template_lists_every_rule() -> None:
-    text = gen_chart().rules_template(RULES)
-    assert text.count("- apiGroups:") == len(RULES)
+    text = gen_chart().rules_template(RULES, CLUSTER_RULES)
+    own, cluster = text.split('{{- define "bertmesh.operatorClusterRules" -}}')
+    assert own.count("- apiGroups:") == len(RULES)
+    assert cluster.count("- apiGroups:") == len(CLUSTER_RULES) and "customresourcedefinitions" in cluster
     assert '"*"' not in text

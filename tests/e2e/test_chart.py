@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client as k8s_client
 
 from bertmesh_operator.crd import CRD_NAME, CRD_PATH
-from bertmesh_operator.permissions import CHILD_RESOURCES, CLUSTER_RULES, RULES
+from bertmesh_operator.permissions import CHILD_RESOURCES, CLUSTER_RULES, RULES, Rule
 from model_server.metrics import Metrics
 from tests.charts.chart import CHART, REPO, one
 from tests.e2e.cluster import KubeApi, NewNamespace
@@ -68,9 +68,9 @@ NEVER_CLUSTER: list[Check] = [
 ]
 
 
-def granted() -> list[Check]:
-    """(verb, resource, group) for every permission in permissions.RULES."""
-    return [(verb, resource, rule.api_group) for rule in RULES for resource in rule.resources for verb in rule.verbs]
+def granted(rules: Sequence[Rule] = RULES) -> list[Check]:
+    """(verb, resource, group) for every permission in `rules` (default permissions.RULES)."""
+    return [(verb, resource, rule.api_group) for rule in rules for resource in rule.resources for verb in rule.verbs]
 
 
 def can_i(api: KubeApi, kubeconfig: Path, verb: str, resource: str, group: str, namespace: str | None) -> bool:
@@ -210,10 +210,7 @@ def test_cluster_scope_install(kube_api: KubeApi, namespace: str, new_namespace:
     refused = [p for p, yes in answers(kube_api, operator, granted(), namespace).items() if not yes]
     assert not refused, f"permissions.RULES not granted: {refused}"
     assert can_i(kube_api, operator, "list", "modeldeployments", GROUP, None)  # cluster-wide watch
-    crds = [
-        (verb, resource, rule.api_group) for rule in CLUSTER_RULES for resource in rule.resources for verb in rule.verbs
-    ]
-    refused = [p for p, yes in answers(kube_api, operator, crds, None).items() if not yes]
+    refused = [p for p, yes in answers(kube_api, operator, granted(CLUSTER_RULES), None).items() if not yes]
     assert not refused, f"permissions.CLUSTER_RULES not granted: {refused}"
     allowed = [p for p, yes in answers(kube_api, operator, NEVER, namespace).items() if yes]
     allowed += [p for p, yes in answers(kube_api, operator, NEVER_CLUSTER, None).items() if yes]
