@@ -7,6 +7,7 @@ python -m bench micro             A/B micro-benchmarks of the serving path (rati
 python -m bench contention        each system next to a one-core CPU burner; bertmesh thread/spin variants
 python -m bench gc                GC time inside bertmesh under load, with and without gc.freeze()
 python -m bench kernels           the packed attention kernel per instruction set vs PyTorch's attention
+python -m bench feed              the serving path's own cost: bertmesh serve with the model's compute taken out
 python -m bench echo-server --port N   (used by `run`)
 """
 
@@ -28,6 +29,11 @@ def _floats(value: str) -> list[float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if args[:1] == ["feed-server"]:  # `bertmesh serve`'s own arguments follow (used by `feed`)
+        from bench.feed import serve_free
+
+        return serve_free(args[1:])
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -108,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ke.add_argument("--isas", default="avx512,avx2", help="avx512 (what the processor has), avx2 (capped)")
     ke.add_argument("--rounds", type=int, default=5)
     ke.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    fe = sub.add_parser("feed", help="bertmesh serve with the model's compute taken out (bench/feed.py)")
+    fe.add_argument("--seconds", type=float, default=8.0)
+    fe.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
+    fe.add_argument("--out", default=None, help="results folder (default bench/results/feed-<time>)")
     e = sub.add_parser("echo-server")
     e.add_argument("--port", type=int, required=True)
     a = p.parse_args(list(argv) if argv is not None else (sys.argv[1:] or ["run"]))
@@ -178,6 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.gpu import gpu_bench, options_from
 
         gpu_bench(options_from(vars(a)))
+        return 0
+    if a.command == "feed":
+        from pathlib import Path
+
+        from bench.feed import feed_bench
+
+        feed_bench(a.seconds, a.clients, Path(a.out) if a.out else None)
         return 0
     if a.command == "profile":
         from bench.profile import profile

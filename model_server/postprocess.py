@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,7 +27,8 @@ def sigmoid(logits: FloatArray) -> FloatArray:
 
 def l2_normalize(vector: FloatArray) -> FloatArray:
     """The vector scaled to unit length (a zero vector stays zero)."""
-    norm = float(np.linalg.norm(vector))
+    # np.linalg.norm of a 1-D float array is sqrt(x.dot(x)): the same number without its Python-level checks.
+    norm = math.sqrt(float(vector.dot(vector)))
     return (vector / max(norm, 1e-12)).astype(np.float32)
 
 

@@ -11,26 +11,74 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 from tokenizers.implementations.bert_wordpiece import BertWordPieceTokenizer
 
 from model_server.errors import ConfigError
 
 
-@dataclass(frozen=True, slots=True)
 class Encoded:
-    """One tokenised input: ids with special tokens, character offsets, word index per token (None: special);
-    a pair's token types (first sequence 0, second 1) in `type_ids`, empty for a single text."""
+    """One tokenised input: ids with special tokens; character offsets, word index per token (None: special) and
+    special-token flags; whether it was cut; a pair's token types (first sequence 0, second 1) in `type_ids`,
+    empty for a single text.
 
-    ids: tuple[int, ...]
-    offsets: tuple[tuple[int, int], ...]
-    word_ids: tuple[int | None, ...]
-    special: tuple[bool, ...]
-    truncated: bool = False
-    type_ids: tuple[int, ...] = ()
+    Offsets, word indices and flags are read from the tokenizer's own encoding on first use: only token
+    classification and Tokenize need them, and building ~3 Python objects per token for every embedding held the
+    GIL for longer than the Rust tokenizer ran (bench/feed.py).
+    """
+
+    __slots__ = ("_offsets", "_source", "_special", "_word_ids", "ids", "truncated", "type_ids")
+
+    def __init__(
+        self,
+        ids: tuple[int, ...],
+        *,
+        truncated: bool = False,
+        type_ids: tuple[int, ...] = (),
+        source: Encoding | None = None,
+        offsets: tuple[tuple[int, int], ...] | None = None,
+        word_ids: tuple[int | None, ...] | None = None,
+        special: tuple[bool, ...] | None = None,
+    ) -> None:
+        if source is None and (offsets is None or word_ids is None or special is None):
+            raise ValueError("Encoded needs its tokenizer encoding, or offsets, word ids and special flags")
+        self.ids = ids
+        self.truncated = truncated
+        self.type_ids = type_ids
+        self._source = source
+        self._offsets = offsets
+        self._word_ids = word_ids
+        self._special = special
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Encoded(ids={self.ids!r}, truncated={self.truncated!r}, type_ids={self.type_ids!r})"
+
+    @property
+    def offsets(self) -> tuple[tuple[int, int], ...]:
+        """Each token's (start, end) character offsets in its text ((0, 0) for specials and id inputs)."""
+        if self._offsets is None:
+            assert self._source is not None
+            self._offsets = tuple(self._source.offsets)
+        return self._offsets
+
+    @property
+    def word_ids(self) -> tuple[int | None, ...]:
+        """Each token's word index (None: a special token)."""
+        if self._word_ids is None:
+            assert self._source is not None
+            self._word_ids = tuple(self._source.word_ids)
+        return self._word_ids
+
+    @property
+    def special(self) -> tuple[bool, ...]:
+        """Whether each token is one the template added ([CLS], [SEP])."""
+        if self._special is None:
+            assert self._source is not None
+            self._special = tuple(bool(s) for s in self._source.special_tokens_mask)
+        return self._special
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,15 +145,10 @@ class TextTokenizer:
         else:
             tokenizer = self._cut_second if truncate else self._full
             encodings = tokenizer.encode_batch([(first, text) for text in texts])
+        if first is None:
+            return [Encoded(tuple(e.ids), truncated=truncate and bool(e.overflowing), source=e) for e in encodings]
         return [
-            Encoded(
-                ids=tuple(e.ids),
-                offsets=tuple(e.offsets),
-                word_ids=tuple(e.word_ids),
-                special=tuple(bool(s) for s in e.special_tokens_mask),
-                truncated=truncate and bool(e.overflowing),
-                type_ids=() if first is None else tuple(e.type_ids),
-            )
+            Encoded(tuple(e.ids), truncated=truncate and bool(e.overflowing), type_ids=tuple(e.type_ids), source=e)
             for e in encodings
         ]
 
@@ -123,7 +166,7 @@ class TextTokenizer:
             flags = (True,) * len(self._prefix) + (False,) * len(ids) + (True,) * len(self._suffix)
             out.append(
                 Encoded(
-                    ids=full,
+                    full,
                     offsets=((0, 0),) * len(full),
                     word_ids=tuple(None if f else n for n, f in enumerate(flags)),
                     special=flags,

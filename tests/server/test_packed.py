@@ -70,7 +70,10 @@ def test_int8_rows_do_not_depend_on_their_batch() -> None:
         together = int8(rows)
         alone = torch.cat([int8(rows[i : i + 1]) for i in range(10)])
         expected = linear(rows)
-    assert torch.equal(together, alone)
+    # Per-row scales: a row's result is its own whatever the batch. oneDNN may pick another kernel for one row
+    # than for ten (with AMX, the last float bit differs), so equal to float rounding; a scale shared with the
+    # outlier row would move every other row by ~35 %.
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
     relative = (together - expected).norm(dim=1) / expected.norm(dim=1)
     assert relative.max() < 0.02
 

@@ -128,3 +128,33 @@ def test_openmp_defaults_apply_only_when_the_operator_set_neither_variable() -> 
         env = dict(mine)
         openmp_defaults(env)
         assert env == mine
+
+
+@pytest.mark.parametrize("width", [0, 1, 31, 32, 384, 1000])
+def test_embeddings_on_the_wire_are_what_protobuf_writes_for_the_same_floats(width: int) -> None:
+    from model_server.proto.bertmesh.v1 import inference_pb2 as pb
+    from model_server.tasks.embedding import embeddings_wire
+
+    rows = [np.random.default_rng(n).standard_normal(width).astype(np.float32) for n in range(3)]
+    if width:
+        rows[0][0], rows[1][-1] = np.nan, -np.inf  # bit patterns pass through untouched
+    written = pb.EmbedResponse(embeddings=[pb.Embedding(values=row.tolist()) for row in rows]).SerializeToString()
+    assert embeddings_wire(rows) == written
+    parsed = pb.EmbedResponse.FromString(embeddings_wire(rows))
+    assert [np.asarray(e.values, np.float32).tobytes() for e in parsed.embeddings] == [r.tobytes() for r in rows]
+
+
+def test_offsets_word_ids_and_flags_are_read_from_the_tokenizer_on_first_use(minilm_path: Path) -> None:
+    from model_server.tokenization import Encoded, TextTokenizer
+
+    tokenizer = TextTokenizer.from_dir(minilm_path)
+    text = "Tokenizers split unbelievably long words."
+    (encoded,) = tokenizer.encode([text])
+    source = tokenizer._full.encode(text)
+    assert encoded.ids == tuple(source.ids) and len(encoded) == len(source.ids)
+    assert encoded.offsets == tuple(source.offsets) and encoded.word_ids == tuple(source.word_ids)
+    assert encoded.special == tuple(bool(s) for s in source.special_tokens_mask)
+    assert encoded.special[0] and encoded.special[-1] and not any(encoded.special[1:-1])
+    assert text[slice(*encoded.offsets[1])].lower() == tokenizer.token_string(encoded.ids[1])
+    with pytest.raises(ValueError, match="offsets, word ids and special flags"):
+        Encoded((1, 2), offsets=((0, 0), (0, 0)))
