@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.gpu_serve import Sampler, Scenario, _client
+from bench.gpu_serve import Sampler, Scenario, _client, merged
 from bench.procs import _TICKS, ServerProcess, free_port
 from bench.systems import ROOT, _health_check
 from model_server.backend import BackendInfo
@@ -92,14 +92,8 @@ def _load(server: ServerProcess, port: int, scenario: Scenario, clients: int, se
         time.sleep(max(seconds - 1.0, 0.5))
         main1, t1 = thread_cpu_seconds(server.pid, server.pid), time.time()
         answers = pending.get()
-    start = max(a["started"] for a in answers) + warmup
-    end = min(a["started"] + warmup + a["seconds"] for a in answers)
+    start, end, latencies, failures = merged(answers, warmup)
     cores, _ = sampler.over(start, end)
-    latencies = [x for a in answers for x in a["latencies_s"]]
-    failures: dict[str, int] = {}
-    for a in answers:
-        for kind, n in a["failures"].items():
-            failures[kind] = failures.get(kind, 0) + n
     tokens_per_s = sum(a["tokens"] / a["seconds"] for a in answers if a["seconds"] > 0)
     return {
         "load": scenario.name,

@@ -130,6 +130,19 @@ class Sampler:
         return cores, (sum(busy) / len(busy) if busy else None)
 
 
+def merged(answers: list[dict[str, Any]], warmup: float) -> tuple[float, float, list[float], dict[str, int]]:
+    """Client answers together: the window where every client measured (from the last one's warm-up end to the
+    first one's window end), every latency, and failures counted by kind."""
+    start = max(a["started"] for a in answers) + warmup
+    end = min(a["started"] + warmup + a["seconds"] for a in answers)
+    latencies = [x for a in answers for x in a["latencies_s"]]
+    failures: dict[str, int] = {}
+    for a in answers:
+        for kind, n in a["failures"].items():
+            failures[kind] = failures.get(kind, 0) + n
+    return start, end, latencies, failures
+
+
 def _run(server: ServerProcess, port: int, scenario: Scenario, options: GpuBenchOptions) -> dict[str, Any]:
     clients = min(options.clients, scenario.concurrency)
     callers = [scenario.concurrency // clients + (i < scenario.concurrency % clients) for i in range(clients)]
@@ -138,15 +151,8 @@ def _run(server: ServerProcess, port: int, scenario: Scenario, options: GpuBench
     with context.Pool(clients) as pool, Sampler(server) as sampler:
         args = [(port, 100 + i, scenario, n, warmup, options.serve_seconds) for i, n in enumerate(callers)]
         answers = pool.starmap(_client, args)
-    # The window where every client measured: from the last one's warm-up end to the first one's window end.
-    window_start = max(a["started"] for a in answers) + warmup
-    window_end = min(a["started"] + warmup + a["seconds"] for a in answers)
+    window_start, window_end, latencies, failures = merged(answers, warmup)
     cpu_cores, gpu_busy = sampler.over(window_start, window_end)
-    latencies = [x for a in answers for x in a["latencies_s"]]
-    failures: dict[str, int] = {}
-    for a in answers:
-        for kind, n in a["failures"].items():
-            failures[kind] = failures.get(kind, 0) + n
     return {
         "scenario": scenario.name,
         "model": scenario.model,
