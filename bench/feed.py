@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from bench.gpu_serve import Sampler, Scenario, _client, merged
-from bench.procs import _TICKS, ServerProcess, free_port
+from bench.gpu_serve import Sampler, Scenario, _client, callers_per_client, merged
+from bench.procs import ServerProcess, free_port, thread_cpu_seconds
 from bench.systems import ROOT, _health_check
 from model_server.backend import BackendInfo
+from model_server.config import DEFAULT_BATCH_TOKENS
 from model_server.loadgen.stats import percentile
 from model_server.tasks.base import FloatArray, ModelInput
 
@@ -38,12 +39,13 @@ LOADS = (
     Scenario("1-8 texts, c=64", "minilm", 1, 8, 64),
     Scenario("64 texts, c=16", "minilm", 64, 64, 16),
 )
-# The CUDA engine's batch budget: batches as large as a GPU pod forms them.
-SERVER_FLAGS = ("--max-batch-tokens", "16384", "--cache-entries", "0", "--http-port", "0", "--metrics-port", "0")
+# The CUDA default batch budget, so batches are as large as a GPU pod forms them; no result cache.
+SERVER_FLAGS: tuple[str, ...] = ("--max-batch-tokens", str(DEFAULT_BATCH_TOKENS["cuda"]), "--cache-entries", "0")
+SERVER_FLAGS += ("--http-port", "0", "--metrics-port", "0")
 
 
 class FreeEngine:
-    """A Backend that computes nothing: each embedding input gets the same unit-scale vector, at once."""
+    """A Backend that computes nothing: each embedding input gets the same vector (0.5 throughout), at once."""
 
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
@@ -72,15 +74,8 @@ def serve_free(argv: Sequence[str]) -> int:
     return server.main(list(argv))
 
 
-def thread_cpu_seconds(pid: int, tid: int) -> float:
-    """utime + stime of one thread of a process."""
-    raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
 def _load(server: ServerProcess, port: int, scenario: Scenario, clients: int, seconds: float) -> dict[str, Any]:
-    callers = [scenario.concurrency // clients + (i < scenario.concurrency % clients) for i in range(clients)]
+    callers = callers_per_client(scenario.concurrency, clients)
     warmup = 2.0
     context = multiprocessing.get_context("spawn")
     with context.Pool(clients) as pool, Sampler(server) as sampler:

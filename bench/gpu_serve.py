@@ -130,6 +130,11 @@ class Sampler:
         return cores, (sum(busy) / len(busy) if busy else None)
 
 
+def callers_per_client(concurrency: int, clients: int) -> list[int]:
+    """The closed loop's callers shared out over the client processes as evenly as they go."""
+    return [concurrency // clients + (i < concurrency % clients) for i in range(clients)]
+
+
 def merged(answers: list[dict[str, Any]], warmup: float) -> tuple[float, float, list[float], dict[str, int]]:
     """Client answers together: the window where every client measured (from the last one's warm-up end to the
     first one's window end), every latency, and failures counted by kind."""
@@ -145,7 +150,7 @@ def merged(answers: list[dict[str, Any]], warmup: float) -> tuple[float, float, 
 
 def _run(server: ServerProcess, port: int, scenario: Scenario, options: GpuBenchOptions) -> dict[str, Any]:
     clients = min(options.clients, scenario.concurrency)
-    callers = [scenario.concurrency // clients + (i < scenario.concurrency % clients) for i in range(clients)]
+    callers = callers_per_client(scenario.concurrency, clients)
     warmup = min(WARMUP_S, options.serve_seconds)
     context = multiprocessing.get_context("spawn")  # no grpc state forked into the clients
     with context.Pool(clients) as pool, Sampler(server) as sampler:

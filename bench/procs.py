@@ -20,14 +20,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, utime + stime seconds) of a live process, None when it is gone."""
+def _stat(pid: int, tid: int | None = None) -> tuple[int, float] | None:
+    """(parent pid, utime + stime seconds) of a live process, or of its thread `tid`; None when it is gone."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat").read_text()
     except OSError:
         return None
     fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """utime + stime seconds of one live thread of a process."""
+    info = _stat(pid, tid)
+    if info is None:
+        raise ProcessLookupError(f"thread {tid} of process {pid} is gone")
+    return info[1]
 
 
 def machine_cpu_seconds() -> tuple[float, float]:

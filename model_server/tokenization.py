@@ -145,10 +145,13 @@ class TextTokenizer:
         else:
             tokenizer = self._cut_second if truncate else self._full
             encodings = tokenizer.encode_batch([(first, text) for text in texts])
-        if first is None:
-            return [Encoded(tuple(e.ids), truncated=truncate and bool(e.overflowing), source=e) for e in encodings]
         return [
-            Encoded(tuple(e.ids), truncated=truncate and bool(e.overflowing), type_ids=tuple(e.type_ids), source=e)
+            Encoded(
+                tuple(e.ids),
+                truncated=truncate and bool(e.overflowing),
+                type_ids=() if first is None else tuple(e.type_ids),
+                source=e,
+            )
             for e in encodings
         ]
 

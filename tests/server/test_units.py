@@ -151,6 +151,8 @@ def test_offsets_word_ids_and_flags_are_read_from_the_tokenizer_on_first_use(min
     text = "Tokenizers split unbelievably long words."
     (encoded,) = tokenizer.encode([text])
     source = tokenizer._full.encode(text)
+    # Nothing per token is built until asked for (an embedding never asks).
+    assert encoded._offsets is None and encoded._word_ids is None and encoded._special is None
     assert encoded.ids == tuple(source.ids) and len(encoded) == len(source.ids)
     assert encoded.offsets == tuple(source.offsets) and encoded.word_ids == tuple(source.word_ids)
     assert encoded.special == tuple(bool(s) for s in source.special_tokens_mask)
