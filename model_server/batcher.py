@@ -14,7 +14,6 @@ Inputs whose deadline passed are failed with DeadlineExceeded and never computed
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -253,8 +252,12 @@ class TokenBudgetBatcher(Generic[P, R]):
         if remaining <= 0:
             return False
         self._arrived.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._arrived.wait(), remaining)
+        # A timer that sets the event, not wait_for: no task and no cancellation per wait on the hot path.
+        timer = asyncio.get_running_loop().call_later(remaining, self._arrived.set)
+        try:
+            await self._arrived.wait()
+        finally:
+            timer.cancel()
         return True
 
     async def _loop(self) -> None:

@@ -35,16 +35,33 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _check(request)
 
 
+class _MethodMetrics:
+    """One method's series, looked up once per method rather than once per call."""
+
+    def __init__(self, metrics: Metrics, method: str) -> None:
+        self.metrics = metrics
+        self.method = method
+        self.latency = metrics.latency.labels(method)
+        self.ok = metrics.requests.labels(method, grpc.StatusCode.OK.name)
+
+    def done(self, code: grpc.StatusCode, seconds: float) -> None:
+        """Records one call's outcome."""
+        self.metrics.inflight.dec()
+        counter = self.ok if code is grpc.StatusCode.OK else self.metrics.requests.labels(self.method, code.name)
+        counter.inc()
+        self.latency.observe(seconds)
+
+
 class _Call:
     """Bookkeeping of one RPC: the status it ended with, and its metrics."""
 
-    def __init__(self, metrics: Metrics | None, method: str) -> None:
+    def __init__(self, metrics: _MethodMetrics | None, method: str) -> None:
         self.metrics = metrics
         self.method = method
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
         if metrics is not None:
-            metrics.inflight.inc()
+            metrics.metrics.inflight.inc()
 
     async def fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
         """Records and answers an exception; never returns (context.abort raises)."""
@@ -60,9 +77,7 @@ class _Call:
     def done(self) -> None:
         """Records the outcome."""
         if self.metrics is not None:
-            self.metrics.inflight.dec()
-            self.metrics.requests.labels(self.method, self.code.name).inc()
-            self.metrics.latency.labels(self.method).observe(time.perf_counter() - self.started)
+            self.metrics.done(self.code, time.perf_counter() - self.started)
 
 
 # Strings: grpc.RpcMethodHandler is generic only in the type stubs.
@@ -89,8 +104,9 @@ def _rebuild(handler: Handler, behavior: Any) -> Handler:
     return rebuilt
 
 
-def _wrap(handler: Handler, metrics: Metrics | None, method: str) -> Handler:
+def _wrap(handler: Handler, registry: Metrics | None, method: str) -> Handler:
     name = method.rsplit("/", 1)[-1]
+    metrics = _MethodMetrics(registry, name) if registry is not None else None
     inner: Any = handler.unary_unary or handler.unary_stream or handler.stream_stream or handler.stream_unary
 
     if not handler.response_streaming:
@@ -136,6 +152,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics | None) -> None:
         self._metrics = metrics
+        # method -> (the handler grpc gave, its wrapper): built once per method, not once per call.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -147,9 +165,17 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         if self._metrics is not None and handler_call_details.method.startswith(HEALTH_PREFIX):
             self._metrics.health_checks.labels(handler_call_details.method.rsplit("/", 1)[-1]).inc()
         # Health and reflection keep grpc's own behaviour, and long Watch streams stay out of in-flight counts.
-        if handler is None or not handler_call_details.method.startswith(SERVED_PREFIXES):
+        method = handler_call_details.method
+        if handler is None or not method.startswith(SERVED_PREFIXES):
             return handler
-        return _wrap(handler, self._metrics, handler_call_details.method)
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        # Only registered methods get a handler, so this holds one entry per served method; a refusing handler
+        # (a new one per unauthenticated call) replaces the entry and is wrapped anew.
+        wrapped = _wrap(handler, self._metrics, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
