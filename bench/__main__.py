@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -118,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fe.add_argument("--seconds", type=float, default=8.0)
     fe.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
     fe.add_argument("--out", default=None, help="results folder (default bench/results/feed-<time>)")
+    fe.add_argument(
+        "--serve-flags", default="", help="more `bertmesh serve` flags, e.g. '--event-loop asyncio' (an A/B)"
+    )
     e = sub.add_parser("echo-server")
     e.add_argument("--port", type=int, required=True)
     a = p.parse_args(list(argv) if argv is not None else (sys.argv[1:] or ["run"]))
@@ -194,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from bench.feed import feed_bench
 
-        feed_bench(a.seconds, a.clients, Path(a.out) if a.out else None)
+        feed_bench(a.seconds, a.clients, Path(a.out) if a.out else None, shlex.split(a.serve_flags))
         return 0
     if a.command == "profile":
         from bench.profile import profile

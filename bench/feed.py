@@ -8,7 +8,7 @@ exactly the serving path. The gpu_serve loads drive it over gRPC from client pro
 answered tokens/s, the server's CPU cores, tokens per server CPU-second, the event-loop (main) thread's CPU
 share (the part that holds the GIL), p50/p99.
 
-  python -m bench feed [--seconds 8] [--clients 2] [--out DIR]
+  python -m bench feed [--seconds 8] [--clients 2] [--out DIR] [--serve-flags '--event-loop asyncio']
 
 The rate here is bounded by this machine's cores (clients and server share them): read tokens per server
 CPU-second and the main thread's share, which carry to a machine with more cores.
@@ -103,13 +103,14 @@ def _load(server: ServerProcess, port: int, scenario: Scenario, clients: int, se
     }
 
 
-def feed_bench(seconds: float, clients: int, out: Path | None) -> list[dict[str, Any]]:
-    """Every load against one free-engine server; prints a table and writes feed.json."""
+def feed_bench(seconds: float, clients: int, out: Path | None, serve_flags: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every load against one free-engine server (`serve_flags` added to its own); prints a table and writes
+    feed.json."""
     out = out or ROOT / "bench" / "results" / time.strftime("feed-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [sys.executable, "-m", "bench", "feed-server", "--port", str(port), *SERVER_FLAGS]
-    argv += ["--device", "cpu", "--drain-delay-seconds", "0", "--log-level", "WARNING"]
+    argv += ["--device", "cpu", "--drain-delay-seconds", "0", "--log-level", "WARNING", *serve_flags]
     server = ServerProcess("bertmesh-free-engine", argv, out / "server.log", {}, ROOT)
     rows = []
     try:

@@ -146,6 +146,7 @@ class ServerConfig:
     grace_seconds: float
     drain_delay_seconds: float  # after SIGTERM, still listening (health NOT_SERVING) before the drain
     log_level: str
+    event_loop: str = "auto"  # auto (uvloop where installed), uvloop or asyncio
 
 
 def _positive(value: str) -> int:
@@ -359,6 +360,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         help="result cache entries, 0 turns it off (default: %(default)s)",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--event-loop",
+        default="auto",
+        choices=["auto", "uvloop", "asyncio"],
+        help="the event loop gRPC and HTTP are served on; auto: uvloop where installed (the server extra brings "
+        "it), else asyncio's (default: %(default)s)",
+    )
     return p
 
 
@@ -391,6 +399,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ser
         grace_seconds=a.grace_seconds,
         drain_delay_seconds=a.drain_delay_seconds,
         log_level=a.log_level,
+        event_loop=a.event_loop,
     )
 
 

@@ -94,9 +94,13 @@ def test_startup_log_says_what_was_loaded_and_where(tiny_process: Process) -> No
     assert "PyTorch SDPA attention" in kernels and "not used: the packed kernel takes head size 32 or 64" in kernels
 
 
-def test_sigterm_finishes_every_in_flight_call_then_exits_zero(minilm_path: Path) -> None:
+@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_sigterm_finishes_every_in_flight_call_then_exits_zero(minilm_path: Path, choice: str, loop: str) -> None:
     # A generous grace period: the test proves every in-flight call is answered, not how fast a busy CI is.
-    process = start("--max-batch-tokens", "256", "--cache-entries", "0", "--grace-seconds", "300")
+    # On both event loops: uvloop by default (the server extra installs it), asyncio's when asked for.
+    flags = ("--max-batch-tokens", "256", "--cache-entries", "0", "--grace-seconds", "300")
+    process = start(*flags, "--event-loop", choice)
+    assert any(f"event loop: {loop}" in line for line in process.log), process.log
     with grpc.insecure_channel(process.target) as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=120)

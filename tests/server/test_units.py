@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,28 @@ def test_offsets_word_ids_and_flags_are_read_from_the_tokenizer_on_first_use(min
     assert text[slice(*encoded.offsets[1])].lower() == tokenizer.token_string(encoded.ids[1])
     with pytest.raises(ValueError, match="offsets, word ids and special flags"):
         Encoded((1, 2), offsets=((0, 0), (0, 0)))
+
+
+def test_event_loop_choice_names_the_loop_it_makes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvloop
+
+    from model_server.server import event_loop
+
+    for choice, expected, kind in (("auto", "uvloop", uvloop.Loop), ("uvloop", "uvloop", uvloop.Loop)):
+        factory, name = event_loop(choice)
+        loop = factory()
+        try:
+            assert name == expected and isinstance(loop, kind)
+        finally:
+            loop.close()
+    factory, name = event_loop("asyncio")
+    loop = factory()
+    try:
+        assert name == "asyncio" and not isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    # Without uvloop: auto falls back to asyncio's loop, an explicit uvloop is refused with the fix.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert event_loop("auto")[1] == "asyncio"
+    with pytest.raises(ConfigError, match="--event-loop uvloop: uvloop is not installed"):
+        event_loop("uvloop")
