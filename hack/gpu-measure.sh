@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 WHEELS=.whl
 FILES=.gpu-files/minilm
-PINS=(grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2)
+PINS=(grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2 uvloop==0.23.0)
 # Windows sized so everything fits one 10-minute device command with room to spare (about 6 minutes).
 BENCH_DEFAULTS=(--seconds 10 --serve-seconds 10)
 
