@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -30,88 +30,66 @@ class Recorder:
         return [f"{key}:{item.upper()}" for item in items]
 
 
-async def _hold_first(coalescer: Coalescer[str, str, str], recorder: Recorder) -> asyncio.Task[list[str]]:
-    """Starts a call whose run blocks the only worker until the gate opens."""
-    first = asyncio.ensure_future(coalescer("k", ["first"]))
-    assert await asyncio.get_running_loop().run_in_executor(None, recorder.started.wait, 10)
-    return first
+Calls = Sequence[tuple[str, list[str]]]
+
+
+async def behind_a_busy_worker(
+    calls: Calls, *, max_items: int = 100, meanwhile: Callable[[list[asyncio.Task[list[str]]]], object] | None = None
+) -> tuple[list[asyncio.Task[list[str]]], Recorder]:
+    """Holds the only worker with a first call, queues `calls` (key, items) behind it, runs `meanwhile` on their
+    futures, releases the worker; returns the futures, all done, and the recorder."""
+    recorder = Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        coalescer: Coalescer[str, str, str] = Coalescer(recorder, executor, workers=1, max_items=max_items)
+        first = asyncio.ensure_future(coalescer("k", ["first"]))
+        assert await asyncio.get_running_loop().run_in_executor(None, recorder.started.wait, 10)
+        futures = [asyncio.ensure_future(coalescer(key, items)) for key, items in calls]
+        await asyncio.sleep(0.01)
+        if meanwhile is not None:
+            meanwhile(futures)
+        recorder.gate.set()
+        assert await first == ["k:FIRST"]
+        await asyncio.wait(futures, timeout=10)
+    assert all(f.done() for f in futures)
+    return futures, recorder
 
 
 async def test_calls_waiting_together_run_once_and_each_gets_its_slice() -> None:
-    recorder = Recorder()
-    with ThreadPoolExecutor(1) as executor:
-        coalescer: Coalescer[str, str, str] = Coalescer(recorder, executor, workers=1, max_items=100)
-        first = await _hold_first(coalescer, recorder)
-        waiting = [asyncio.ensure_future(coalescer("k", [f"a{i}", f"b{i}"])) for i in range(4)]
-        await asyncio.sleep(0.01)
-        recorder.gate.set()
-        assert await first == ["k:FIRST"]
-        assert await asyncio.gather(*waiting) == [[f"k:A{i}", f"k:B{i}"] for i in range(4)]
+    futures, recorder = await behind_a_busy_worker([("k", [f"a{i}", f"b{i}"]) for i in range(4)])
+    assert [f.result() for f in futures] == [[f"k:A{i}", f"k:B{i}"] for i in range(4)]
     # One run for the first call, one for the four that waited behind it.
     assert recorder.runs == [("k", ["first"]), ("k", [x for i in range(4) for x in (f"a{i}", f"b{i}")])]
 
 
 async def test_a_run_holds_at_most_max_items_and_a_bigger_call_runs_alone() -> None:
-    recorder = Recorder()
-    with ThreadPoolExecutor(1) as executor:
-        coalescer: Coalescer[str, str, str] = Coalescer(recorder, executor, workers=1, max_items=4)
-        first = await _hold_first(coalescer, recorder)
-        sizes = (2, 2, 1, 6, 1)
-        calls = [
-            asyncio.ensure_future(coalescer("k", [f"{n}-{i}" for i in range(size)])) for n, size in enumerate(sizes)
-        ]
-        await asyncio.sleep(0.01)
-        recorder.gate.set()
-        await first
-        answers = await asyncio.gather(*calls)
-    assert answers == [[f"k:{n}-{i}" for i in range(size)] for n, size in enumerate(sizes)]
+    sizes = (2, 2, 1, 6, 1)
+    calls = [("k", [f"{n}-{i}" for i in range(size)]) for n, size in enumerate(sizes)]
+    futures, recorder = await behind_a_busy_worker(calls, max_items=4)
+    assert [f.result() for f in futures] == [[f"k:{n}-{i}" for i in range(size)] for n, size in enumerate(sizes)]
     # Oldest first: 2+2 fill a run, 1 cannot join the 6 (over 4), the 6 runs alone, then the last 1.
     assert [len(items) for _, items in recorder.runs] == [1, 4, 1, 6, 1]
 
 
 async def test_keys_are_never_mixed() -> None:
-    recorder = Recorder()
-    with ThreadPoolExecutor(1) as executor:
-        coalescer: Coalescer[str, str, str] = Coalescer(recorder, executor, workers=1, max_items=100)
-        first = await _hold_first(coalescer, recorder)
-        calls = [asyncio.ensure_future(coalescer(key, [item])) for key, item in (("x", "1"), ("y", "2"), ("x", "3"))]
-        await asyncio.sleep(0.01)
-        recorder.gate.set()
-        await first
-        assert await asyncio.gather(*calls) == [["x:1"], ["y:2"], ["x:3"]]
+    futures, recorder = await behind_a_busy_worker([("x", ["1"]), ("y", ["2"]), ("x", ["3"])])
+    assert [f.result() for f in futures] == [["x:1"], ["y:2"], ["x:3"]]
     assert sorted(recorder.runs[1:]) == [("x", ["1", "3"]), ("y", ["2"])]
 
 
 async def test_an_error_reaches_only_the_call_it_belongs_to() -> None:
-    recorder = Recorder()
-    with ThreadPoolExecutor(1) as executor:
-        coalescer: Coalescer[str, str, str] = Coalescer(recorder, executor, workers=1, max_items=100)
-        first = await _hold_first(coalescer, recorder)
-        good = asyncio.ensure_future(coalescer("k", ["ok"]))
-        bad = asyncio.ensure_future(coalescer("k", ["bad"]))
-        also_good = asyncio.ensure_future(coalescer("k", ["fine"]))
-        await asyncio.sleep(0.01)
-        recorder.gate.set()
-        await first
-        assert await good == ["k:OK"]
-        assert await also_good == ["k:FINE"]
-        with pytest.raises(ValueError, match="cannot run k"):
-            await bad
+    futures, _ = await behind_a_busy_worker([("k", ["ok"]), ("k", ["bad"]), ("k", ["fine"])])
+    good, bad, also_good = futures
+    assert good.result() == ["k:OK"]
+    assert also_good.result() == ["k:FINE"]
+    with pytest.raises(ValueError, match="cannot run k"):
+        bad.result()
 
 
 async def test_a_cancelled_call_leaves_the_others_answered() -> None:
-    recorder = Recorder()
-    with ThreadPoolExecutor(1) as executor:
-        coalescer: Coalescer[str, str, str] = Coalescer(recorder, executor, workers=1, max_items=100)
-        first = await _hold_first(coalescer, recorder)
-        gone = asyncio.ensure_future(coalescer("k", ["gone"]))
-        kept = asyncio.ensure_future(coalescer("k", ["kept"]))
-        await asyncio.sleep(0.01)
-        gone.cancel()
-        recorder.gate.set()
-        await first
-        assert await kept == ["k:KEPT"]
-        assert gone.cancelled()
+    futures, _ = await behind_a_busy_worker([("k", ["gone"]), ("k", ["kept"])], meanwhile=lambda f: f[0].cancel())
+    gone, kept = futures
+    assert gone.cancelled()
+    assert kept.result() == ["k:KEPT"]
 
 
 async def test_after_the_executor_shuts_down_calls_are_refused_not_left_waiting() -> None:

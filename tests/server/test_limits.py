@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from model_server.proto.bertmesh.v1 import inference_pb2 as pb
@@ -82,6 +83,35 @@ def test_tokens_per_input_reject_or_truncate(stub: pb_grpc.InferenceServiceStub)
     )
     cut = embed(stub, [words + " the"], truncate=True)
     assert cut.usage.tokens == MAX_TOKENS
+
+
+def test_requests_tokenised_together_each_get_their_own_answer_or_error(tiny_models: dict[str, Path]) -> None:
+    # No cache, so the requests sent at once are computed again, not answered from the first round.
+    argv = ("--max-tokens-per-input", str(MAX_TOKENS), "--cache-entries", "0")
+    server = ServerThread(config_for(tiny_models["embedding"], *argv)).start()
+    words = " ".join(["the"] * (MAX_TOKENS - 2))  # + [CLS] and [SEP] = exactly MAX_TOKENS
+    requests = [[f"text {i} {j}" for j in range(i % 3 + 1)] for i in range(24)]
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            alone = [embed(stub, inputs) for inputs in requests]
+            # All at once, so the tokenizer takes them in groups: each request still gets its own vectors, and
+            # one over the token limit fails alone, naming its own input.
+            calls = [stub.Embed.future(pb.EmbedRequest(inputs=inputs), timeout=30) for inputs in requests]
+            over = [stub.Embed.future(pb.EmbedRequest(inputs=["fine", words + " the"]), timeout=30) for _ in range(3)]
+            cut = stub.Embed.future(pb.EmbedRequest(inputs=[words + " the"], truncate=True), timeout=30)
+            for call, reply in zip(calls, alone, strict=True):
+                together = call.result()
+                assert together.usage.tokens == reply.usage.tokens > 0
+                for a, b in zip(together.embeddings, reply.embeddings, strict=True):
+                    np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-6)
+            for call in over:
+                err = call.exception()
+                assert isinstance(err, grpc.RpcError) and err.code() is grpc.StatusCode.INVALID_ARGUMENT
+                assert details(err).startswith(f"inputs[1]: {MAX_TOKENS + 1} tokens exceed max_tokens_per_input=")
+            assert cut.result().usage.tokens == MAX_TOKENS
+    finally:
+        server.stop()
 
 
 def test_an_embed_stream_error_names_the_message_it_is_in(stub: pb_grpc.InferenceServiceStub) -> None:
