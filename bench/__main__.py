@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fe.add_argument(
         "--serve-flags", default="", help="more `bertmesh serve` flags, e.g. '--event-loop asyncio' (an A/B)"
     )
+    fe.add_argument(
+        "--echo", action="store_true", help="the same loads against the echo server too: a bare grpc.aio floor"
+    )
     e = sub.add_parser("echo-server")
     e.add_argument("--port", type=int, required=True)
     a = p.parse_args(list(argv) if argv is not None else (sys.argv[1:] or ["run"]))
@@ -198,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from bench.feed import feed_bench
 
-        feed_bench(a.seconds, a.clients, Path(a.out) if a.out else None, shlex.split(a.serve_flags))
+        feed_bench(a.seconds, a.clients, Path(a.out) if a.out else None, shlex.split(a.serve_flags), a.echo)
         return 0
     if a.command == "profile":
         from bench.profile import profile

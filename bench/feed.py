@@ -8,7 +8,7 @@ exactly the serving path. The gpu_serve loads drive it over gRPC from client pro
 answered tokens/s, the server's CPU cores, tokens per server CPU-second, the event-loop (main) thread's CPU
 share (the part that holds the GIL), p50/p99.
 
-  python -m bench feed [--seconds 8] [--clients 2] [--out DIR] [--serve-flags '--event-loop asyncio']
+  python -m bench feed [--seconds 8] [--clients 2] [--out DIR] [--serve-flags '--event-loop asyncio'] [--echo]
 
 The rate here is bounded by this machine's cores (clients and server share them): read tokens per server
 CPU-second and the main thread's share, which carry to a machine with more cores.
@@ -103,21 +103,37 @@ def _load(server: ServerProcess, port: int, scenario: Scenario, clients: int, se
     }
 
 
-def feed_bench(seconds: float, clients: int, out: Path | None, serve_flags: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Every load against one free-engine server (`serve_flags` added to its own); prints a table and writes
-    feed.json."""
-    out = out or ROOT / "bench" / "results" / time.strftime("feed-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    argv = [sys.executable, "-m", "bench", "feed-server", "--port", str(port), *SERVER_FLAGS]
-    argv += ["--device", "cpu", "--drain-delay-seconds", "0", "--log-level", "WARNING", *serve_flags]
-    server = ServerProcess("bertmesh-free-engine", argv, out / "server.log", {}, ROOT)
-    rows = []
+def _measure(
+    name: str, argv: Sequence[str], port: int, log: Path, clients: int, seconds: float
+) -> list[dict[str, Any]]:
+    """Every load against one server process started from `argv`; rows named "<name>: <load>" but bertmesh's."""
+    server = ServerProcess(name, list(argv), log, {}, ROOT)
     try:
         server.wait_ready(_health_check(port), timeout=300)
         rows = [_load(server, port, s, clients, seconds) for s in LOADS]
     finally:
         server.stop()
+    if name != "bertmesh-free-engine":
+        rows = [r | {"load": f"{name}: {r['load']}"} for r in rows]
+    return rows
+
+
+def feed_bench(
+    seconds: float, clients: int, out: Path | None, serve_flags: Sequence[str] = (), echo: bool = False
+) -> list[dict[str, Any]]:
+    """Every load against one free-engine server (`serve_flags` added to its own), and with `echo` against the
+    bench's echo server (a bare grpc.aio Embed answering zero vectors: the floor of a Python gRPC server);
+    prints a table and writes feed.json."""
+    out = out or ROOT / "bench" / "results" / time.strftime("feed-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [sys.executable, "-m", "bench", "feed-server", "--port", str(port), *SERVER_FLAGS]
+    argv += ["--device", "cpu", "--drain-delay-seconds", "0", "--log-level", "WARNING", *serve_flags]
+    rows = _measure("bertmesh-free-engine", argv, port, out / "server.log", clients, seconds)
+    if echo:
+        port = free_port()
+        argv = [sys.executable, "-m", "bench", "echo-server", "--port", str(port)]
+        rows += _measure("echo", argv, port, out / "echo.log", clients, seconds)
     (out / "feed.json").write_text(json.dumps(rows, indent=1))
     print(table(rows))
     print(f"results in {out}")

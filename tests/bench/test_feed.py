@@ -42,13 +42,15 @@ def test_the_feed_server_is_bertmesh_serve_answering_without_computing(tmp_path:
     assert reply.usage.tokens > 0
 
 
-def test_both_loads_are_measured_and_written(tmp_path: Path) -> None:
+def test_both_loads_are_measured_and_written_for_bertmesh_and_the_echo_floor(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "bench", "feed", "--seconds", "1", "--clients", "1", "--out", str(tmp_path)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    done = subprocess.run([*argv, "--echo"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((tmp_path / "feed.json").read_text())
-    assert [r["load"] for r in rows] == ["1-8 texts, c=64", "64 texts, c=16"]
+    loads = ["1-8 texts, c=64", "64 texts, c=16"]
+    assert [r["load"] for r in rows] == [*loads, *(f"echo: {load}" for load in loads)]
     for row in rows:
         assert row["tokens_per_s"] > 0 and row["requests_per_s"] > 0 and not row["failures"]
         assert row["main_thread_cores"] >= 0 and row["p99_ms"] >= row["p50_ms"] > 0
-    assert done.stdout.count("| 1-8 texts") == 1 and "tokens per server CPU-s" in done.stdout
+    assert done.stdout.count("| 1-8 texts") == 1 and done.stdout.count("| echo: 1-8 texts") == 1
+    assert "tokens per server CPU-s" in done.stdout
