@@ -45,18 +45,20 @@ SERVER_FLAGS += ("--http-port", "0", "--metrics-port", "0")
 
 
 class FreeEngine:
-    """A Backend that computes nothing: each embedding input gets the same vector (0.5 throughout), at once."""
+    """A Backend that computes nothing: each embedding input gets the same vector (0.5 throughout, or that at unit
+    length where the input asks to be normalised, as a real engine's head does), at once."""
 
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
         self._row: FloatArray = np.full(info.hidden_size, 0.5, np.float32)
+        self._unit: FloatArray = self._row / np.float32(np.sqrt(self._row.dot(self._row)))
 
     def warmup(self, sample: Sequence[int]) -> None:
         """Nothing to warm."""
 
     def run(self, inputs: Sequence[ModelInput]) -> list[FloatArray]:
         """One constant vector per input."""
-        return [self._row] * len(inputs)
+        return [self._unit if item.normalize else self._row for item in inputs]
 
 
 def serve_free(argv: Sequence[str]) -> int:

@@ -49,14 +49,16 @@ class Pooling(Enum):
 class ModelInput:
     """One tokenised input as the model sees it.
 
-    `pooling` is set for embedding models; `positions` lists the token positions whose vocabulary logits a
-    fill-mask model returns; `type_ids` are the token types of a pair (None: type 0 throughout).
+    `pooling` is set for embedding models, and `normalize` asks for the pooled vector at unit length;
+    `positions` lists the token positions whose vocabulary logits a fill-mask model returns; `type_ids` are the
+    token types of a pair (None: type 0 throughout).
     """
 
     ids: tuple[int, ...]
     pooling: Pooling | None = None
     positions: tuple[int, ...] | None = None
     type_ids: tuple[int, ...] | None = None
+    normalize: bool = False
 
 
 class Options(Hashable, Protocol):

@@ -6,15 +6,16 @@ Served by Embed and EmbedStream (bertmesh.v1) and by ModelInfer's FP32 output 'e
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from model_server.description import ModelDescription
 from model_server.errors import InvalidArgument
 from model_server.oip_tensors import OutputTensor, Parameters, float_matrix, parameter
-from model_server.postprocess import l2_normalize
 from model_server.proto.bertmesh.v1 import inference_pb2 as pb
 from model_server.tasks.base import (
     EncoderOutput,
@@ -46,11 +47,12 @@ class EmbedOptions:
 
 
 def _prepare(enc: Encoded, index: int, options: EmbedOptions, served: Served) -> ModelInput:
-    return ModelInput(enc.ids, options.pooling)
+    return ModelInput(enc.ids, options.pooling, normalize=options.normalize)
 
 
 def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
-    """Each input's mean or first-token ([CLS]) vector of the hidden states, in float32."""
+    """Each input's mean or first-token ([CLS]) vector of the hidden states, in float32, at unit length where
+    the input asks for it."""
     hidden = out.hidden().float()
     starts = hidden.new_tensor(list(out.starts)).long()
     lengths = hidden.new_tensor(list(out.lengths))
@@ -60,13 +62,20 @@ def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
     pooled = hidden.new_empty(2 * len(inputs), hidden.shape[1])
     pooled[: len(inputs)] = sums / lengths[:, None]
     pooled[len(inputs) :] = hidden.index_select(0, starts)
+    if any(item.normalize for item in inputs):
+        # Scaled here, over the whole batch at once (on the device for a GPU), not vector by vector on the event
+        # loop: 1 / norm for the rows asked for (a zero vector stays zero), 1 for the others.
+        wanted = hidden.new_tensor([float(item.normalize) for item in inputs]).repeat(2)
+        norms = pooled.norm(dim=1).clamp_min(1e-12)
+        pooled.mul_((wanted / norms + (1 - wanted))[:, None])
     both = pooled.cpu().numpy()
     mean, cls = both[: len(inputs)], both[len(inputs) :]
     return [cls[row] if item.pooling is Pooling.CLS else mean[row] for row, item in enumerate(inputs)]
 
 
 def _finish(out: FloatArray, enc: Encoded, text: str, options: EmbedOptions, served: Served) -> FloatArray:
-    vector = l2_normalize(out) if options.normalize else out.astype(np.float32, copy=True)
+    # The head has normalised it where asked (ModelInput.normalize); a copy, so the cache holds no batch array.
+    vector = out.astype(np.float32, copy=True)
     vector.flags.writeable = False  # shared through the cache
     return vector
 
@@ -106,12 +115,18 @@ def embeddings_wire(rows: Sequence[FloatArray]) -> bytes:
     width = matrix.shape[1] * 4
     if width == 0:  # proto3 leaves an empty packed field out: each Embedding is empty
         return (_field_header(1, 0)) * len(rows)
-    inner = _field_header(1, width)  # Embedding.values, packed
-    header = np.frombuffer(_field_header(1, len(inner) + width) + inner, np.uint8)  # EmbedResponse.embeddings
+    header = _row_header(width)
     wire = np.empty((len(rows), len(header) + width), np.uint8)
     wire[:, : len(header)] = header
     wire[:, len(header) :] = matrix.view(np.uint8)
     return wire.tobytes()
+
+
+@functools.lru_cache(maxsize=16)  # one model width (and `dimensions` cuts): the same header for every row
+def _row_header(width: int) -> npt.NDArray[np.uint8]:
+    """The bytes before each row's floats: EmbedResponse.embeddings' tag and length, then Embedding.values'."""
+    inner = _field_header(1, width)  # Embedding.values, packed
+    return np.frombuffer(_field_header(1, len(inner) + width) + inner, np.uint8)  # read-only: shared
 
 
 def _field_header(field: int, length: int) -> bytes:

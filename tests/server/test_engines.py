@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,16 @@ def test_both_engines_give_the_same_outputs_for_every_task(tiny_models: dict[str
         batch = [ModelInput(item.ids, Pooling.CLS if n % 2 else Pooling.MEAN, (1, 2)) for n, item in enumerate(BATCH)]
         for ours, theirs in zip(packed.run(batch), padded.run(batch), strict=True):
             assert ours.shape == theirs.shape and np.allclose(ours, theirs, atol=1e-4), task
+
+
+@pytest.mark.parametrize("kind", ["packed", "transformers", "cuda"])
+def test_the_head_normalises_exactly_the_inputs_that_ask(tiny_models: dict[str, Path], kind: str) -> None:
+    settings = EngineConfig(device="cpu", kind=kind, bucket_tokens=256)
+    engine = create_engine(inspect_checkpoint(tiny_models["embedding"]), settings)
+    batch = [ModelInput(item.ids, Pooling.CLS if n % 3 else Pooling.MEAN) for n, item in enumerate(BATCH * 2)]
+    raw = engine.run(batch)
+    asked = engine.run([replace(item, normalize=n % 2 == 0) for n, item in enumerate(batch)])
+    for n, (plain, out) in enumerate(zip(raw, asked, strict=True)):
+        expected = plain / np.linalg.norm(plain) if n % 2 == 0 else plain
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+        assert n % 2 or abs(np.linalg.norm(out) - 1) < 1e-5
