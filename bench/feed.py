@@ -106,18 +106,16 @@ def _load(server: ServerProcess, port: int, scenario: Scenario, clients: int, se
 
 
 def _measure(
-    name: str, argv: Sequence[str], port: int, log: Path, clients: int, seconds: float
+    name: str, argv: Sequence[str], port: int, log: Path, clients: int, seconds: float, prefix: str = ""
 ) -> list[dict[str, Any]]:
-    """Every load against one server process started from `argv`; rows named "<name>: <load>" but bertmesh's."""
+    """Every load against one server process started from `argv`; each row's load name after `prefix`."""
     server = ServerProcess(name, list(argv), log, {}, ROOT)
     try:
         server.wait_ready(_health_check(port), timeout=300)
         rows = [_load(server, port, s, clients, seconds) for s in LOADS]
     finally:
         server.stop()
-    if name != "bertmesh-free-engine":
-        rows = [r | {"load": f"{name}: {r['load']}"} for r in rows]
-    return rows
+    return [r | {"load": prefix + r["load"]} for r in rows]
 
 
 def feed_bench(
@@ -135,7 +133,7 @@ def feed_bench(
     if echo:
         port = free_port()
         argv = [sys.executable, "-m", "bench", "echo-server", "--port", str(port)]
-        rows += _measure("echo", argv, port, out / "echo.log", clients, seconds)
+        rows += _measure("echo", argv, port, out / "echo.log", clients, seconds, prefix="echo: ")
     (out / "feed.json").write_text(json.dumps(rows, indent=1))
     print(table(rows))
     print(f"results in {out}")

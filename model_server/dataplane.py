@@ -33,6 +33,8 @@ T = TypeVar("T")
 
 __all__ = ["DataPlane", "ModelDescription", "Reply", "deadline_from"]
 
+# Threads that tokenise, each taking the requests waiting at the time (the tokenizer runs without the GIL).
+TOKENIZER_THREADS = 2
 # Texts per tokenizer call when requests are tokenised together: enough to pay the hand-over once for many small
 # requests, few enough (~8 ms of MiniLM's tokenizer on one core) that the first request of a group is not held
 # long by the last; a bigger request is tokenised alone.
@@ -71,10 +73,10 @@ class DataPlane:
         self._metrics = metrics
         # One compute thread: torch parallelises inside an op; two batches at once would fight for cores.
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="bertmesh-model")
-        self._tokenize = ThreadPoolExecutor(2, thread_name_prefix="bertmesh-tokenize")
+        self._tokenize = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="bertmesh-tokenize")
         # Requests waiting for the tokenizer together are tokenised together: one hop per group, not per request.
         self._encoder: Coalescer[tuple[bool, str | None], str, Encoded] = Coalescer(
-            self._encode_group, self._tokenize, workers=2, max_items=TEXTS_PER_TOKENIZER_CALL
+            self._encode_group, self._tokenize, workers=TOKENIZER_THREADS, max_items=TEXTS_PER_TOKENIZER_CALL
         )
         self._cache: ResultCache[TaskResult] = ResultCache(cache_entries)
         self._served = Served(model, tokenizer.mask_id, tokenizer.token_text)

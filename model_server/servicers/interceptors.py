@@ -44,6 +44,10 @@ class _MethodMetrics:
         self.latency = metrics.latency.labels(method)
         self.ok = metrics.requests.labels(method, grpc.StatusCode.OK.name)
 
+    def start(self) -> None:
+        """Records a call coming in."""
+        self.metrics.inflight.inc()
+
     def done(self, code: grpc.StatusCode, seconds: float) -> None:
         """Records one call's outcome."""
         self.metrics.inflight.dec()
@@ -61,7 +65,7 @@ class _Call:
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
         if metrics is not None:
-            metrics.metrics.inflight.inc()
+            metrics.start()
 
     async def fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
         """Records and answers an exception; never returns (context.abort raises)."""

@@ -3,8 +3,11 @@ the limit, and never INTERNAL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 
 from model_server.proto.bertmesh.v1 import inference_pb2 as pb
 from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
+from model_server.tokenization import Encoded, TextTokenizer
 from tests.server.harness import ServerThread, config_for, details, metric_value, scrape
 
 MAX_INPUTS, MAX_CHARS, MAX_TOKENS, MAX_BYTES = 4, 60, 12, 2000
@@ -85,33 +89,55 @@ def test_tokens_per_input_reject_or_truncate(stub: pb_grpc.InferenceServiceStub)
     assert cut.usage.tokens == MAX_TOKENS
 
 
-def test_requests_tokenised_together_each_get_their_own_answer_or_error(tiny_models: dict[str, Path]) -> None:
+def test_requests_tokenised_together_each_get_their_own_answer_or_error(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # No cache, so the requests sent at once are computed again, not answered from the first round.
     argv = ("--max-tokens-per-input", str(MAX_TOKENS), "--cache-entries", "0")
-    server = ServerThread(config_for(tiny_models["embedding"], *argv)).start()
+    server = ServerThread(config_for(tiny_models["embedding"], *argv, metrics=True)).start()
     words = " ".join(["the"] * (MAX_TOKENS - 2))  # + [CLS] and [SEP] = exactly MAX_TOKENS
     requests = [[f"text {i} {j}" for j in range(i % 3 + 1)] for i in range(24)]
+    # The tokenizer calls of the second round, each held until every request is in, so the others wait together.
+    calls: list[int] = []
+    release = threading.Event()
+    encode = TextTokenizer.encode
+
+    def held(self: TextTokenizer, texts: Sequence[str], **options: Any) -> list[Encoded]:
+        calls.append(len(texts))
+        release.wait(30)
+        return encode(self, texts, **options)
+
     try:
         with grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.InferenceServiceStub(channel)
             alone = [embed(stub, inputs) for inputs in requests]
-            # All at once, so the tokenizer takes them in groups: each request still gets its own vectors, and
-            # one over the token limit fails alone, naming its own input.
-            calls = [stub.Embed.future(pb.EmbedRequest(inputs=inputs), timeout=30) for inputs in requests]
+            monkeypatch.setattr(TextTokenizer, "encode", held)
+            # All at once: each request still gets its own vectors, and one over the token limit fails alone,
+            # naming its own input.
+            futures = [stub.Embed.future(pb.EmbedRequest(inputs=inputs), timeout=30) for inputs in requests]
             over = [stub.Embed.future(pb.EmbedRequest(inputs=["fine", words + " the"]), timeout=30) for _ in range(3)]
             cut = stub.Embed.future(pb.EmbedRequest(inputs=[words + " the"], truncate=True), timeout=30)
-            for call, reply in zip(calls, alone, strict=True):
-                together = call.result()
+            sent = len(futures) + len(over) + 1
+            deadline = time.monotonic() + 30
+            while metric_value(scrape(server), "bertmesh_inflight_requests") < sent and time.monotonic() < deadline:
+                time.sleep(0.01)
+            release.set()
+            for future, reply in zip(futures, alone, strict=True):
+                together = future.result()
                 assert together.usage.tokens == reply.usage.tokens > 0
                 for a, b in zip(together.embeddings, reply.embeddings, strict=True):
                     np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-6)
-            for call in over:
-                err = call.exception()
+            for future in over:
+                err = future.exception()
                 assert isinstance(err, grpc.RpcError) and err.code() is grpc.StatusCode.INVALID_ARGUMENT
                 assert details(err).startswith(f"inputs[1]: {MAX_TOKENS + 1} tokens exceed max_tokens_per_input=")
             assert cut.result().usage.tokens == MAX_TOKENS
     finally:
+        release.set()
         server.stop()
+    # Every text tokenised once, in far fewer calls than requests: the ones that waited went together.
+    assert sum(calls) == sum(map(len, requests)) + 2 * len(over) + 1
+    assert len(calls) <= 8 < sent, calls
 
 
 def test_an_embed_stream_error_names_the_message_it_is_in(stub: pb_grpc.InferenceServiceStub) -> None:
