@@ -72,6 +72,10 @@ class PackedOutput:
         logits: torch.Tensor = _layer(self._model.mlm_head, "language-model head")(self._states[list(rows)])
         return logits
 
+    def host(self, tensor: torch.Tensor) -> np.ndarray[Any, Any]:
+        """See EncoderOutput: a synchronous copy."""
+        return tensor.cpu().numpy()
+
 
 class PackedEngine(TorchEngine):
     """BERT on packed tokens, no padding."""

@@ -85,6 +85,10 @@ class PaddedOutput:
         logits: torch.Tensor = head(self._states()[at])
         return logits
 
+    def host(self, tensor: torch.Tensor) -> np.ndarray[Any, Any]:
+        """See EncoderOutput: a synchronous copy."""
+        return tensor.cpu().numpy()
+
 
 class TransformersEngine(TorchEngine):
     """Any architecture transformers loads, on padded batches."""

@@ -96,6 +96,10 @@ class EncoderOutput(Protocol):
     def vocabulary_logits(self, rows: Sequence[int]) -> Tensor:
         """The model's masked-language-model head on the given rows: [rows, vocabulary]."""
 
+    def host(self, tensor: Tensor) -> npt.NDArray[Any]:
+        """A tensor the head computed, copied to the host as a numpy array: the head's one copy off the device and
+        its last device operation (an engine may start the next batch's device work once it is queued)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Served:

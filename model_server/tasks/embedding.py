@@ -68,7 +68,7 @@ def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
         wanted = hidden.new_tensor([float(item.normalize) for item in inputs]).repeat(2)
         norms = pooled.norm(dim=1).clamp_min(1e-12)
         pooled.mul_((wanted / norms + (1 - wanted))[:, None])
-    both = pooled.cpu().numpy()
+    both = out.host(pooled)
     mean, cls = both[: len(inputs)], both[len(inputs) :]
     return [cls[row] if item.pooling is Pooling.CLS else mean[row] for row, item in enumerate(inputs)]
 

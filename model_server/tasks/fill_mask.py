@@ -85,7 +85,7 @@ def _prepare(enc: Encoded, index: int, options: FillMaskOptions, served: Served)
 def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
     """Each input's vocabulary logits at its mask positions [masks, vocabulary]."""
     rows = [start + pos for start, item in zip(out.starts, inputs, strict=True) for pos in item.positions or ()]
-    logits = out.vocabulary_logits(rows).float().cpu().numpy()
+    logits = out.host(out.vocabulary_logits(rows).float())
     return split_rows(logits, [len(item.positions or ()) for item in inputs])
 
 

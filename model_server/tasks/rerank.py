@@ -91,7 +91,7 @@ def _prepare(enc: Encoded, index: int, options: RerankOptions, served: Served) -
 
 def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
     """Each pair's logit [1]."""
-    return list(out.sequence_logits().float().cpu().numpy())
+    return list(out.host(out.sequence_logits().float()))
 
 
 def _finish(out: FloatArray, enc: Encoded, text: str, options: RerankOptions, served: Served) -> FloatArray:

@@ -68,7 +68,7 @@ def _check(options: ClassifyOptions) -> None:
 
 def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
     """Each input's logits [labels]."""
-    return list(out.sequence_logits().float().cpu().numpy())
+    return list(out.host(out.sequence_logits().float()))
 
 
 def classification(

@@ -85,7 +85,7 @@ _AGGREGATIONS = {a.value: a for a in Aggregation}
 
 def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
     """Each input's per-token logits [tokens, labels]."""
-    return split_rows(out.token_logits().float().cpu().numpy(), out.lengths)
+    return split_rows(out.host(out.token_logits().float()), out.lengths)
 
 
 def _finish(out: FloatArray, enc: Encoded, text: str, options: TokenClassifyOptions, served: Served) -> EntityList:
