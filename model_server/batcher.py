@@ -4,10 +4,11 @@ Inputs of many requests wait in one queue. Whenever the model is free, the next 
 cost models. A padding backend pays for inputs x longest: the batch is the oldest waiting input plus the inputs
 nearest to it in length, while that padded size fits the token budget, the input count fits the cap, and
 padding stays a small share of the work. A packed backend pays for real tokens only: the batch is the waiting
-inputs in arrival order while their tokens fit the budget and their count fits the cap. While the model is idle
-and less than a batch is waiting, formation waits at most `max_delay_s` for company. Admission is bounded by
-queued tokens: over the bound a request is refused whole with Overloaded (RESOURCE_EXHAUSTED) before anything
-is queued.
+inputs in arrival order while their tokens fit the budget and their count fits the cap. While less than a batch
+is waiting, formation waits at most `max_delay_s` (from the oldest input's arrival) for company. Up to
+`concurrency` batches run at once (for a backend that prepares the next batch while one computes); one by
+default. Admission is bounded by queued tokens: over the bound a request is refused whole with Overloaded
+(RESOURCE_EXHAUSTED) before anything is queued.
 Inputs whose deadline passed are failed with DeadlineExceeded and never computed; cancelled inputs are dropped.
 """
 
@@ -121,7 +122,8 @@ class _Pending(Generic[P, R]):
 
 
 class TokenBudgetBatcher(Generic[P, R]):
-    """Queues inputs (a token count and a payload each) and runs them in token-budget batches, one at a time."""
+    """Queues inputs (a token count and a payload each) and runs them in token-budget batches, `concurrency` at
+    a time."""
 
     def __init__(
         self,
@@ -129,6 +131,7 @@ class TokenBudgetBatcher(Generic[P, R]):
         limits: BatchLimits,
         *,
         padded: bool = True,
+        concurrency: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_expired: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -146,6 +149,8 @@ class TokenBudgetBatcher(Generic[P, R]):
         self._room = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._concurrency = concurrency
+        self._running: set[asyncio.Task[None]] = set()  # batches being computed
 
     @property
     def queued_tokens(self) -> int:
@@ -242,7 +247,8 @@ class TokenBudgetBatcher(Generic[P, R]):
         return batch
 
     async def _wait_for_company(self) -> bool:
-        """While idle with less than a batch queued, waits up to max_delay for more; True when it waited."""
+        """With less than a batch queued, waits up to max_delay (from the oldest's arrival) for more; True when it
+        waited."""
         if self._closing or self.limits.max_delay_s <= 0:
             return False
         if self._queued_tokens >= self.limits.max_batch_tokens:
@@ -262,9 +268,14 @@ class TokenBudgetBatcher(Generic[P, R]):
 
     async def _loop(self) -> None:
         while True:
+            if len(self._running) >= self._concurrency:
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+                continue
             if self._queued_tokens == 0 and not any(p.queued for p in self._queue):
                 self._queue.clear()
                 if self._closing:
+                    if self._running:
+                        await asyncio.wait(self._running)
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
@@ -274,7 +285,9 @@ class TokenBudgetBatcher(Generic[P, R]):
             self._expire(self._clock())
             batch = self._take()
             if batch:
-                await self._execute(batch)
+                running = asyncio.get_running_loop().create_task(self._execute(batch), name="batch")
+                self._running.add(running)
+                running.add_done_callback(self._running.discard)
 
     async def _execute(self, batch: list[_Pending[P, R]]) -> None:
         # Cancelled between selection and now: drop them, never compute for a caller who left.

@@ -167,11 +167,30 @@ async def test_a_failing_batch_fails_its_inputs_and_the_loop_goes_on() -> None:
     await batcher.close()
 
 
-async def test_close_finishes_admitted_inputs_then_refuses_new_ones() -> None:
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+async def test_up_to_concurrency_batches_compute_at_once(concurrency: int) -> None:
+    model = Recorder()
+    model.gate = asyncio.Event()
+    batcher: TokenBudgetBatcher[str, str] = TokenBudgetBatcher(
+        model, limits(max_batch_requests=1), concurrency=concurrency
+    )
+    batcher.start()
+    futures = batcher.submit([(10, p) for p in "abcde"], None)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert model.batches == [[p] for p in "abcde"[:concurrency]]  # the rest wait for a free slot
+    assert batcher.queued_inputs == 5 - concurrency
+    model.gate.set()
+    assert await asyncio.gather(*futures) == list("ABCDE")
+    await batcher.close()
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_close_finishes_admitted_inputs_then_refuses_new_ones(concurrency: int) -> None:
     model = Recorder(delay=0.01)
     stats: list[BatchStats] = []
     batcher: TokenBudgetBatcher[str, str] = TokenBudgetBatcher(
-        model, limits(max_batch_requests=2), on_batch=stats.append
+        model, limits(max_batch_requests=2), on_batch=stats.append, concurrency=concurrency
     )
     batcher.start()
     futures = batcher.submit([(10, str(i)) for i in range(6)], None)
