@@ -79,6 +79,9 @@ class EngineConfig:
     batch_tokens: int | None = None  # the batcher's token budget, which load-time timings match (None: by device)
     cuda_graphs: bool = True  # cuda engine: capture a CUDA graph per token bucket at warm-up (False: eager)
     bucket_tokens: int | None = None  # cuda engine: the largest token bucket; None: the batch token budget
+    # cuda engine: batches in flight at once (the next is prepared and queued on the device while one computes);
+    # None: 2 on a GPU, 1 on CPU. Other engines run one at a time.
+    inflight_batches: int | None = None
 
 
 # Environment variables that set an engine flag's default (read by engine_defaults only): name -> the value
@@ -253,6 +256,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         type=_positive,
         default=engine.bucket_tokens,
         help="cuda engine: the largest token bucket (default: --max-batch-tokens)",
+    )
+    e.add_argument(
+        "--inflight-batches",
+        type=_positive,
+        default=engine.inflight_batches,
+        help="cuda engine: batches in flight at once; with 2, the next batch's tensors are built, copied and "
+        "queued on the GPU while one computes (default: 2 on a GPU, 1 on CPU; other engines take 1)",
     )
     n = p.add_argument_group("network")
     n.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")

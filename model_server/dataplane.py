@@ -71,8 +71,9 @@ class DataPlane:
         self._tokenizer = tokenizer
         self._backend = backend
         self._metrics = metrics
-        # One compute thread: torch parallelises inside an op; two batches at once would fight for cores.
-        self._compute = ThreadPoolExecutor(1, thread_name_prefix="bertmesh-model")
+        # One compute thread per batch the backend takes at once: on CPU one (torch parallelises inside an op; two
+        # batches would fight for cores); the cuda engine prepares the next batch while one computes.
+        self._compute = ThreadPoolExecutor(backend.info.concurrent_batches, thread_name_prefix="bertmesh-model")
         self._tokenize = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="bertmesh-tokenize")
         # Requests waiting for the tokenizer together are tokenised together: one hop per group, not per request.
         self._encoder: Coalescer[tuple[bool, str | None], str, Encoded] = Coalescer(
@@ -84,6 +85,7 @@ class DataPlane:
             self._run_batch,
             model.batching,
             padded=not backend.info.packed,
+            concurrency=backend.info.concurrent_batches,
             on_batch=metrics.on_batch if metrics else None,
             on_expired=metrics.on_expired if metrics else None,
         )

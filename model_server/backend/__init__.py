@@ -26,6 +26,7 @@ class BackendInfo:
     num_labels: int
     engine: str = "transformers"
     kernels: str = ""  # the packed engine's CPU kernels, as chosen at load (model_server.backend.kernel_choice)
+    concurrent_batches: int = 1  # batches `run` may be computing at once, each called from its own thread
 
     @property
     def packed(self) -> bool:
@@ -34,7 +35,8 @@ class BackendInfo:
 
 
 class Backend(Protocol):
-    """A loaded model. `run` is called from one worker thread at a time, never on the event loop.
+    """A loaded model. `run` is called from worker threads, never on the event loop, by at most
+    `info.concurrent_batches` at once.
 
     Per input it returns what the task's head returns (model_server.tasks: e.g. the pooled vector [hidden] of an
     embedding, the logits [positions, vocabulary] of fill-mask).

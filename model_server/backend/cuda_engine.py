@@ -5,6 +5,11 @@ What a batch costs on the GPU is then one host-to-device copy (the layout vector
 launch, the task head's few kernels and its copy of the results to the host: no per-shape plan building, no
 per-batch kernel selection, and a launch count that does not depend on the batch's composition.
 
+Batches overlap (`inflight_batches`, 2 on a GPU): a batch holds the device from its layout copy until its results'
+copy off the device is queued, then waits for that copy without it, so the next batch's layout is built, copied
+and its graph queued while this one still computes. One stream orders them: a graph's static tensors and the
+shared graph memory pool are reused only after the previous batch's head has read them.
+
 Per layer: the fused query/key/value projection (model_server.backend.packed_bert), variable-length attention
 (model_server.backend.varlen), the output projection, residual and layer norm, the feed-forward pair and again
 residual and layer norm, all PyTorch ops. Fusion, by what pays on a GPU: biases ride in the matrix multiplies
@@ -20,11 +25,13 @@ layout, the padding and the layer loop against transformers there, with the refe
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any
 
+import numpy as np
 import torch
 
 from model_server.backend import ModelInput
@@ -34,7 +41,7 @@ from model_server.backend.packed_engine import PackedOutput
 from model_server.backend.torch_engine import TorchEngine
 from model_server.backend.varlen import VarlenAttention, choose
 from model_server.config import DEFAULT_BATCH_TOKENS, EngineConfig
-from model_server.tasks.base import TaskSpec
+from model_server.tasks.base import FloatArray, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,51 @@ class CapturedBucket:
     states: torch.Tensor
 
 
+class DeviceTurn:
+    """One batch's hold on the device: taken before its first copy to the device, given up (once) when its
+    results' copy off the device is queued, or when the batch ends."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        lock.acquire()
+        self._lock: threading.Lock | None = lock
+
+    @property
+    def held(self) -> bool:
+        """Whether this batch still holds the device."""
+        return self._lock is not None
+
+    def release(self) -> None:
+        """Lets the next batch queue its device work behind this one's."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+
+class CudaOutput(PackedOutput):
+    """A packed batch's hidden states whose copy to the host ends the batch's turn on the device."""
+
+    def __init__(self, turn: DeviceTurn, *args: Any) -> None:
+        super().__init__(*args)
+        self._turn = turn
+
+    def host(self, tensor: torch.Tensor) -> np.ndarray[Any, Any]:
+        """See EncoderOutput: queued into pinned memory, the device handed to the next batch, then waited for."""
+        if not self._turn.held:
+            # The next batch's graph may already be writing the memory this head reads.
+            raise RuntimeError("a task head copies off the device once, as its last device operation")
+        if tensor.device.type != "cuda":
+            array = tensor.cpu().numpy()
+            self._turn.release()
+            return array
+        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        pinned.copy_(tensor, non_blocking=True)
+        copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        copied.record()
+        self._turn.release()
+        copied.synchronize()  # without the GIL: the event loop and the next batch's preparation run meanwhile
+        return pinned.numpy()
+
+
 class CudaEngine(TorchEngine):
     """BERT on bucket-padded packed tokens, variable-length attention, a CUDA graph per bucket."""
 
@@ -98,16 +150,19 @@ class CudaEngine(TorchEngine):
         self._pad_id = pad_id
         self._use_graphs = device.type == "cuda" and settings.cuda_graphs and attention.capturable
         self._pinned = device.type == "cuda"
-        self._host = self._host_buffer(Layout(self.buckets[-1], sequence_slots(self.buckets[-1])).size)
         self.graphs: dict[int, CapturedBucket] = {}
         self.eager_batches = 0  # batches run without a graph (CPU, no capturable attention, or too big)
+        self._device_lock = threading.Lock()  # see DeviceTurn
         super().__init__(task, device, precision, model.config)
+        inflight = settings.inflight_batches or (2 if device.type == "cuda" else 1)
+        self.info = replace(self.info, concurrent_batches=inflight)
         log.info(
-            "cuda engine: attention %s, %d token buckets up to %d, CUDA graphs %s",
+            "cuda engine: attention %s, %d token buckets up to %d, CUDA graphs %s, %d batches in flight",
             attention.name,
             len(self.buckets),
             self.buckets[-1],
             "at warm-up" if self._use_graphs else "off",
+            inflight,
         )
 
     @staticmethod
@@ -116,23 +171,30 @@ class CudaEngine(TorchEngine):
         return supports(config)
 
     def _host_buffer(self, size: int) -> torch.Tensor:
-        # Pinned host memory: the copy to the device is a true asynchronous DMA, not a staged pageable copy.
+        # Pinned host memory: the copy to the device is a true asynchronous DMA, not a staged pageable copy. One per
+        # batch, from torch's pinned-memory cache, which reuses a buffer only once the copies queued from it are
+        # done: a batch's layout is written while the previous batch's copy may still be pending.
         return torch.empty(size, dtype=torch.int32, pin_memory=self._pinned)
 
     def layout_for(self, lengths: Sequence[int]) -> Layout:
         """The layout a batch of these lengths runs in (see model_server.backend.buckets.layout_for)."""
         return layout_for(lengths, self.buckets)
 
-    def encode(self, inputs: Sequence[ModelInput]) -> PackedOutput:
-        """The hidden states of the batch's tokens, packed (see model_server.backend.EncoderOutput)."""
-        lengths = [len(item.ids) for item in inputs]
-        layout = self.layout_for(lengths)
-        if self._host.numel() < layout.size:
-            self._host = self._host_buffer(layout.size)
-        host = self._host[: layout.size]
-        # The previous batch's copy from this buffer is complete: its results were read back before this call.
+    def run(self, inputs: Sequence[ModelInput]) -> list[FloatArray]:
+        """Computes one batch (see model_server.backend.Backend); up to `info.concurrent_batches` at once."""
+        layout = self.layout_for([len(item.ids) for item in inputs])
+        host = self._host_buffer(layout.size)
         types = [item.type_ids for item in inputs] if any(item.type_ids for item in inputs) else None
-        fill(host.numpy(), [item.ids for item in inputs], layout, self._pad_id, types)
+        fill(host.numpy(), [item.ids for item in inputs], layout, self._pad_id, types)  # before the turn: host only
+        turn = DeviceTurn(self._device_lock)
+        try:
+            with torch.inference_mode():
+                return self._head(self._encode(host, layout, inputs, turn), inputs)
+        finally:
+            turn.release()
+
+    def _encode(self, host: torch.Tensor, layout: Layout, inputs: Sequence[ModelInput], turn: DeviceTurn) -> CudaOutput:
+        lengths = [len(item.ids) for item in inputs]
         captured = self.graphs.get(layout.tokens)
         if captured is not None and captured.layout == layout:
             captured.packed.copy_(host, non_blocking=True)
@@ -143,8 +205,8 @@ class CudaEngine(TorchEngine):
             packed = host.to(self._device, non_blocking=True)
             states = self.encoder(packed, layout)
         first_rows = packed[layout.offsets][: len(lengths)]  # each input's first row, already on the device
-        return PackedOutput(
-            self.model, states[: sum(lengths)], first_rows, lengths, list(accumulate([0, *lengths[:-1]]))
+        return CudaOutput(
+            turn, self.model, states[: sum(lengths)], first_rows, lengths, list(accumulate([0, *lengths[:-1]]))
         )
 
     def warmup(self, sample: Sequence[int]) -> None:

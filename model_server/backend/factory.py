@@ -50,4 +50,9 @@ def create_engine(checkpoint: Checkpoint, settings: EngineConfig, pad_id: int = 
     task = spec(checkpoint.task)
     model = load_model_class(checkpoint, task, precision)
     engine = ENGINES[resolve_engine(settings.kind, model.config, device.type)]
+    if (settings.inflight_batches or 1) > 1 and engine is not CudaEngine:
+        raise ConfigError(
+            f"--inflight-batches {settings.inflight_batches}: only the cuda engine runs batches concurrently; "
+            f"this model runs on the {engine.name} engine, one batch at a time (leave --inflight-batches unset)"
+        )
     return engine(model, task, device, precision, settings, pad_id)

@@ -4,6 +4,7 @@ any composition with no capture or compilation after warm-up, and a bounded numb
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,15 @@ def test_launches_per_batch_are_bounded_whatever_the_composition(cuda: torch.dev
         assert not any("cudnn" in name.lower() for name in names)  # no per-shape cuDNN attention plans
         counts.add(kernels)
     assert len(counts) == 1  # the same launches for every composition
+
+
+def test_batches_in_flight_together_equal_batches_run_alone(cuda: torch.device, models: dict[str, Path]) -> None:
+    # Two threads: one batch's layout copy and graph are queued while the other's results are still being copied.
+    engine = _engine(models["embedding"], "fp16", inflight_batches=2)
+    assert engine.info.concurrent_batches == 2 and engine.graphs
+    batches = _random_batches(48, seed=4)
+    alone = [engine.run(batch) for batch in batches]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(engine.run, batches * 3))
+    for a, b in zip(alone * 3, together, strict=True):  # not bitwise: the head's index_add_ sums by atomics
+        assert all(np.allclose(x, y, atol=1e-3) for x, y in zip(a, b, strict=True))

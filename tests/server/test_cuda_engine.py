@@ -3,10 +3,15 @@ loop against transformers for every task head, and the factory's choice of it.""
 
 from __future__ import annotations
 
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -20,8 +25,12 @@ from model_server.backend.transformers_engine import TransformersEngine
 from model_server.backend.varlen import VarlenAttention, agrees_with_reference, choose, reference
 from model_server.checkpoint import inspect_checkpoint
 from model_server.config import EngineConfig, parse_args
+from model_server.errors import ConfigError
+from model_server.proto.bertmesh.v1 import inference_pb2 as pb
+from model_server.proto.bertmesh.v1 import inference_pb2_grpc as pb_grpc
 from model_server.tasks import Pooling
 from tests.server.checkpoints import inputs_of_lengths
+from tests.server.harness import ServerThread, config_for
 
 # Buckets with bucket_tokens=256: 64, 128, 192, 256 (32 to 128 sequence slots).
 EDGE_CASES = {
@@ -151,3 +160,105 @@ def test_on_cpu_every_batch_runs_eagerly(engines: dict[str, tuple[Any, Any]]) ->
     cuda.run(inputs_of_lengths([4]))
     assert cuda.graphs == {} and cuda.eager_batches > before
     assert cuda.info.engine == "cuda" and cuda.info.packed
+
+
+def _inflight_engine(path: Path) -> CudaEngine:
+    settings = EngineConfig(device="cpu", kind="cuda", bucket_tokens=256, inflight_batches=2)
+    engine = create_engine(inspect_checkpoint(path), settings)
+    assert isinstance(engine, CudaEngine)
+    return engine
+
+
+def test_batches_in_flight_default_to_one_on_cpu_and_follow_the_setting(tiny_models: dict[str, Path]) -> None:
+    checkpoint = inspect_checkpoint(tiny_models["embedding"])
+    assert create_engine(checkpoint, EngineConfig(device="cpu", kind="cuda")).info.concurrent_batches == 1
+    assert _inflight_engine(tiny_models["embedding"]).info.concurrent_batches == 2
+    assert create_engine(checkpoint, EngineConfig(device="cpu", kind="packed")).info.concurrent_batches == 1
+    with pytest.raises(ConfigError, match=r"--inflight-batches 2: only the cuda engine .* packed engine"):
+        create_engine(checkpoint, EngineConfig(device="cpu", kind="packed", inflight_batches=2))
+    assert parse_args(["--inflight-batches", "3"], env={}).engine.inflight_batches == 3
+    assert parse_args([], env={}).engine.inflight_batches is None
+
+
+def test_a_batch_hands_the_device_on_once_its_copy_to_the_host_is_queued(tiny_models: dict[str, Path]) -> None:
+    engine = _inflight_engine(tiny_models["embedding"])
+    first, second = inputs_of_lengths([7, 30]), inputs_of_lengths([12])
+    expected = engine.run(first), engine.run(second)
+    copied, go_on = threading.Event(), threading.Event()
+    real_head = engine._head
+
+    def held_head(out: Any, inputs: Any) -> Any:
+        rows = real_head(out, inputs)  # its copy to the host is the last device operation
+        if inputs is first:
+            copied.set()
+            assert go_on.wait(30)  # the first batch still running: its host-side work is not done
+        return rows
+
+    engine._head = held_head
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(engine.run, first)
+        assert copied.wait(30)
+        # With the device held for the whole batch, this would wait for `go_on` and time out.
+        later = pool.submit(engine.run, second).result(timeout=30)
+        go_on.set()
+        for ours, want in zip([*running.result(timeout=30), *later], [*expected[0], *expected[1]], strict=True):
+            assert np.array_equal(ours, want)
+
+
+def test_batches_computed_concurrently_equal_those_computed_alone(tiny_models: dict[str, Path]) -> None:
+    engine = _inflight_engine(tiny_models["fill-mask"])
+    rng = random.Random(3)
+    batches = [inputs_of_lengths([rng.randint(2, 60) for _ in range(rng.randint(1, 6))]) for _ in range(24)]
+    batches = [[replace(item, positions=(0, len(item.ids) - 1)) for item in batch] for batch in batches]
+    alone = [engine.run(batch) for batch in batches]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(engine.run, batches))
+    for a, b in zip(alone, together, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_head_that_copies_off_the_device_twice_is_refused(tiny_models: dict[str, Path]) -> None:
+    engine = _inflight_engine(tiny_models["embedding"])
+
+    def twice(out: Any, inputs: Any) -> Any:
+        out.host(out.hidden())
+        return out.host(out.hidden())  # the next batch may already be overwriting these states
+
+    engine._head = twice
+    with pytest.raises(RuntimeError, match="copies off the device once"):
+        engine.run(inputs_of_lengths([5]))
+
+
+def test_a_server_keeps_two_batches_in_flight_and_answers_each_request_its_own(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, most = [0], [0]
+    lock = threading.Lock()
+    run = CudaEngine.run
+
+    def counted(self: CudaEngine, inputs: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.02)  # a batch that takes a while, so the next one is there to overlap it
+            return run(self, inputs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    argv = ["--engine", "cuda", "--inflight-batches", "2", "--cache-entries", "0", "--max-batch-requests", "3"]
+    server = ServerThread(config_for(tiny_models["embedding"], *argv)).start()
+    requests = [[f"text {i} {j}" for j in range(i % 4 + 1)] for i in range(30)]
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            alone = [stub.Embed(pb.EmbedRequest(inputs=inputs), timeout=30) for inputs in requests]
+            monkeypatch.setattr(CudaEngine, "run", counted)
+            futures = [stub.Embed.future(pb.EmbedRequest(inputs=inputs), timeout=30) for inputs in requests]
+            for future, reply in zip(futures, alone, strict=True):
+                for a, b in zip(future.result().embeddings, reply.embeddings, strict=True):
+                    np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-6)
+    finally:
+        server.stop()
+    assert most[0] == 2  # two batches at once, never more
