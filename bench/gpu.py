@@ -8,10 +8,13 @@
 Parts (`--parts`, default all):
   engine      MiniLM and BERT-base shapes (random weights, bench.gpu_models) at each precision through bertmesh's
               own loader and engine, batches as the server's batcher forms them from a never-empty queue, back to
-              back: tokens/s and model FLOP utilisation (useful FLOPs of real tokens, bench.flops) against the
-              bf16 matmul peak measured in the same run (and the data sheet's, where known).
+              back (as many at once as the engine keeps in flight): tokens/s and model FLOP utilisation (useful
+              FLOPs of real tokens, bench.flops) against the bf16 matmul peak measured in the same run (and the
+              data sheet's, where known). With the cuda engine, the first model and precision also run with the
+              other number of batches in flight (1 on CUDA, 2 on CPU): the A/B of pipelining.
   first-pass  64 batch compositions the engine has never seen, timed on their first pass and on the third.
-  serve       `bertmesh serve` over gRPC from several client processes (bench.gpu_serve).
+  serve       `bertmesh serve` over gRPC from several client processes (bench.gpu_serve); with the cuda engine,
+              the first model's 1-8-text c=64 and 64-text loads again with the other number of batches in flight.
   peers       sentence-transformers `encode` and plain transformers on length-sorted padded batches
               (bench.gpu_peers).
 Results: results.json and summary.md (one table with ratios) in --out (default bench/results/gpu-<time>/).
@@ -24,7 +27,9 @@ import json
 import random
 import tempfile
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,13 +112,21 @@ def measure(
         backend.run([ModelInput(ids, model.default_pooling) for ids in batch])
     lengths: list[int] = []
     count = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        batch = batches[count % len(batches)]
-        backend.run([ModelInput(ids, model.default_pooling) for ids in batch])  # returns host arrays: synced
-        lengths.extend(len(ids) for ids in batch)
-        count += 1
-    elapsed = time.perf_counter() - start
+    inflight = backend.info.concurrent_batches
+    # As the server runs them: `inflight` batches at once, each from its own thread (run returns host arrays).
+    with ThreadPoolExecutor(inflight, thread_name_prefix="bench-batch") as pool:
+        pending: deque[Future[Any]] = deque()
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            if len(pending) == inflight:
+                pending.popleft().result()
+            batch = batches[count % len(batches)]
+            pending.append(pool.submit(backend.run, [ModelInput(ids, model.default_pooling) for ids in batch]))
+            lengths.extend(len(ids) for ids in batch)
+            count += 1
+        for done in pending:
+            done.result()
+        elapsed = time.perf_counter() - start
     shares: dict[str, float] = {}
     if profile:
         from torch.profiler import ProfilerActivity
@@ -131,6 +144,7 @@ def measure(
         "precision": backend.info.precision,
         "engine": backend.info.engine,
         "kernels": backend.info.kernels,
+        "inflight_batches": inflight,
         "max_batch_tokens": limits.max_batch_tokens,
         "batches": count,
         "tokens_per_s": sum(lengths) / elapsed,
@@ -216,7 +230,13 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
                 for m in options.models
                 for p in options.precisions
             ]
-            for row, model in zip(rows, [m for m in options.models for _ in options.precisions], strict=True):
+            models = [m for m in options.models for _ in options.precisions]
+            if rows[0]["engine"] == "cuda":  # the pipelining A/B: the other number of batches in flight
+                model, precision = options.models[0], options.precisions[0]
+                other = {"kind": options.engine, "inflight_batches": other_inflight(device)}
+                rows.append(measure(dirs[model], shapes[model], precision, device, options.seconds, engine=other))
+                models.append(model)
+            for row, model in zip(rows, models, strict=True):
                 row["model"] = model
                 row["mfu_measured_peak"] = row["useful_flops_per_s"] / peak
                 row["mfu_nominal_peak"] = row["useful_flops_per_s"] / nominal if nominal else None
@@ -237,6 +257,11 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
     print(write_report(result, out))
     print(f"results in {out}")
     return result
+
+
+def other_inflight(device: str) -> int:
+    """The batches in flight that the A/B compares with the default (2 on CUDA, 1 on CPU): the other one."""
+    return 1 if device == "cuda" else 2
 
 
 def options_from(args: Mapping[str, Any]) -> GpuBenchOptions:

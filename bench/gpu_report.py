@@ -39,7 +39,9 @@ def table(result: dict[str, Any]) -> str:
         HEADER,
     ]
     for r in result.get("rows", []):
-        lines.append(_row("engine", r, f"in process, {r['engine']} engine", baseline))
+        inflight = r.get("inflight_batches", 1)
+        what = f"in process, {r['engine']} engine, {inflight} batch{'es' if inflight > 1 else ''} in flight"
+        lines.append(_row("engine", r, what, baseline))
     first = result.get("first_pass")
     if first:
         rates = first["tokens_per_s_by_pass"]
@@ -49,8 +51,10 @@ def table(result: dict[str, Any]) -> str:
     for r in result.get("serve", []):
         latency = f"{_num(r['p50_ms'], '{:.1f}')} / {_num(r['p99_ms'], '{:.1f}')}"
         gpu = _num(r["gpu_busy_percent"], "{:.0f} %")
-        what = f"gRPC, {r['scenario']}, {r['client_processes']} client processes" + (
-            f", failures {r['failures']}" if r["failures"] else ""
+        what = (
+            f"gRPC, {r['scenario']}, {r['client_processes']} client processes"
+            + (f", --inflight-batches {r['inflight_batches']}" if r.get("inflight_batches") else "")
+            + (f", failures {r['failures']}" if r["failures"] else "")
         )
         lines.append(
             _row("serve", r, what, baseline, latency=latency, gpu=gpu, cores=_num(r["server_cpu_cores"], "{:.1f}"))

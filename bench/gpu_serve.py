@@ -173,21 +173,39 @@ def _run(server: ServerProcess, port: int, scenario: Scenario, options: GpuBench
 
 
 def serve_bench(dirs: dict[str, Path], options: GpuBenchOptions, out: Path) -> list[dict[str, Any]]:
-    """Every scenario, one server per model (first precision), started and stopped here."""
+    """Every scenario, one server per model (first precision), started and stopped here; then the first model's
+    1-8-text c=64 and 64-text loads again on a server with the other number of batches in flight (the
+    pipelining A/B: bench.gpu.other_inflight)."""
+    from bench.gpu import other_inflight
+
     rows = []
     plan = scenarios(options.models, options.clients)
     for model in dict.fromkeys(s.model for s in plan):
-        port = free_port()
-        argv = [sys.executable, "-m", "bertmesh_cli", "serve", "--model", str(dirs[model]), "--port", str(port)]
-        argv += ["--device", options.device, "--precision", options.precisions[0], "--cache-entries", "0"]
-        argv += ["--metrics-port", "0", "--drain-delay-seconds", "0", "--log-level", "WARNING"]
-        argv += ["--engine", options.engine]
-        server = ServerProcess(f"bertmesh-{model}", argv, out / f"serve-{model}.log", {}, ROOT)
-        try:
-            server.wait_ready(_health_check(port), timeout=600)
-            rows += [
-                _run(server, port, s, options) | {"precision": options.precisions[0]} for s in plan if s.model == model
-            ]
-        finally:
-            server.stop()
+        rows += _serve(dirs[model], model, [s for s in plan if s.model == model], options, out, None)
+    cuda_engine = options.engine == "cuda" or (options.engine == "auto" and options.device == "cuda")
+    if cuda_engine:  # the only engine with batches in flight together
+        first = plan[0].model
+        again = [s for s in plan if s.model == first and s.concurrency != 256]
+        rows += _serve(dirs[first], first, again, options, out, other_inflight(options.device))
     return rows
+
+
+def _serve(
+    model_dir: Path, model: str, plan: list[Scenario], options: GpuBenchOptions, out: Path, inflight: int | None
+) -> list[dict[str, Any]]:
+    port = free_port()
+    argv = [sys.executable, "-m", "bertmesh_cli", "serve", "--model", str(model_dir), "--port", str(port)]
+    argv += ["--device", options.device, "--precision", options.precisions[0], "--cache-entries", "0"]
+    argv += ["--metrics-port", "0", "--drain-delay-seconds", "0", "--log-level", "WARNING"]
+    argv += ["--engine", options.engine]
+    name = f"bertmesh-{model}"
+    if inflight is not None:
+        argv += ["--inflight-batches", str(inflight)]
+        name += f"-inflight-{inflight}"
+    server = ServerProcess(name, argv, out / f"serve-{name}.log", {}, ROOT)
+    extra = {"precision": options.precisions[0], "inflight_batches": inflight}
+    try:
+        server.wait_ready(_health_check(port), timeout=600)
+        return [_run(server, port, s, options) | extra for s in plan]
+    finally:
+        server.stop()

@@ -77,14 +77,23 @@ def test_dry_run_goes_through_every_part_to_the_table(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["rows"][0]["engine"] == "cuda"  # the CUDA engine's code path, eagerly on CPU
+    # The pipelining A/B: the default (1 batch in flight on CPU), then the first model with 2.
+    assert [r["inflight_batches"] for r in result["rows"]] == [1, 2]
     assert result["first_pass"]["batches"] == 64 and len(result["first_pass"]["tokens_per_s_by_pass"]) == 3
-    serve = {r["scenario"]: r for r in result["serve"]}
-    assert set(serve) == {"1-8 texts, c=64", "1-8 texts, c=256", "64 texts, c=16"}
+    serve = {(r["scenario"], r["inflight_batches"]): r for r in result["serve"]}
+    assert set(serve) == {
+        ("1-8 texts, c=64", None),
+        ("1-8 texts, c=256", None),
+        ("64 texts, c=16", None),
+        ("1-8 texts, c=64", 2),
+        ("64 texts, c=16", 2),
+    }
     assert all(r["answers"] > 0 and r["client_processes"] == 8 for r in serve.values())
     peers = [r["peer"] for r in result["peers"]]
     assert any("batch 32" in p for p in peers) and any("batch 256" in p for p in peers) and len(peers) == 3
     summary = (tmp_path / "summary.md").read_text()
-    assert summary.count("| serve |") == 3 and summary.count("| peer |") == 3 and "First pass" in summary
+    assert summary.count("| serve |") == 5 and summary.count("| peer |") == 3 and "First pass" in summary
+    assert "2 batches in flight" in summary and "--inflight-batches 2" in summary
 
 
 def test_the_measure_script_brings_the_files_the_random_checkpoints_need(tmp_path: Path) -> None:
