@@ -69,8 +69,16 @@ class PackedOutput:
 
     def vocabulary_logits(self, rows: Sequence[int]) -> torch.Tensor:
         """See EncoderOutput."""
-        logits: torch.Tensor = _layer(self._model.mlm_head, "language-model head")(self._states[list(rows)])
+        picked = self._states.index_select(0, self.on_device(np.asarray(rows, dtype=np.int64)))
+        logits: torch.Tensor = _layer(self._model.mlm_head, "language-model head")(picked)
         return logits
+
+    def on_device(self, array: np.ndarray[Any, Any]) -> torch.Tensor:
+        """See EncoderOutput: on a GPU from pinned memory, asynchronously."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self._states.device.type == "cpu":
+            return tensor
+        return tensor.pin_memory().to(self._states.device, non_blocking=True)
 
     def host(self, tensor: torch.Tensor) -> np.ndarray[Any, Any]:
         """See EncoderOutput: a synchronous copy."""

@@ -85,6 +85,10 @@ class PaddedOutput:
         logits: torch.Tensor = head(self._states()[at])
         return logits
 
+    def on_device(self, array: np.ndarray[Any, Any]) -> torch.Tensor:
+        """See EncoderOutput (a padded batch's own indexing waits for the device anyway: a plain copy)."""
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self._ids.device)
+
     def host(self, tensor: torch.Tensor) -> np.ndarray[Any, Any]:
         """See EncoderOutput: a synchronous copy."""
         return tensor.cpu().numpy()

@@ -96,6 +96,10 @@ class EncoderOutput(Protocol):
     def vocabulary_logits(self, rows: Sequence[int]) -> Tensor:
         """The model's masked-language-model head on the given rows: [rows, vocabulary]."""
 
+    def on_device(self, array: npt.NDArray[Any]) -> Tensor:
+        """A host array as a tensor on the batch's device, copied without waiting for the device (a head's index
+        and scale vectors: a tensor made from a Python list is a copy that waits for everything queued before)."""
+
     def host(self, tensor: Tensor) -> npt.NDArray[Any]:
         """A tensor the head computed, copied to the host as a numpy array: the head's one copy off the device and
         its last device operation (an engine may start the next batch's device work once it is queued)."""

@@ -54,22 +54,25 @@ def head(out: EncoderOutput, inputs: Sequence[ModelInput]) -> list[FloatArray]:
     """Each input's mean or first-token ([CLS]) vector of the hidden states, in float32, at unit length where
     the input asks for it."""
     hidden = out.hidden().float()
-    starts = hidden.new_tensor(list(out.starts)).long()
-    lengths = hidden.new_tensor(list(out.lengths))
-    sequence_of_token = starts.new_tensor(range(len(inputs))).repeat_interleave(lengths.long())
-    sums = hidden.new_zeros(len(inputs), hidden.shape[1]).index_add_(0, sequence_of_token, hidden)
-    # Both poolings leave the device in one copy (on a GPU each copy is a synchronising round trip).
-    pooled = hidden.new_empty(2 * len(inputs), hidden.shape[1])
-    pooled[: len(inputs)] = sums / lengths[:, None]
-    pooled[len(inputs) :] = hidden.index_select(0, starts)
+    count = len(inputs)
+    lengths = np.asarray(out.lengths)
+    # Index and scale vectors are built on the host and copied without waiting for the device: nothing here waits
+    # for the GPU before the one copy of the results back.
+    starts = out.on_device(np.asarray(out.starts, dtype=np.int64))
+    sequence_of_token = out.on_device(np.repeat(np.arange(count, dtype=np.int64), lengths))
+    sums = hidden.new_zeros(count, hidden.shape[1]).index_add_(0, sequence_of_token, hidden)
+    # Both poolings leave the device in one copy.
+    pooled = hidden.new_empty(2 * count, hidden.shape[1])
+    pooled[:count] = sums / out.on_device(lengths.astype(np.float32))[:, None]
+    pooled[count:] = hidden.index_select(0, starts)
     if any(item.normalize for item in inputs):
         # Scaled here, over the whole batch at once (on the device for a GPU), not vector by vector on the event
         # loop: 1 / norm for the rows asked for (a zero vector stays zero), 1 for the others.
-        wanted = hidden.new_tensor([float(item.normalize) for item in inputs]).repeat(2)
+        wanted = out.on_device(np.tile(np.array([item.normalize for item in inputs], np.float32), 2))
         norms = pooled.norm(dim=1).clamp_min(1e-12)
         pooled.mul_((wanted / norms + (1 - wanted))[:, None])
     both = out.host(pooled)
-    mean, cls = both[: len(inputs)], both[len(inputs) :]
+    mean, cls = both[:count], both[count:]
     return [cls[row] if item.pooling is Pooling.CLS else mean[row] for row, item in enumerate(inputs)]
 
 

@@ -17,9 +17,10 @@ import pytest
 import torch
 import transformers
 from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from model_server.backend.buckets import Layout
-from model_server.backend.cuda_engine import CudaEngine
+from model_server.backend.cuda_engine import CudaEngine, CudaOutput
 from model_server.backend.factory import create_engine, resolve_engine
 from model_server.backend.transformers_engine import TransformersEngine
 from model_server.backend.varlen import VarlenAttention, agrees_with_reference, choose, reference
@@ -262,3 +263,66 @@ def test_a_server_keeps_two_batches_in_flight_and_answers_each_request_its_own(
     finally:
         server.stop()
     assert most[0] == 2  # two batches at once, never more
+
+
+# Calls that, on a GPU, copy between host and device and wait for everything queued before them.
+WAITING_CALLS = {
+    torch.tensor,
+    torch.as_tensor,
+    torch.nonzero,
+    torch.Tensor.new_tensor,
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.cpu,
+    torch.Tensor.numpy,
+    torch.Tensor.nonzero,
+}
+
+
+class WaitingCalls(TorchFunctionMode):
+    """Records the calls of WAITING_CALLS, indexing by a list or a mask, and repeat_interleave without its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.paused = False
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if not self.paused:
+            index = args[1] if func is torch.Tensor.__getitem__ else None
+            picks = index if isinstance(index, tuple) else (index,)
+            gathers = any(isinstance(i, list) or getattr(i, "dtype", None) is torch.bool for i in picks)
+            if func in WAITING_CALLS or gathers:
+                self.calls.append(getattr(func, "__name__", repr(func)))
+            if getattr(func, "__name__", "") == "repeat_interleave" and "output_size" not in kwargs:
+                self.calls.append("repeat_interleave without output_size")
+        return func(*args, **kwargs)
+
+
+def test_no_head_waits_for_the_device_before_its_copy_to_the_host(
+    engines: dict[str, tuple[Any, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wait inside a head would stall the batch behind it: while the device is held, only queued work may happen.
+    watch = WaitingCalls()
+    copy_to_host = CudaOutput.host
+
+    def host(self: CudaOutput, tensor: torch.Tensor) -> Any:
+        watch.paused = True  # the one copy that is meant to wait
+        try:
+            return copy_to_host(self, tensor)
+        finally:
+            watch.paused = False
+
+    monkeypatch.setattr(CudaOutput, "host", host)
+    for task, (cuda, _) in engines.items():
+        head = cuda._head
+
+        def watched(out: Any, inputs: Any, head: Any = head) -> Any:
+            with watch:
+                return head(out, inputs)
+
+        monkeypatch.setattr(cuda, "_head", watched)
+        batch = [replace(item, positions=(1, 2), normalize=True) for item in inputs_of_lengths([5, 9, 3])]
+        assert len(cuda.run(batch)) == 3
+        assert watch.calls == [], (task, watch.calls)
