@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -117,7 +118,7 @@ class PackedEngine(TorchEngine):
     def encode(self, inputs: Sequence[ModelInput]) -> PackedOutput:
         """The hidden states of the batch's tokens, packed."""
         lengths = [len(item.ids) for item in inputs]
-        ids = torch.from_numpy(np.fromiter((t for item in inputs for t in item.ids), np.int64, sum(lengths)))
+        ids = torch.from_numpy(np.fromiter(chain.from_iterable(item.ids for item in inputs), np.int64, sum(lengths)))
         packing = plan(lengths, self._device)
         starts = list(np.cumsum([0, *lengths[:-1]]).tolist())
         types = None
