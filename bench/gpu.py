@@ -208,7 +208,8 @@ def first_pass(
 
 
 def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
-    """Runs the chosen parts; prints the summary table and writes results.json and summary.md to `out`."""
+    """Runs the chosen parts; prints the summary table and writes results.json and summary.md to `out`, both
+    rewritten after every measurement, so a run cut short (the device call's time limit) keeps what it measured."""
     import torch
 
     device = options.device
@@ -217,6 +218,16 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
     result: dict[str, Any] = {"device": name, "torch": torch.__version__, "nominal_bf16_peak_flops": nominal}
     out = options.out or ROOT / "bench" / "results" / time.strftime("gpu-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+
+    def add(part: str, row: dict[str, Any]) -> None:
+        result.setdefault(part, []).append(row)
+        _save(result, out)
+        print(
+            f"bench gpu: {part}: {row.get('model')} {row.get('scenario') or row.get('peer') or ''} "
+            f"{row['tokens_per_s']:,.0f} tokens/s",
+            flush=True,
+        )
+
     with tempfile.TemporaryDirectory(prefix="bertmesh-gpu-bench-") as tmp:
         dirs: dict[str, Path] = {}
         shapes: dict[str, EncoderShape] = {}
@@ -225,38 +236,38 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
             shapes[model] = make_checkpoint(dirs[model], model, options.files)
         peak = result["measured_peak_flops"] = measured_peak(device)
         if "engine" in options.parts:
-            rows = [
-                measure(dirs[m], shapes[m], p, device, options.seconds, engine={"kind": options.engine})
-                for m in options.models
-                for p in options.precisions
+            runs: list[tuple[str, str, dict[str, Any]]] = [
+                (m, p, {"kind": options.engine}) for m in options.models for p in options.precisions
             ]
-            models = [m for m in options.models for _ in options.precisions]
-            if rows[0]["engine"] == "cuda":  # the pipelining A/B: the other number of batches in flight
-                model, precision = options.models[0], options.precisions[0]
-                other = {"kind": options.engine, "inflight_batches": other_inflight(device)}
-                rows.append(measure(dirs[model], shapes[model], precision, device, options.seconds, engine=other))
-                models.append(model)
-            for row, model in zip(rows, models, strict=True):
+            for n, (model, precision, engine) in enumerate(runs):
+                row = measure(dirs[model], shapes[model], precision, device, options.seconds, engine=engine)
                 row["model"] = model
                 row["mfu_measured_peak"] = row["useful_flops_per_s"] / peak
                 row["mfu_nominal_peak"] = row["useful_flops_per_s"] / nominal if nominal else None
-            result["rows"] = rows
+                add("rows", row)
+                if n == 0 and row["engine"] == "cuda":  # the pipelining A/B: the other number of batches in flight
+                    runs.insert(1, (model, precision, engine | {"inflight_batches": other_inflight(device)}))
         first = options.models[0]
         if "first-pass" in options.parts:
             found = first_pass(dirs[first], options.precisions[0], device, {"kind": options.engine})
             result["first_pass"] = found | {"model": first}
+            _save(result, out)
         if "serve" in options.parts:
             from bench.gpu_serve import serve_bench
 
-            result["serve"] = serve_bench(dirs, options, out)
+            serve_bench(dirs, options, out, lambda row: add("serve", row))
         if "peers" in options.parts:
             from bench.gpu_peers import peers
 
-            result["peers"] = peers(dirs, shapes, options, peak)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    print(write_report(result, out))
+            peers(dirs, shapes, options, peak, lambda row: add("peers", row))
+    print(_save(result, out))
     print(f"results in {out}")
     return result
+
+
+def _save(result: dict[str, Any], out: Path) -> str:
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    return write_report(result, out)
 
 
 def other_inflight(device: str) -> int:

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,16 +101,18 @@ def padded_transformers_rate(model_dir: Path, shape: EncoderShape, options: GpuB
 
 
 def peers(
-    dirs: dict[str, Path], shapes: dict[str, EncoderShape], options: GpuBenchOptions, peak: float
-) -> list[dict[str, Any]]:
-    """Every peer on every model, at the first precision."""
-    rows = []
+    dirs: dict[str, Path],
+    shapes: dict[str, EncoderShape],
+    options: GpuBenchOptions,
+    peak: float,
+    on_row: Callable[[dict[str, Any]], None],
+) -> None:
+    """Every peer on every model, at the first precision; each row handed to `on_row` as it is measured."""
     for model, path in dirs.items():
-        found = [sentence_transformers_rate(path, options, size) for size in ENCODE_BATCHES]
-        found.append(padded_transformers_rate(path, shapes[model], options))
-        for row in found:
-            row |= {"model": model, "precision": options.precisions[0]}
+        measurements = [functools.partial(sentence_transformers_rate, path, options, size) for size in ENCODE_BATCHES]
+        measurements.append(functools.partial(padded_transformers_rate, path, shapes[model], options))
+        for measurement in measurements:
+            row = measurement() | {"model": model, "precision": options.precisions[0]}
             if "useful_flops_per_s" in row:
                 row["mfu_measured_peak"] = row["useful_flops_per_s"] / peak
-        rows += found
-    return rows
+            on_row(row)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,27 +173,33 @@ def _run(server: ServerProcess, port: int, scenario: Scenario, options: GpuBench
     }
 
 
-def serve_bench(dirs: dict[str, Path], options: GpuBenchOptions, out: Path) -> list[dict[str, Any]]:
+def serve_bench(
+    dirs: dict[str, Path], options: GpuBenchOptions, out: Path, on_row: Callable[[dict[str, Any]], None]
+) -> None:
     """Every scenario, one server per model (first precision), started and stopped here; then the first model's
     1-8-text c=64 and 64-text loads again on a server with the other number of batches in flight (the
-    pipelining A/B: bench.gpu.other_inflight)."""
+    pipelining A/B: bench.gpu.other_inflight). Each row goes to `on_row` as it is measured."""
     from bench.gpu import other_inflight
 
-    rows = []
     plan = scenarios(options.models, options.clients)
     for model in dict.fromkeys(s.model for s in plan):
-        rows += _serve(dirs[model], model, [s for s in plan if s.model == model], options, out, None)
+        _serve(dirs[model], model, [s for s in plan if s.model == model], options, out, None, on_row)
     cuda_engine = options.engine == "cuda" or (options.engine == "auto" and options.device == "cuda")
     if cuda_engine:  # the only engine with batches in flight together
         first = plan[0].model
         again = [s for s in plan if s.model == first and s.concurrency != 256]
-        rows += _serve(dirs[first], first, again, options, out, other_inflight(options.device))
-    return rows
+        _serve(dirs[first], first, again, options, out, other_inflight(options.device), on_row)
 
 
 def _serve(
-    model_dir: Path, model: str, plan: list[Scenario], options: GpuBenchOptions, out: Path, inflight: int | None
-) -> list[dict[str, Any]]:
+    model_dir: Path,
+    model: str,
+    plan: list[Scenario],
+    options: GpuBenchOptions,
+    out: Path,
+    inflight: int | None,
+    on_row: Callable[[dict[str, Any]], None],
+) -> None:
     port = free_port()
     argv = [sys.executable, "-m", "bertmesh_cli", "serve", "--model", str(model_dir), "--port", str(port)]
     argv += ["--device", options.device, "--precision", options.precisions[0], "--cache-entries", "0"]
@@ -206,6 +213,7 @@ def _serve(
     extra = {"precision": options.precisions[0], "inflight_batches": inflight}
     try:
         server.wait_ready(_health_check(port), timeout=600)
-        return [_run(server, port, s, options) | extra for s in plan]
+        for scenario in plan:
+            on_row(_run(server, port, scenario, options) | extra)
     finally:
         server.stop()

@@ -12,6 +12,9 @@
 # A session with a GPU: `hack/gpu-measure.sh prepare`, then the device tool's
 #   run(command="hack/gpu-measure.sh run", carry=[".whl", ".gpu-files"], timeout_s=600)
 # and read $OUT: versions.txt, tests.log, bench.log, gpu/summary.md, gpu/results.json, gpu/serve-*.log.
+# The GPU tests get TEST_SECONDS (default 150) and the bench BENCH_SECONDS (default 400); to split the bench
+# over two calls: `run --parts engine,first-pass` then `run --parts serve,peers` (with TEST_SECONDS=0 skipping
+# the tests the second time).
 # The GPU machine has Python 3.12, torch 2.11, transformers 5.17, sentence-transformers, pytest and grpcio,
 # but not this project's protobuf runtime and gRPC extras (../shared/GPU.md); the project runs from its source
 # tree on PYTHONPATH, with the wheels installed beside it.
@@ -61,8 +64,14 @@ run() {
     python3 -c 'import sys, torch, transformers, grpc, google.protobuf as pb; print(sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, "grpc", grpc.__version__, "protobuf", pb.__version__, torch.cuda.get_device_name())' | tee "$out/versions.txt"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/versions.txt" || true
     # A failing GPU test is reported, not fatal: the benchmark still runs in the same (scarce) device call.
-    python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -p no:randomly 2>&1 | tee "$out/tests.log" || true
-    python3 -m bench gpu --model-files "$FILES" "${BENCH_DEFAULTS[@]}" --out "$out/gpu" "$@" 2>&1 | tee "$out/bench.log"
+    # Each step has its own time limit inside the device call's 600 s; the bench rewrites results.json and
+    # summary.md after every measurement, so a step cut short keeps what it measured.
+    if [[ ${TEST_SECONDS:-150} != 0 ]]; then
+        timeout -k 5 "${TEST_SECONDS:-150}" python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -p no:randomly \
+            2>&1 | tee "$out/tests.log" || true
+    fi
+    timeout -k 10 "${BENCH_SECONDS:-400}" python3 -m bench gpu --model-files "$FILES" "${BENCH_DEFAULTS[@]}" \
+        --out "$out/gpu" "$@" 2>&1 | tee "$out/bench.log"
 }
 
 dry_run() {
