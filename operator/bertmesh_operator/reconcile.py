@@ -152,6 +152,7 @@ class Reconciler:
         metrics_retry_seconds: float = 5.0,
         full_apply_seconds: float = 600.0,
         discovery_seconds: float = 60.0,
+        on_served: Callable[[str], None] | None = None,
     ) -> None:
         self.kube = kube
         self.metrics = metrics
@@ -165,6 +166,9 @@ class Reconciler:
         # within discovery_seconds, without a discovery request per reconcile.
         self.discovery_seconds = discovery_seconds
         self._served: dict[tuple[str, str], tuple[bool, float]] = {}
+        # Called with an optional kind's apiVersion when discovery finds it served for the first time, or again
+        # after it was not, before it is applied: the watches take the kind up (bertmesh_operator.rescan).
+        self.on_served = on_served
 
     def reconcile(
         self,
@@ -265,6 +269,8 @@ class Reconciler:
             return known[0]
         served = self.kube.served(kind[0], CHILD_RESOURCES[kind][1])
         self._served[kind] = (served, now)
+        if served and (known is None or not known[0]) and self.on_served is not None:
+            self.on_served(kind[0])
         return served
 
     def _fresh(self, body: Mapping[str, Any], memory: ObjectMemory) -> Mapping[str, Any] | None:

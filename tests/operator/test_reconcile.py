@@ -397,7 +397,16 @@ def test_without_kedas_crd_no_scaled_object_is_applied_and_the_status_says_to_in
     cluster, metrics, clock, _ = world
     cluster.unserved = {"scaledobjects"}
     now = [0.0]
-    reconciler = Reconciler(cluster, metrics, clock=clock, monotonic=lambda: now[0], discovery_seconds=60)
+    # What the watches are told (bertmesh_operator.rescan), with whether the ScaledObject was applied by then.
+    served: list[tuple[str, bool]] = []
+    reconciler = Reconciler(
+        cluster,
+        metrics,
+        clock=clock,
+        monotonic=lambda: now[0],
+        discovery_seconds=60,
+        on_served=lambda version: served.append((version, ("ScaledObject", "minilm-stable") in cluster.applied)),
+    )
     memory = ObjectMemory()
     outcome = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
     # Everything else serves; the one object that would be refused is not sent at all.
@@ -422,6 +431,12 @@ def test_without_kedas_crd_no_scaled_object_is_applied_and_the_status_says_to_in
     condition = _autoscaling_condition(cluster)
     assert (condition["status"], condition["reason"], condition["message"]) == ("True", "Autoscaled", "")
     assert healed.events == ()
+    # The watches heard of the kind once, when it became served, before the ScaledObject went out; a later
+    # discovery that finds it served again says nothing.
+    assert served == [("keda.sh/v1alpha1", False)]
+    now[0] = 130.0
+    reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
+    assert cluster.discoveries == 3 and served == [("keda.sh/v1alpha1", False)]
 
 
 def test_cpu_and_the_hpa_autoscaler_never_ask_for_keda(stored: dict[str, Any], t0: datetime) -> None:

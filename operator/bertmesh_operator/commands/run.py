@@ -137,6 +137,7 @@ def main(argv: list[str]) -> int:
     from bertmesh_operator.reconcile import Reconciler
     from bertmesh_operator.render import RenderOptions
     from bertmesh_operator.render.context import MD_LABEL
+    from bertmesh_operator.rescan import KindRescan
     from bertmesh_operator.resource import GROUP, PLURAL, VERSION
 
     kopf.configure(verbose=config.verbose)
@@ -194,12 +195,19 @@ def main(argv: list[str]) -> int:
         config.resync_seconds,
         config.liveness_endpoint,
     )
+    clusterwide = not config.namespaces
+    settings = operator_settings(workers=config.workers, clusterwide=clusterwide)
+    registry = build_registry(runtime)
+    rescan = KindRescan(settings, registry)
+    if clusterwide:  # kopf follows CRDs there (operator_settings): a kind it missed is scanned again
+        runtime.reconciler.on_served = rescan
     try:
         kopf.run(
-            registry=build_registry(runtime),
-            settings=operator_settings(workers=config.workers, clusterwide=not config.namespaces),
+            registry=registry,
+            settings=settings,
+            insights=rescan.insights,
             standalone=True,
-            clusterwide=not config.namespaces,
+            clusterwide=clusterwide,
             namespaces=list(config.namespaces),
             liveness_endpoint=config.liveness_endpoint,
             memo=kopf.Memo(),
