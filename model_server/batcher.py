@@ -112,11 +112,23 @@ def selection(padded: bool) -> Callable[[Sequence[int], int, int], list[int]]:
 
 
 @dataclass(eq=False, slots=True)
+class _Request(Generic[P, R]):
+    """One submitted request: one future for all its inputs' results (not one per input: each future, its
+    callbacks and a gather over them cost the event loop microseconds per input)."""
+
+    future: asyncio.Future[list[R]]
+    results: list[R | None]
+    remaining: int  # inputs not computed yet
+    inputs: list[_Pending[P, R]] = field(default_factory=list)
+
+
+@dataclass(eq=False, slots=True)
 class _Pending(Generic[P, R]):
     cost: int
     payload: P
     deadline: float | None
-    future: asyncio.Future[R]
+    request: _Request[P, R]
+    index: int  # in the request
     enqueued: float
     queued: bool = field(default=True)
 
@@ -174,8 +186,10 @@ class TokenBudgetBatcher(Generic[P, R]):
         if self._task is not None:
             await self._task
 
-    def submit(self, items: Sequence[tuple[int, P]], deadline: float | None) -> list[asyncio.Future[R]]:
-        """Admits a request's inputs (cost, payload) all or none; returns one future per input.
+    def submit(self, items: Sequence[tuple[int, P]], deadline: float | None) -> asyncio.Future[list[R]]:
+        """Admits a request's inputs (cost, payload) all or none; returns one future of their results, in order.
+        It fails with the first input that fails (DeadlineExceeded, BackendFailure); cancelling it drops the
+        inputs still queued.
 
         Raises Overloaded when the queue would exceed max_queued_tokens, NotReady while closing.
         """
@@ -187,19 +201,19 @@ class TokenBudgetBatcher(Generic[P, R]):
                 f"server overloaded: {self._queued_tokens} tokens queued + {total} requested exceed "
                 f"max_queued_tokens={self.limits.max_queued_tokens}; retry with backoff"
             )
-        loop = asyncio.get_running_loop()
         now = self._clock()
-        futures: list[asyncio.Future[R]] = []
-        for cost, payload in items:
-            pending: _Pending[P, R] = _Pending(cost, payload, deadline, loop.create_future(), now)
-            pending.future.add_done_callback(functools.partial(self._on_future_done, pending))
-            self._queue.append(pending)
-            futures.append(pending.future)
+        request: _Request[P, R] = _Request(asyncio.get_running_loop().create_future(), [None] * len(items), len(items))
+        if not items:
+            request.future.set_result([])
+            return request.future
+        request.inputs = [_Pending(cost, payload, deadline, request, i, now) for i, (cost, payload) in enumerate(items)]
+        request.future.add_done_callback(functools.partial(self._on_request_done, request))
+        self._queue.extend(request.inputs)
         self._queued_tokens += total
         self._arrived.set()
-        return futures
+        return request.future
 
-    async def submit_when_room(self, items: Sequence[tuple[int, P]], deadline: float | None) -> list[asyncio.Future[R]]:
+    async def submit_when_room(self, items: Sequence[tuple[int, P]], deadline: float | None) -> asyncio.Future[list[R]]:
         """Like submit, but waits for queue room instead of refusing (back-pressure for streams)."""
         while True:
             try:
@@ -214,9 +228,11 @@ class TokenBudgetBatcher(Generic[P, R]):
                 except TimeoutError:
                     raise DeadlineExceeded("deadline passed while waiting for queue room") from None
 
-    def _on_future_done(self, pending: _Pending[P, R], _future: asyncio.Future[R]) -> None:
-        if pending.queued and pending.future.cancelled():
-            self._release(pending)
+    def _on_request_done(self, request: _Request[P, R], _future: asyncio.Future[list[R]]) -> None:
+        if request.remaining:  # ended before all its inputs were computed: failed or cancelled
+            for pending in request.inputs:
+                if pending.queued:
+                    self._release(pending)
 
     def _release(self, pending: _Pending[P, R]) -> None:
         pending.queued = False
@@ -228,8 +244,8 @@ class TokenBudgetBatcher(Generic[P, R]):
         for p in self._queue:
             if p.queued and p.deadline is not None and p.deadline <= now:
                 self._release(p)
-                if not p.future.done():
-                    p.future.set_exception(DeadlineExceeded("deadline passed while queued; not computed"))
+                if not p.request.future.done():
+                    p.request.future.set_exception(DeadlineExceeded("deadline passed while queued; not computed"))
                 expired += 1
         if expired and self._on_expired is not None:
             self._on_expired(expired)
@@ -290,8 +306,9 @@ class TokenBudgetBatcher(Generic[P, R]):
                 running.add_done_callback(self._running.discard)
 
     async def _execute(self, batch: list[_Pending[P, R]]) -> None:
-        # Cancelled between selection and now: drop them, never compute for a caller who left.
-        batch = [p for p in batch if not p.future.done()]
+        # Requests that ended between selection and now (cancelled, or failed by another input): never compute for a
+        # caller who left.
+        batch = [p for p in batch if not p.request.future.done()]
         if not batch:
             return
         started = self._clock()
@@ -300,12 +317,17 @@ class TokenBudgetBatcher(Generic[P, R]):
         except Exception as exc:  # a model fault fails this batch's callers, never the loop
             log.exception("batch of %d inputs failed", len(batch))
             for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(BackendFailure(f"model failed on a batch: {type(exc).__name__}"))
+                if not p.request.future.done():
+                    p.request.future.set_exception(BackendFailure(f"model failed on a batch: {type(exc).__name__}"))
             return
         for p, result in zip(batch, results, strict=True):
-            if not p.future.done():
-                p.future.set_result(result)
+            request = p.request
+            if request.future.done():
+                continue
+            request.results[p.index] = result
+            request.remaining -= 1
+            if not request.remaining:
+                request.future.set_result(request.results)  # type: ignore[arg-type]  # every slot filled
         if self._on_batch is not None:
             real = sum(p.cost for p in batch)
             computed = max(p.cost for p in batch) * len(batch) if self._padded else real

@@ -165,14 +165,13 @@ class DataPlane:
         inputs = [task.prepare(enc, first_index[n], options, self._served) for n, enc in enumerate(encodings)]
         items = [(len(item.ids), item) for item in inputs]
         if wait_for_room:
-            futures = await self.batcher.submit_when_room(items, deadline)
+            computed = await self.batcher.submit_when_room(items, deadline)
         else:
-            futures = self.batcher.submit(items, deadline)
+            computed = self.batcher.submit(items, deadline)
         try:
-            outputs = await asyncio.gather(*futures)
+            outputs = await computed
         finally:
-            for f in futures:  # on error or cancellation, nothing of this request stays queued
-                f.cancel()
+            computed.cancel()  # on error or cancellation, nothing of this request stays queued
         for text, enc, out in zip(unique, encodings, outputs, strict=True):
             result = task.finish(out, enc, text if isinstance(text, str) else "", options, self._served)
             for i in todo[text]:

@@ -80,8 +80,8 @@ async def test_every_admitted_input_gets_its_own_result() -> None:
     model = Recorder()
     batcher: TokenBudgetBatcher[str, str] = TokenBudgetBatcher(model, limits())
     batcher.start()
-    futures = batcher.submit([(10, f"x{i}") for i in range(20)], None)
-    assert await asyncio.gather(*futures) == [f"X{i}" for i in range(20)]
+    computed = batcher.submit([(10, f"x{i}") for i in range(20)], None)
+    assert await computed == [f"X{i}" for i in range(20)]
     assert all(len(b) <= 8 for b in model.batches)
     await batcher.close()
 
@@ -98,7 +98,7 @@ async def test_queue_bound_refuses_whole_requests_without_queueing_any_part() ->
         batcher.submit([(5, "d"), (6, "e")], None)
     assert batcher.queued_tokens == 90
     model.gate.set()
-    assert await asyncio.gather(*first, *second) == ["A", "B", "C"]
+    assert list(await asyncio.gather(first, second)) == [["A"], ["B", "C"]]
     assert all("d" not in b and "e" not in b for b in model.batches)
     await batcher.close()
 
@@ -118,9 +118,9 @@ async def test_expired_inputs_are_never_computed() -> None:
     on_time = batcher.submit([(10, "on-time")], deadline=200.0)
     now[0] = 101.0  # the deadline of "late" passes while "busy" computes
     model.gate.set()
-    assert await asyncio.gather(*busy, *on_time) == ["BUSY", "ON-TIME"]
+    assert list(await asyncio.gather(busy, on_time)) == [["BUSY"], ["ON-TIME"]]
     with pytest.raises(DeadlineExceeded, match="not computed"):
-        await late[0]
+        await late
     assert ["late"] not in model.batches and all("late" not in b for b in model.batches)
     assert expired == [1]
     await batcher.close()
@@ -135,11 +135,11 @@ async def test_cancelled_inputs_are_dropped_and_release_their_tokens() -> None:
     await asyncio.sleep(0)
     gone = batcher.submit([(40, "gone")], None)
     assert batcher.queued_tokens == 40
-    gone[0].cancel()
+    gone.cancel()
     await asyncio.sleep(0)
     assert batcher.queued_tokens == 0
     model.gate.set()
-    await asyncio.gather(*busy)
+    await busy
     await batcher.close()
     assert all("gone" not in b for b in model.batches)
 
@@ -151,7 +151,7 @@ async def test_waits_for_company_at_most_the_delay() -> None:
     first = batcher.submit([(10, "a")], None)
     await asyncio.sleep(0.01)
     second = batcher.submit([(10, "b")], None)
-    await asyncio.gather(*first, *second)
+    await asyncio.gather(first, second)
     assert model.batches == [["a", "b"]]
     await batcher.close()
 
@@ -161,9 +161,9 @@ async def test_a_failing_batch_fails_its_inputs_and_the_loop_goes_on() -> None:
     batcher: TokenBudgetBatcher[str, str] = TokenBudgetBatcher(model, limits())
     batcher.start()
     with pytest.raises(BackendFailure, match="model failed"):
-        await batcher.submit([(10, "a")], None)[0]
+        await batcher.submit([(10, "a")], None)
     model.fail = False
-    assert await batcher.submit([(10, "b")], None)[0] == "B"
+    assert await batcher.submit([(10, "b")], None) == ["B"]
     await batcher.close()
 
 
@@ -175,13 +175,37 @@ async def test_up_to_concurrency_batches_compute_at_once(concurrency: int) -> No
         model, limits(max_batch_requests=1), concurrency=concurrency
     )
     batcher.start()
-    futures = batcher.submit([(10, p) for p in "abcde"], None)
+    computed = batcher.submit([(10, p) for p in "abcde"], None)
     for _ in range(10):
         await asyncio.sleep(0)
     assert model.batches == [[p] for p in "abcde"[:concurrency]]  # the rest wait for a free slot
     assert batcher.queued_inputs == 5 - concurrency
     model.gate.set()
-    assert await asyncio.gather(*futures) == list("ABCDE")
+    assert await computed == list("ABCDE")
+    await batcher.close()
+
+
+async def test_a_request_fails_with_its_first_failing_input_and_its_queued_rest_is_dropped() -> None:
+    class FailsOnBad(Recorder):
+        async def __call__(self, payloads: list[str]) -> list[str]:
+            self.batches.append(list(payloads))
+            if "bad" in payloads:
+                raise RuntimeError("model exploded")
+            return [p.upper() for p in payloads]
+
+    model = FailsOnBad()
+    batcher: TokenBudgetBatcher[str, str] = TokenBudgetBatcher(model, limits(max_batch_requests=1))
+    batcher.start()
+    other = batcher.submit([(10, "x"), (10, "y")], None)
+    doomed = batcher.submit([(10, "a"), (10, "bad"), (10, "c"), (10, "d")], None)
+    with pytest.raises(BackendFailure, match="model failed"):
+        await doomed
+    assert await other == ["X", "Y"]
+    await asyncio.sleep(0)
+    # What was still queued of the failed request is never computed, and its tokens are free again.
+    assert batcher.queued_tokens == 0 and batcher.queued_inputs == 0
+    assert [p for b in model.batches for p in b if p in "cd"] == []
+    assert await batcher.submit([], None) == []  # nothing to compute: answered at once
     await batcher.close()
 
 
@@ -193,9 +217,9 @@ async def test_close_finishes_admitted_inputs_then_refuses_new_ones(concurrency:
         model, limits(max_batch_requests=2), on_batch=stats.append, concurrency=concurrency
     )
     batcher.start()
-    futures = batcher.submit([(10, str(i)) for i in range(6)], None)
+    computed = batcher.submit([(10, str(i)) for i in range(6)], None)
     await batcher.close()
-    assert all(f.done() and not f.cancelled() for f in futures)
+    assert computed.done() and computed.result() == [str(i) for i in range(6)]
     assert sum(s.inputs for s in stats) == 6
     with pytest.raises(NotReady):
         batcher.submit([(10, "late")], None)
@@ -216,7 +240,7 @@ async def test_submit_when_room_waits_instead_of_refusing() -> None:
     assert not waiting.done()
     model.gate.set()
     later = await waiting
-    assert await asyncio.gather(*busy, *queued, *later) == ["BUSY", "QUEUED", "WAITS"]
+    assert list(await asyncio.gather(busy, queued, later)) == [["BUSY"], ["QUEUED"], ["WAITS"]]
     await batcher.close()
 
 
@@ -233,7 +257,7 @@ async def test_submit_when_room_gives_up_at_the_deadline() -> None:
     with pytest.raises(DeadlineExceeded):
         await batcher.submit_when_room([(40, "never")], time.monotonic() + 0.05)
     model.gate.set()
-    await asyncio.gather(*busy)
+    await busy
     await batcher.close()
 
 
@@ -264,7 +288,7 @@ async def test_a_packed_batcher_mixes_lengths_in_arrival_order() -> None:
     await asyncio.sleep(0)
     rest = batcher.submit([(200, "long"), (10, "short"), (150, "medium"), (20, "tiny")], None)
     model.gate.set()
-    await asyncio.gather(*busy, *rest)
+    await asyncio.gather(busy, rest)
     assert model.batches[1] == ["long", "short", "tiny"]  # medium did not fit beside long: next batch
     assert model.batches[2] == ["medium"]
     await batcher.close()
