@@ -52,6 +52,9 @@ from bertmesh_operator.status_model import ModelDeploymentStatus
 WARNING_REASONS = frozenset(
     {Reason.CHECK_FAILED, Reason.CANARY_ABORTED, Reason.ANALYSIS_DEFERRED, Reason.INVALID_SPEC, Reason.APPLY_FAILED}
 )
+# After an optional kind becomes served, reconciles come back this soon (instead of at the resync) for as long:
+# the new kind's watch may start listing after an object of it was deleted (see Reconciler._settling).
+NEW_KIND_SETTLE_SECONDS = 5.0
 # Child kinds that another project's CRD brings, which the operator can do without: when the API server does
 # not serve one, its objects are left out (an apply would fail, and every other child still works) and the
 # status says what to install.
@@ -169,6 +172,8 @@ class Reconciler:
         # Called with an optional kind's apiVersion when discovery finds it served for the first time, or again
         # after it was not, before it is applied: the watches take the kind up (bertmesh_operator.rescan).
         self.on_served = on_served
+        # When each optional kind was last found newly served (monotonic): see _settling.
+        self._served_at: dict[tuple[str, str], float] = {}
 
     def reconcile(
         self,
@@ -201,7 +206,8 @@ class Reconciler:
         state = step(before, observation, spec, now, command)
 
         started = self.monotonic()
-        objects, missing = self._servable(render(md, state=state, options=self.options), started)
+        rendered = render(md, state=state, options=self.options)
+        objects, missing = self._servable(rendered, started)
         try:
             applied = self._apply(objects, children, memory, started)
             pruned, vanished = self._prune(objects, children, uid, md.namespace, memory)
@@ -251,7 +257,7 @@ class Reconciler:
             events=posted,
             retry=observation.metrics_error,
             retry_delay=self.metrics_retry_seconds if observation.metrics_error else 0.0,
-            recheck=self.discovery_seconds if missing is not None else None,
+            recheck=self.discovery_seconds if missing is not None else self._settling(rendered, started),
         )
 
     def _servable(self, objects: list[dict[str, Any]], now: float) -> tuple[list[dict[str, Any]], str | None]:
@@ -269,9 +275,20 @@ class Reconciler:
             return known[0]
         served = self.kube.served(kind[0], CHILD_RESOURCES[kind][1])
         self._served[kind] = (served, now)
-        if served and (known is None or not known[0]) and self.on_served is not None:
-            self.on_served(kind[0])
+        if served and (known is None or not known[0]):
+            self._served_at[kind] = now
+            if self.on_served is not None:
+                self.on_served(kind[0])
         return served
+
+    def _settling(self, objects: list[dict[str, Any]], now: float) -> float | None:
+        """A reconcile soon, while an optional kind among `objects` has only just become served: the watch of the
+        new kind starts with a LIST, and an object of it deleted before that LIST is never reported as gone, so
+        the next reconcile is what puts it back (it applies whatever the watches have not shown)."""
+        kinds = {(o["apiVersion"], o["kind"]) for o in objects}
+        if any(now - at < NEW_KIND_SETTLE_SECONDS for kind, at in self._served_at.items() if kind in kinds):
+            return NEW_KIND_SETTLE_SECONDS
+        return None
 
     def _fresh(self, body: Mapping[str, Any], memory: ObjectMemory) -> Mapping[str, Any] | None:
         version = body["metadata"].get("resourceVersion")

@@ -13,7 +13,7 @@ from bertmesh_operator.errors import MetricsUnavailableError
 from bertmesh_operator.observe import Child
 from bertmesh_operator.prometheus import CanaryMetrics
 from bertmesh_operator.readiness import pod_view
-from bertmesh_operator.reconcile import ObjectMemory, Reconciler
+from bertmesh_operator.reconcile import NEW_KIND_SETTLE_SECONDS, ObjectMemory, Reconciler
 from bertmesh_operator.rollout import COMMAND_ANNOTATION, REINDEXED_ANNOTATION
 from tests.operator.fakes import Clock, FakeCluster, FakeMetrics
 
@@ -427,13 +427,20 @@ def test_without_kedas_crd_no_scaled_object_is_applied_and_the_status_says_to_in
     cluster.unserved = set()
     now[0] = 61.0
     healed = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
-    assert ("ScaledObject", "minilm-stable") in cluster.applied and healed.status_written and healed.recheck is None
+    assert ("ScaledObject", "minilm-stable") in cluster.applied and healed.status_written
     condition = _autoscaling_condition(cluster)
     assert (condition["status"], condition["reason"], condition["message"]) == ("True", "Autoscaled", "")
     assert healed.events == ()
-    # The watches heard of the kind once, when it became served, before the ScaledObject went out; a later
-    # discovery that finds it served again says nothing.
+    # The watches heard of the kind once, when it became served, before the ScaledObject went out.
     assert served == [("keda.sh/v1alpha1", False)]
+    # Back soon: the new kind's watch lists after a moment, and a ScaledObject deleted before that is never
+    # reported gone; the next reconcile puts it back (here: deleted, and the watch never showed it).
+    assert healed.recheck == NEW_KIND_SETTLE_SECONDS
+    cluster.objects.pop(("ScaledObject", "minilm-stable"))
+    now[0] = 61.0 + NEW_KIND_SETTLE_SECONDS
+    settled = reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
+    assert ("ScaledObject", "minilm-stable") in cluster.objects and settled.recheck is None
+    # A later discovery that finds the kind served again says nothing.
     now[0] = 130.0
     reconciler.reconcile(copy.deepcopy(cluster.md), cluster.children(), memory)
     assert cluster.discoveries == 3 and served == [("keda.sh/v1alpha1", False)]
