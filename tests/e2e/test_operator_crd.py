@@ -88,6 +88,11 @@ INVALID = [
         id="fp16-on-cpu",
     ),
     pytest.param(
+        md(resources={"gpus": 2}),
+        ["spec.resources.gpus", "less than or equal to 1"],
+        id="two-gpus-per-replica",
+    ),
+    pytest.param(
         md(resources={"nodeSelector": {"bad key!": "x"}}),
         ["spec.resources.nodeSelector", "nodeSelector keys must be label keys"],
         id="node-selector-key",

@@ -71,9 +71,9 @@ def test_ready_follows_the_pods_not_the_timer(
             {"model": {"storageUri": "pvc://no-such-claim/model", "revision": "v1"}},
             'persistentvolumeclaim "no-such-claim" not found',
         ),
-        ({"resources": {"gpus": 3, "cpu": "1", "memory": "1Gi"}}, "Insufficient nvidia.com/gpu"),
+        ({"resources": {"cpu": "500", "memory": "1Gi"}}, "Insufficient cpu"),
     ],
-    ids=["missing-pvc", "no-node-fits-the-gpus"],
+    ids=["missing-pvc", "no-node-fits-the-cpu"],
 )
 def test_not_ready_says_what_the_scheduler_says(
     sim_cluster: SimCluster,

@@ -207,7 +207,7 @@ def test_gpu_limits_tolerations_and_node_selector(make_md: MakeManifest) -> None
     manifest = make_md(
         {
             "resources": {
-                "gpus": 2,
+                "gpus": 1,
                 "nodeSelector": {"nvidia.com/gpu.product": "A100"},
                 "tolerations": [{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}],
             }
@@ -216,7 +216,7 @@ def test_gpu_limits_tolerations_and_node_selector(make_md: MakeManifest) -> None
     deployment = by_key(render(manifest))["Deployment/minilm-stable"]
     pod = deployment["spec"]["template"]["spec"]
     server = container(deployment)
-    assert server["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "cpu" not in server["resources"]["limits"]
     assert arg(server["args"], "--device") == "cuda"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "A100"}

@@ -117,7 +117,7 @@ def test_errors_name_each_field_by_its_manifest_path(make_md: MakeManifest) -> N
     text = str(info.value)
     assert "'minilm' is invalid" in text
     assert "spec.autoscaling.maxReplicas: Input should be greater than or equal to 1" in text
-    assert "spec.resources.gpus: Input should be less than or equal to 16" in text
+    assert "spec.resources.gpus: Input should be less than or equal to 1" in text
 
 
 def test_wrong_kind_is_refused(make_md: MakeManifest) -> None:

@@ -68,12 +68,15 @@ class ResourcesSpec(CrdModel):
         ),
     )
 
+    # One: the server runs its model on one GPU (cuda:0), so a second GPU per pod would be allocated and never
+    # used; more GPUs are more replicas, which the autoscaler and the mesh already spread load over.
     gpus: int = Field(
         default=0,
         ge=0,
-        le=16,
-        description="nvidia.com/gpu per replica; above 0 the server runs on CUDA and the pod tolerates the "
-        "nvidia.com/gpu taint. Default: 0.",
+        le=1,
+        description="nvidia.com/gpu per replica: 0 (CPU) or 1, as the server runs its model on one GPU; more GPUs "
+        "are more replicas. With 1 the server runs on CUDA and the pod tolerates the nvidia.com/gpu taint. "
+        "Default: 0.",
     )
     cpu: Quantity = Field(default="1", description="CPU request (no CPU limit: no throttling). Default: 1.")
     memory: Quantity = Field(default="2Gi", description="Memory request and limit. Default: 2Gi.")
