@@ -105,6 +105,14 @@ def load_model(
     tokenizer.configure_truncation(request_limits.max_tokens_per_input)
     if checkpoint.task is Task.FILL_MASK and tokenizer.mask_id is None:
         raise ConfigError(f"{checkpoint.path}: fill-mask needs a mask token, and the tokenizer has none")
+    rows = checkpoint.config.get("vocab_size")
+    if isinstance(rows, int) and tokenizer.vocab_size > rows:
+        # Such an id indexes past the embedding: the batch it is in fails, and on a GPU so does the process.
+        raise ConfigError(
+            f"{checkpoint.path}: the tokenizer has {tokenizer.vocab_size} tokens (added tokens included), the "
+            f"model's embedding {rows} rows (config.json vocab_size); resize the model's token embeddings to the "
+            "tokenizer (transformers: model.resize_token_embeddings(len(tokenizer))) and save it again"
+        )
     if checkpoint.task is Task.SEQUENCE_CLASSIFICATION and not checkpoint.labels:
         raise ConfigError(f"{checkpoint.path}: sequence classification needs id2label in config.json")
     if checkpoint.task is Task.RERANK:

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import transformers
 
 from model_server.config import EngineConfig, ModelConfig
 from model_server.errors import ConfigError
 from model_server.server import load_model
 from model_server.tasks import Task
+from tests.server import checkpoints
 
 CPU = EngineConfig(device="cpu")
 
@@ -62,3 +64,15 @@ def test_serving_the_bundled_model_as_fill_mask_exits_2_naming_the_missing_head(
     assert result.returncode == 2
     assert "cannot serve fill-mask" in result.stderr and "cls.predictions" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_tokenizer_with_more_tokens_than_the_embedding_has_rows_is_refused(tmp_path: Path) -> None:
+    # A token added to the tokenizer but never to the model: any text with it would index past the embedding.
+    path = checkpoints.build(tmp_path / "grown", "embedding")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    rows = len(checkpoints.VOCAB)  # the config's vocab_size (the tokenizer has a few rows fewer: no harm)
+    tokenizer.add_tokens([f"bertmeshword{i}" for i in range(rows - len(tokenizer) + 1)])
+    tokenizer.save_pretrained(str(path))
+    with pytest.raises(ConfigError, match=rf"tokenizer has {rows + 1} tokens .* embedding {rows} rows") as err:
+        load_model(ModelConfig(path=path), CPU)
+    assert "resize_token_embeddings" in str(err.value)
