@@ -12,7 +12,7 @@
 # A session with a GPU: `hack/gpu-measure.sh prepare`, then the device tool's
 #   run(command="hack/gpu-measure.sh run", carry=[".whl", ".gpu-files"], timeout_s=600)
 # and read $OUT: versions.txt, tests.log, bench.log, gpu/summary.md, gpu/results.json, gpu/serve-*.log.
-# The GPU tests get TEST_SECONDS (default 150) and the bench BENCH_SECONDS (default 400); to split the bench
+# The GPU tests get TEST_SECONDS (default 150) and the bench BENCH_SECONDS (default 370); to split the bench
 # over two calls: `run --parts engine,first-pass` then `run --parts serve,peers` (with TEST_SECONDS=0 skipping
 # the tests the second time).
 # The GPU machine has Python 3.12, torch 2.11, transformers 5.17, sentence-transformers, pytest and grpcio,
@@ -70,7 +70,7 @@ run() {
         timeout -k 5 "${TEST_SECONDS:-150}" python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -p no:randomly \
             2>&1 | tee "$out/tests.log" || true
     fi
-    timeout -k 10 "${BENCH_SECONDS:-400}" python3 -m bench gpu --model-files "$FILES" "${BENCH_DEFAULTS[@]}" \
+    timeout -k 10 "${BENCH_SECONDS:-370}" python3 -m bench gpu --model-files "$FILES" "${BENCH_DEFAULTS[@]}" \
         --out "$out/gpu" "$@" 2>&1 | tee "$out/bench.log"
 }
 

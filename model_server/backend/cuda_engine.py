@@ -24,6 +24,7 @@ layout, the padding and the layer loop against transformers there, with the refe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -119,8 +120,11 @@ class CudaOutput(PackedOutput):
             return array
         pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         pinned.copy_(tensor, non_blocking=True)
-        copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        copied.record()
+        # A blocking event: the waiting thread sleeps instead of spinning a core (CUDA's default with one context
+        # on a many-core host), leaving the cores to tokenising and the event loop; the wake-up's few
+        # microseconds cost no GPU time, as the next batch is already queued behind this one (unmeasured).
+        copied = torch.cuda.Event(blocking=True)  # type: ignore[no-untyped-call]
+        copied.record(torch.cuda.current_stream(tensor.device))
         self._turn.release()
         copied.synchronize()  # without the GIL: the event loop and the next batch's preparation run meanwhile
         return pinned.numpy()
@@ -148,6 +152,9 @@ class CudaEngine(TorchEngine):
         self.encoder = VarlenEncoder(encoder, attention, int(model.config.max_position_embeddings))
         self.buckets = token_buckets(settings.bucket_tokens or DEFAULT_BATCH_TOKENS["cuda"])
         self._pad_id = pad_id
+        # A model with one token type row gets none: a pair's type 1 would index past it, and on CUDA an
+        # out-of-range index is a device-side assert that fails every later call in the process.
+        self._typed = encoder.token_type.num_embeddings > 1
         self._use_graphs = device.type == "cuda" and settings.cuda_graphs and attention.capturable
         self._pinned = device.type == "cuda"
         self.graphs: dict[int, CapturedBucket] = {}
@@ -184,14 +191,19 @@ class CudaEngine(TorchEngine):
         """Computes one batch (see model_server.backend.Backend); up to `info.concurrent_batches` at once."""
         layout = self.layout_for([len(item.ids) for item in inputs])
         host = self._host_buffer(layout.size)
-        types = [item.type_ids for item in inputs] if any(item.type_ids for item in inputs) else None
+        types = [item.type_ids for item in inputs] if self._typed and any(item.type_ids for item in inputs) else None
         fill(host.numpy(), [item.ids for item in inputs], layout, self._pad_id, types)  # before the turn: host only
         turn = DeviceTurn(self._device_lock)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._on_device():
                 return self._head(self._encode(host, layout, inputs, turn), inputs)
         finally:
             turn.release()
+
+    def _on_device(self) -> contextlib.AbstractContextManager[Any]:
+        # The engine's GPU as the thread's current device: graph capture, replay, streams and events use the
+        # current device, which is 0 in every new thread, and `--device cuda:1` must not run half on cuda:0.
+        return torch.cuda.device(self._device) if self._device.type == "cuda" else contextlib.nullcontext()
 
     def _encode(self, host: torch.Tensor, layout: Layout, inputs: Sequence[ModelInput], turn: DeviceTurn) -> CudaOutput:
         lengths = [len(item.ids) for item in inputs]
@@ -212,7 +224,7 @@ class CudaEngine(TorchEngine):
     def warmup(self, sample: Sequence[int]) -> None:
         """Captures every bucket's CUDA graph (where graphs are on), then runs the usual warm-up batches."""
         if self._use_graphs:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._on_device():
                 self._capture_all()
         super().warmup(sample)
 

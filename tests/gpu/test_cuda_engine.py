@@ -72,6 +72,25 @@ def test_outputs_equal_transformers_at_half_precision(
             assert np.allclose(ours, theirs, atol=tolerance, rtol=tolerance), (task, precision, lengths)
 
 
+def _pairs() -> list[ModelInput]:
+    """Cross-encoder inputs: [CLS] query [SEP] document [SEP], the document's tokens of type 1."""
+    return [
+        ModelInput((2, *range(5, 5 + q), 3, *range(40, 40 + d), 3), type_ids=(0,) * (q + 2) + (1,) * (d + 1))
+        for q, d in ((3, 10), (8, 50), (1, 90), (20, 20))
+    ]
+
+
+@pytest.mark.parametrize("type_vocab_size", [2, 1])
+def test_cross_encoder_pairs_equal_transformers(cuda: torch.device, tmp_path: Path, type_vocab_size: int) -> None:
+    # Typed pairs through the layout's type part; a model with one type row must get none (an index past its
+    # embedding is a device-side assert that fails every later CUDA call of the process).
+    path = checkpoints.build(tmp_path / "cross-encoder", "rerank", type_vocab_size=type_vocab_size)
+    engine = _engine(path, "fp16")
+    reference = create_engine(inspect_checkpoint(path), EngineConfig(device="cpu", kind="transformers"))
+    for ours, theirs in zip(engine.run(_pairs()), reference.run(_pairs()), strict=True):
+        assert np.allclose(ours, theirs, atol=2e-2, rtol=2e-2), (ours, theirs)
+
+
 def test_graph_replay_equals_eager(cuda: torch.device, models: dict[str, Path]) -> None:
     graphed, eager = _engine(models["embedding"], "fp16"), _engine(models["embedding"], "fp16", cuda_graphs=False)
     assert graphed.graphs and not eager.graphs

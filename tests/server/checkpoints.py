@@ -58,9 +58,9 @@ def write_tokenizer(path: Path) -> None:
     tokenizer.save_pretrained(str(path))
 
 
-def build(path: Path, task: str, *, seed: int = 0) -> Path:
+def build(path: Path, task: str, *, seed: int = 0, type_vocab_size: int = 2) -> Path:
     """Writes a random checkpoint for `task` (embedding, sequence-classification, token-classification,
-    fill-mask, rerank) with its tokenizer into `path`."""
+    fill-mask, rerank) with its tokenizer into `path`; `type_vocab_size` 1 is a model without segment types."""
     torch.manual_seed(seed)
     model: transformers.PreTrainedModel
     if task == "embedding":
@@ -74,7 +74,9 @@ def build(path: Path, task: str, *, seed: int = 0) -> Path:
     elif task == "rerank":  # a cross-encoder: one relevance logit per (query, document) pair
         # Wider weights than BERT's 0.02: the default leaves every logit near 0, so that a pair typed wrong or
         # cut wrong would still score within a test's tolerance.
-        model = transformers.BertForSequenceClassification(_config(num_labels=1, initializer_range=0.2))
+        model = transformers.BertForSequenceClassification(
+            _config(num_labels=1, initializer_range=0.2, type_vocab_size=type_vocab_size)
+        )
     else:
         raise ValueError(task)
     model.train(False)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import transformers
 
 from model_server.backend.factory import ENGINES, create_engine, resolve_engine
@@ -17,6 +18,7 @@ from model_server.checkpoint import inspect_checkpoint
 from model_server.config import ENGINE_KINDS, EngineConfig, build_parser, engine_defaults, parse_args
 from model_server.errors import ConfigError
 from model_server.tasks import ModelInput, Pooling
+from tests.server import checkpoints
 
 BATCH = [ModelInput((2, *(5 + i % 90 for i in range(n)), 3), Pooling.MEAN) for n in (3, 30, 7)]
 
@@ -112,3 +114,18 @@ def test_the_head_normalises_exactly_the_inputs_that_ask(tiny_models: dict[str, 
         expected = plain / np.linalg.norm(plain) if n % 2 == 0 else plain
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
         assert n % 2 or abs(np.linalg.norm(out) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+def test_a_model_with_one_token_type_ignores_the_pair_types(tmp_path: Path, kind: str) -> None:
+    # A cross-encoder whose embedding has one token type row: the second segment's type 1 would index past it
+    # (on CUDA a device-side assert that poisons the process), so every engine drops the types, as transformers
+    # does when it is given none.
+    path = checkpoints.build(tmp_path / "untyped", "rerank", type_vocab_size=1)
+    ids, types = (2, 10, 11, 3, 12, 13, 3), (0, 0, 0, 0, 1, 1, 1)
+    engine = create_engine(inspect_checkpoint(path), EngineConfig(device="cpu", kind=kind))
+    [score] = engine.run([ModelInput(ids, type_ids=types)])
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+    with torch.inference_mode():
+        expected = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(np.asarray(score).reshape(-1), expected.reshape(-1), atol=1e-5)
