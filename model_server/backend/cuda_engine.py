@@ -229,7 +229,10 @@ class CudaEngine(TorchEngine):
         super().warmup(sample)
 
     def _capture_all(self) -> None:
-        pool = torch.cuda.graph_pool_handle()  # one memory pool: graphs run one at a time
+        # One memory pool for every bucket's graph, replayed in any order: safe because each graph's output stays
+        # referenced (no later capture reuses it), one stream serialises replays, and a head reads a graph's output
+        # only before its one copy to the host (CudaOutput.host refuses a second), i.e. before the next replay.
+        pool = torch.cuda.graph_pool_handle()
         try:
             for bucket in reversed(self.buckets):  # the largest first sizes the shared pool once
                 self.graphs[bucket] = self._capture(Layout(bucket, sequence_slots(bucket)), pool)
