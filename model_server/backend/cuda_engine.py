@@ -152,9 +152,6 @@ class CudaEngine(TorchEngine):
         self.encoder = VarlenEncoder(encoder, attention, int(model.config.max_position_embeddings))
         self.buckets = token_buckets(settings.bucket_tokens or DEFAULT_BATCH_TOKENS["cuda"])
         self._pad_id = pad_id
-        # A model with one token type row gets none: a pair's type 1 would index past it, and on CUDA an
-        # out-of-range index is a device-side assert that fails every later call in the process.
-        self._typed = encoder.token_type.num_embeddings > 1
         self._use_graphs = device.type == "cuda" and settings.cuda_graphs and attention.capturable
         self._pinned = device.type == "cuda"
         self.graphs: dict[int, CapturedBucket] = {}
@@ -191,7 +188,7 @@ class CudaEngine(TorchEngine):
         """Computes one batch (see model_server.backend.Backend); up to `info.concurrent_batches` at once."""
         layout = self.layout_for([len(item.ids) for item in inputs])
         host = self._host_buffer(layout.size)
-        types = [item.type_ids for item in inputs] if self._typed and any(item.type_ids for item in inputs) else None
+        types = [item.type_ids for item in inputs] if self.typed(inputs) else None
         fill(host.numpy(), [item.ids for item in inputs], layout, self._pad_id, types)  # before the turn: host only
         turn = DeviceTurn(self._device_lock)
         try:

@@ -106,7 +106,6 @@ class PackedEngine(TorchEngine):
         else:
             packed = PackedModel(model).eval().to(device)
         self.model = packed
-        self._typed = packed.encoder.token_type.num_embeddings > 1
         super().__init__(task, device, precision, model.config)
         self.info = replace(self.info, kernels=kernels)
 
@@ -122,7 +121,7 @@ class PackedEngine(TorchEngine):
         packing = plan(lengths, self._device)
         starts = list(np.cumsum([0, *lengths[:-1]]).tolist())
         types = None
-        if self._typed and any(item.type_ids for item in inputs):
+        if self.typed(inputs):
             packed_types = (t for item in inputs for t in (item.type_ids or (0,) * len(item.ids)))
             types = torch.from_numpy(np.fromiter(packed_types, np.int64, sum(lengths))).to(self._device)
         states = self.model.encoder(ids.to(self._device), packing, types)

@@ -113,6 +113,9 @@ class TorchEngine:
     def __init__(self, task: TaskSpec[Any, Any], device: torch.device, precision: str, config: Any) -> None:
         self._head = task.head
         self._device = device
+        # Models with one token type (RoBERTa-style, some cross-encoders) get none: a pair's type 1 would index
+        # past their embedding, an IndexError on CPU and, on CUDA, a device-side assert that fails the process.
+        self._typed = int(getattr(config, "type_vocab_size", 0) or 0) > 1
         self.info = BackendInfo(
             device=str(device),
             precision=precision,
@@ -125,6 +128,10 @@ class TorchEngine:
     def supports(config: Any) -> bool:
         """Whether this engine runs the model a transformers config describes."""
         raise NotImplementedError
+
+    def typed(self, inputs: Sequence[ModelInput]) -> bool:
+        """Whether the batch's token types reach the model: some input (a pair) brings them and it has more than one."""
+        return self._typed and any(item.type_ids for item in inputs)
 
     def encode(self, inputs: Sequence[ModelInput]) -> EncoderOutput:
         """The batch's encoder output (called under torch.inference_mode)."""

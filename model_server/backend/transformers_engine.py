@@ -112,7 +112,6 @@ class TransformersEngine(TorchEngine):
         self.base: Any = self.model.base_model
         self.mlm_head: Any = _sparse_mlm_head(self.model)
         self._pad_id = pad_id
-        self._typed = int(getattr(model.config, "type_vocab_size", 0) or 0) > 1
         super().__init__(task, device, precision, model.config)
 
     @staticmethod
@@ -125,8 +124,7 @@ class TransformersEngine(TorchEngine):
         lengths = [len(i.ids) for i in inputs]
         ids = np.full((len(inputs), max(lengths)), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(inputs), max(lengths)), dtype=np.int64)
-        # Token types only where a pair brings them and the model has more than one (RoBERTa-style models do not).
-        typed = self._typed and any(item.type_ids for item in inputs)
+        typed = self.typed(inputs)
         types = np.zeros_like(ids)
         for row, item in enumerate(inputs):
             ids[row, : len(item.ids)] = item.ids
