@@ -62,10 +62,17 @@ class GpuBenchOptions:
     out: Path | None = None
 
 
-def dry_run(out: Path | None = None) -> GpuBenchOptions:
+def dry_run(out: Path | None = None, files: Path | None = None) -> GpuBenchOptions:
     """Every part on CPU with a tiny model and short windows: proves the code path, measures nothing."""
     return GpuBenchOptions(
-        device="cpu", precisions=("fp32",), models=("tiny",), seconds=0.3, serve_seconds=1.0, engine="cuda", out=out
+        device="cpu",
+        precisions=("fp32",),
+        models=("tiny",),
+        seconds=0.3,
+        serve_seconds=1.0,
+        engine="cuda",
+        files=files,
+        out=out,
     )
 
 
@@ -278,8 +285,9 @@ def other_inflight(device: str) -> int:
 def options_from(args: Mapping[str, Any]) -> GpuBenchOptions:
     """The options `python -m bench gpu` arguments ask for."""
     out = Path(args["out"]) if args["out"] else None
+    files = Path(args["model_files"]) if args["model_files"] else None
     if args["dry_run"]:
-        return dry_run(out)
+        return dry_run(out, files)
 
     def split(value: str) -> tuple[str, ...]:
         return tuple(v for v in value.split(",") if v)
@@ -293,6 +301,6 @@ def options_from(args: Mapping[str, Any]) -> GpuBenchOptions:
         serve_seconds=args["serve_seconds"],
         clients=args["clients"],
         engine=args["engine"],
-        files=Path(args["model_files"]) if args["model_files"] else None,
+        files=files,
         out=out,
     )

@@ -7,7 +7,13 @@
 #                                         .gpu-files/minilm/ (both git-ignored; ~9 MB of the 64 MiB that travel)
 #   hack/gpu-measure.sh run [ARGS]        on the GPU machine; ARGS go to `python -m bench gpu`
 #   hack/gpu-measure.sh dry-run           here: the `run` steps on CPU with a tiny model, through the table
+#   hack/gpu-measure.sh emulate           here, after prepare: the dry run and the CPU engine tests inside a copy
+#                                         of the GPU machine's image (Python 3.12, its torch and transformers
+#                                         versions, only its packages, the wheels installed as `run` installs
+#                                         them): what would fail there for a missing package or an API of
+#                                         those versions fails here, before a scarce device call
 #   hack/gpu-measure.sh files DIR         copy the model files into DIR (part of prepare)
+#   hack/gpu-measure.sh pins | image      the packages prepare brings (name==version) | the image emulate builds
 #
 # A session with a GPU: `hack/gpu-measure.sh prepare`, then the device tool's
 #   run(command="hack/gpu-measure.sh run", carry=[".whl", ".gpu-files"], timeout_s=600)
@@ -16,19 +22,26 @@
 # over two calls: `run --parts engine,first-pass` then `run --parts serve,peers` (with TEST_SECONDS=0 skipping
 # the tests the second time).
 # The GPU machine has Python 3.12, torch 2.11, transformers 5.17, sentence-transformers, pytest and grpcio,
-# but not this project's protobuf runtime and gRPC extras (../shared/GPU.md); the project runs from its source
-# tree on PYTHONPATH, with the wheels installed beside it.
+# but not this project's protobuf runtime, gRPC extras and HTTP front (../shared/GPU.md); the project runs from
+# its source tree on PYTHONPATH, with the wheels installed beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHEELS=.whl
 FILES=.gpu-files/minilm
-PINS=(grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2 uvloop==0.23.0)
+# What `bertmesh serve` imports that the GPU machine's image lacks (../shared/GPU.md), at the lock's versions:
+# gRPC and its protobuf runtime, and the HTTP front (fastapi, uvicorn, orjson) with their dependencies.
+LACKING=(grpcio grpcio-health-checking grpcio-reflection protobuf uvloop
+    fastapi starlette pydantic pydantic_core annotated-types annotated-doc typing-inspection typing_extensions
+    opentelemetry-api anyio idna sniffio uvicorn h11 click httptools orjson)
+# The GPU machine's image as ../shared/GPU.md lists it; `emulate` builds a venv of exactly these.
+IMAGE=(torch==2.11.0 transformers==5.17.0 tokenizers==0.23.2 sentence-transformers==6.0.1 numpy psutil safetensors
+    prometheus-client grpcio pytest)
 # Windows sized so everything fits one 10-minute device command with room to spare (about 6 minutes).
 BENCH_DEFAULTS=(--seconds 10 --serve-seconds 10)
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n "2,26p" "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -45,22 +58,37 @@ for name in MODEL_FILES:
 PY
 }
 
+pins() {
+    local name
+    for name in "${LACKING[@]}"; do
+        # pip's names: case and -/_ are the same name
+        grep -iE "^${name//[-_]/[-_]}==" requirements/lock.txt || { echo "$name is not in requirements/lock.txt" >&2; exit 1; }
+    done
+}
+
 prepare() {
     local py=${PY:-.venv/bin/python}
+    rm -rf "$WHEELS"
     mkdir -p "$WHEELS"
     "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d "$WHEELS" "${PINS[@]}"
+        -d "$WHEELS" $(pins)
     files "$FILES"
     du -sh "$WHEELS" "$FILES"
+}
+
+# The wheels beside the image's own packages, first on the path, and the source tree: as on the GPU machine.
+site() {
+    local python=$1 target=$2
+    [[ -d $WHEELS && -d $FILES ]] || { echo "missing $WHEELS or $FILES: run 'hack/gpu-measure.sh prepare' here and carry both" >&2; exit 1; }
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$WHEELS"/*.whl
+    export PYTHONPATH="$target:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 }
 
 run() {
     local out=${OUT:-bench/results/gpu-measure}
     mkdir -p "$out"
-    [[ -d $WHEELS && -d $FILES ]] || { echo "missing $WHEELS or $FILES: run 'hack/gpu-measure.sh prepare' here and carry both" >&2; exit 1; }
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/bertmesh-site "$WHEELS"/*.whl
-    export PYTHONPATH="/tmp/bertmesh-site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    site python3 /tmp/bertmesh-site
     python3 -c 'import sys, torch, transformers, grpc, google.protobuf as pb; print(sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, "grpc", grpc.__version__, "protobuf", pb.__version__, torch.cuda.get_device_name())' | tee "$out/versions.txt"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/versions.txt" || true
     # A failing GPU test is reported, not fatal: the benchmark still runs in the same (scarce) device call.
@@ -82,8 +110,47 @@ dry_run() {
     HF_HUB_OFFLINE=1 "$py" -m bench gpu --dry-run --model-files "$FILES" --out "$out/gpu" "$@"
 }
 
+# A Python 3.12 (the image's): IMAGE_PYTHON, or python3.12 on PATH, or one pyenv has.
+image_python() {
+    local found
+    for found in "${IMAGE_PYTHON:-}" python3.12 "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12; do
+        [[ -n $found ]] && "$found" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null \
+            && { command -v "$found"; return; }
+    done
+    echo "emulate needs a Python 3.12 (set IMAGE_PYTHON)" >&2
+    exit 1
+}
+
+emulate() {
+    local cache=${BERTMESH_CACHE:-$HOME/.cache/bertmesh}
+    local python key venv out=${OUT:-bench/results/gpu-measure-emulate}
+    python=$(image_python)
+    key=$(printf '%s\n' "$("$python" --version)" "${IMAGE[@]}" | sha256sum | cut -c1-12)
+    venv=$cache/gpu-image-$key
+    if [[ ! -f $venv/.complete ]]; then
+        echo "emulate: building the GPU machine's image into $venv (once per machine, a few minutes)" >&2
+        rm -rf "$venv"
+        "$python" -m venv "$venv"
+        "$venv/bin/pip" install -q "${IMAGE[@]}"
+        touch "$venv/.complete"
+    fi
+    EMULATED_SITE=$(mktemp -d)
+    trap 'rm -rf "$EMULATED_SITE"' EXIT
+    site "$venv/bin/python" "$EMULATED_SITE"
+    mkdir -p "$out"
+    # Every import the GPU run makes, then the engine tests that run on CPU, then the bench through its table.
+    "$venv/bin/python" -m pytest -m gpu tests/gpu -q -p no:cacheprovider --collect-only >"$out/collect.log" \
+        || { cat "$out/collect.log"; exit 1; }
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not gpu" tests/server/test_cuda_engine.py \
+        tests/server/test_engines.py
+    "$venv/bin/python" -m bench gpu --dry-run --model-files "$FILES" --out "$out/gpu"
+}
+
 case "${1:-}" in
     prepare) prepare ;;
+    emulate) emulate ;;
+    pins) pins ;;
+    image) printf '%s\n' "${IMAGE[@]}" ;;
     run) shift; run "$@" ;;
     dry-run) shift; dry_run "$@" ;;
     files) [[ $# -eq 2 ]] || usage; files "$2" ;;

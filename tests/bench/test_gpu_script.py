@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
 
 from bench.gpu import NOMINAL_BF16_PEAK, compositions, options_from
 from bench.gpu_models import make_checkpoint
@@ -50,6 +53,7 @@ def test_arguments_choose_the_parts_models_and_engine() -> None:
     assert options.precisions == ("fp16", "bf16") and options.files == Path("/carry/minilm")
     dry = options_from(base | {"dry_run": True})
     assert dry.device == "cpu" and dry.models == ("tiny",) and dry.engine == "cuda" and len(dry.parts) == 4
+    assert dry.files == Path("/carry/minilm")  # the GPU image has no bundled model to fall back on
 
 
 def test_first_pass_batches_are_distinct_and_within_budget() -> None:
@@ -108,3 +112,78 @@ def test_the_measure_script_brings_the_files_the_random_checkpoints_need(tmp_pat
     assert (tmp_path / "bert-base" / "tokenizer.json").read_bytes() == (
         tmp_path / "files" / "tokenizer.json"
     ).read_bytes()
+
+
+def _script(*argv: str) -> list[str]:
+    done = subprocess.run([str(ROOT / "hack" / "gpu-measure.sh"), *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def _name(requirement: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.split(r"[\s\[=<>!~;]", requirement, maxsplit=1)[0]).lower()
+
+
+def _with_dependencies(names: set[str]) -> set[str]:
+    """The distributions and, as installed here, everything they require (markers evaluated, no extras)."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(_name(requirement.name))
+    return seen
+
+
+def _owners(files: set[Path]) -> set[str]:
+    """The installed distributions these files belong to. A top-level package's `__init__.py` that several
+    distributions share a folder under (google/, opentelemetry/) says nothing about which one was used."""
+    owner: dict[Path, str] = {}
+    sharing: dict[Path, set[str]] = {}
+    for distribution in metadata.distributions():
+        name = _name(distribution.metadata["Name"])
+        for file in distribution.files or []:
+            path = Path(str(distribution.locate_file(file))).resolve()
+            owner[path] = name
+            if len(file.parts) > 1:
+                sharing.setdefault(path.parents[len(file.parts) - 2], set()).add(name)
+    return {
+        owner[file]
+        for file in files & owner.keys()
+        if not (file.name == "__init__.py" and len(sharing.get(file.parent, ())) > 1)
+    }
+
+
+# Imported only where installed (grpc's optional protoc, uvicorn's reload supervisor, transformers' image
+# utilities), so not needed; and the project itself, which the GPU machine runs from its source tree.
+OPTIONAL = {"grpcio-tools", "watchfiles", "pillow", "bertmesh"}
+
+
+def test_the_wheels_it_brings_cover_what_the_gpu_run_imports_beyond_the_image() -> None:
+    # On the GPU machine, a package the run imports that is neither in its image nor brought is an ImportError
+    # in a scarce device call (the HTTP front's fastapi was: `bertmesh serve` imports it at start).
+    pins = _script("pins")
+    assert all("==" in pin for pin in pins)  # the lock's versions, not whatever resolves there
+    brought = {_name(pin) for pin in pins}
+    image = _with_dependencies({_name(package) for package in _script("image")})
+    modules = ["model_server.server", "model_server.http.front", "bertmesh_cli", "bench.gpu", "bench.gpu_serve"]
+    modules += ["bench.gpu_peers", "bench.gpu_report", "tests.gpu.test_cuda_engine"]
+    code = (
+        "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
+        "print(*{getattr(m, '__file__', None) for m in list(sys.modules.values())} - {None}, sep='\\n')"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = _owners({Path(line).resolve() for line in done.stdout.splitlines()})
+    assert {"fastapi", "grpcio", "torch"} <= imported  # the import list reaches the HTTP front, gRPC, the engine
+    assert imported - image - brought - OPTIONAL == set()
+    assert _with_dependencies(brought) - image - brought == set()  # each brought wheel's own requirements too
