@@ -41,7 +41,17 @@ from bench.gpu_report import write_report
 from bench.systems import ROOT
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, FLOP/s, by device-name substring.
-NOMINAL_BF16_PEAK = {"H200": 989.4e12, "H100 SXM": 989.4e12, "H100": 756e12, "A100": 312e12, "L40S": 362e12}
+# Data-sheet dense bf16 peaks by what torch.cuda.get_device_name() contains, for a side column only (MFU is
+# against the matmul peak measured in the same run). An H100 SXM names itself "NVIDIA H100 80GB HBM3"; an H100
+# not matched here (NVL) gets no nominal peak rather than another variant's.
+NOMINAL_BF16_PEAK = {
+    "H200": 989.4e12,
+    "H100 80GB HBM3": 989.4e12,
+    "H100 SXM": 989.4e12,
+    "H100 PCIe": 756e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+}
 PARTS = ("engine", "first-pass", "serve", "peers")
 FIRST_PASS_BATCHES = 64
 
@@ -214,6 +224,11 @@ def first_pass(
     }
 
 
+def nominal_peak(device_name: str) -> float | None:
+    """The data sheet's dense bf16 FLOP/s of the GPU torch names so, where it is known."""
+    return next((peak for key, peak in NOMINAL_BF16_PEAK.items() if key in device_name), None)
+
+
 def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
     """Runs the chosen parts; prints the summary table and writes results.json and summary.md to `out`, both
     rewritten after every measurement, so a run cut short (the device call's time limit) keeps what it measured."""
@@ -221,7 +236,7 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
 
     device = options.device
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    nominal = next((peak for key, peak in NOMINAL_BF16_PEAK.items() if key in name), None)
+    nominal = nominal_peak(name)
     result: dict[str, Any] = {"device": name, "torch": torch.__version__, "nominal_bf16_peak_flops": nominal}
     out = options.out or ROOT / "bench" / "results" / time.strftime("gpu-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from packaging.requirements import Requirement
 
-from bench.gpu import NOMINAL_BF16_PEAK, compositions, options_from
+from bench.gpu import compositions, nominal_peak, options_from
 from bench.gpu_models import make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,8 @@ def test_the_checkpoint_is_loadable_bert_with_the_bundled_tokenizer(tmp_path: Pa
     config = json.loads((tmp_path / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (64, 2, 30522)
     assert shape.params == (4 * 64 * 64 + 2 * 64 * 128) * 2
-    assert NOMINAL_BF16_PEAK["H200"] == 989.4e12
+    assert nominal_peak("NVIDIA H200") == nominal_peak("NVIDIA H100 80GB HBM3") == 989.4e12  # SXM parts
+    assert nominal_peak("NVIDIA H100 PCIe") == 756e12 and nominal_peak("NVIDIA H100 NVL") is None
     pooling = json.loads((tmp_path / "1_Pooling" / "config.json").read_text())
     assert pooling["word_embedding_dimension"] == 64 and (tmp_path / "modules.json").is_file()
 
