@@ -81,7 +81,11 @@ prepare() {
 site() {
     local python=$1 target=$2
     [[ -d $WHEELS && -d $FILES ]] || { echo "missing $WHEELS or $FILES: run 'hack/gpu-measure.sh prepare' here and carry both" >&2; exit 1; }
-    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$WHEELS"/*.whl
+    if "$python" -m pip --version >/dev/null 2>&1; then
+        "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$WHEELS"/*.whl
+    else  # an image without pip: a wheel is a zip of what goes on the path
+        "$python" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$target" "$WHEELS"/*.whl
+    fi
     export PYTHONPATH="$target:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 }
 
