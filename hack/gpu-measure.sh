@@ -143,7 +143,7 @@ emulate() {
     site "$venv/bin/python" "$EMULATED_SITE"
     mkdir -p "$out"
     # Every import the GPU run makes, then the engine tests that run on CPU, then the bench through its table.
-    "$venv/bin/python" -m pytest -m gpu tests/gpu -q -p no:cacheprovider --collect-only >"$out/collect.log" \
+    "$venv/bin/python" -m pytest -m gpu tests/gpu -q -p no:cacheprovider -p no:randomly --collect-only >"$out/collect.log" \
         || { cat "$out/collect.log"; exit 1; }
     "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not gpu" tests/server/test_cuda_engine.py \
         tests/server/test_engines.py
