@@ -194,8 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command == "gpu":
         from bench.gpu import gpu_bench, options_from
 
-        gpu_bench(options_from(vars(a)))
-        return 0
+        return 1 if gpu_bench(options_from(vars(a))).get("errors") else 0
     if a.command == "feed":
         from pathlib import Path
 

@@ -23,10 +23,12 @@ Results: results.json and summary.md (one table with ratios) in --out (default b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 import tempfile
 import time
+import traceback
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +39,7 @@ from typing import Any
 from bench import corpus
 from bench.flops import EncoderShape, useful_flops
 from bench.gpu_models import make_checkpoint, measured_peak
-from bench.gpu_report import write_report
+from bench.gpu_report import attempt, write_report
 from bench.systems import ROOT
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, FLOP/s, by device-name substring.
@@ -241,6 +243,13 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
     out = options.out or ROOT / "bench" / "results" / time.strftime("gpu-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
 
+    def failed(what: str, exc: BaseException) -> None:
+        traceback.print_exception(exc)
+        error = " / ".join(line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip())
+        result.setdefault("errors", []).append({"what": what, "error": error[:600]})
+        _save(result, out)
+        print(f"bench gpu: FAILED {what}: {type(exc).__name__}: {exc}", flush=True)
+
     def add(part: str, row: dict[str, Any]) -> None:
         result.setdefault(part, []).append(row)
         _save(result, out)
@@ -262,7 +271,17 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
                 (m, p, {"kind": options.engine}) for m in options.models for p in options.precisions
             ]
             for n, (model, precision, engine) in enumerate(runs):
-                row = measure(dirs[model], shapes[model], precision, device, options.seconds, engine=engine)
+                what = f"engine {model} {precision} {engine}"
+                measured = attempt(
+                    what,
+                    functools.partial(
+                        measure, dirs[model], shapes[model], precision, device, options.seconds, engine=engine
+                    ),
+                    failed,
+                )
+                if measured is None:
+                    continue
+                row = measured
                 row["model"] = model
                 row["mfu_measured_peak"] = row["useful_flops_per_s"] / peak
                 row["mfu_nominal_peak"] = row["useful_flops_per_s"] / nominal if nominal else None
@@ -271,17 +290,22 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
                     runs.insert(1, (model, precision, engine | {"inflight_batches": other_inflight(device)}))
         first = options.models[0]
         if "first-pass" in options.parts:
-            found = first_pass(dirs[first], options.precisions[0], device, {"kind": options.engine})
-            result["first_pass"] = found | {"model": first}
-            _save(result, out)
+            found = attempt(
+                f"first pass {first} {options.precisions[0]}",
+                lambda: first_pass(dirs[first], options.precisions[0], device, {"kind": options.engine}),
+                failed,
+            )
+            if found is not None:
+                result["first_pass"] = found | {"model": first}
+                _save(result, out)
         if "serve" in options.parts:
             from bench.gpu_serve import serve_bench
 
-            serve_bench(dirs, options, out, lambda row: add("serve", row))
+            serve_bench(dirs, options, out, lambda row: add("serve", row), failed)
         if "peers" in options.parts:
             from bench.gpu_peers import peers
 
-            peers(dirs, shapes, options, peak, lambda row: add("peers", row))
+            peers(dirs, shapes, options, peak, lambda row: add("peers", row), failed)
     print(_save(result, out))
     print(f"results in {out}")
     return result

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench import corpus
 from bench.flops import EncoderShape, useful_flops
+from bench.gpu_report import attempt
 
 if TYPE_CHECKING:
     from bench.gpu import GpuBenchOptions
@@ -106,13 +107,19 @@ def peers(
     options: GpuBenchOptions,
     peak: float,
     on_row: Callable[[dict[str, Any]], None],
+    on_error: Callable[[str, BaseException], None],
 ) -> None:
-    """Every peer on every model, at the first precision; each row handed to `on_row` as it is measured."""
+    """Every peer on every model, at the first precision; each row handed to `on_row` as it is measured, each
+    failure to `on_error`."""
     for model, path in dirs.items():
         measurements = [functools.partial(sentence_transformers_rate, path, options, size) for size in ENCODE_BATCHES]
         measurements.append(functools.partial(padded_transformers_rate, path, shapes[model], options))
         for measurement in measurements:
-            row = measurement() | {"model": model, "precision": options.precisions[0]}
+            name = getattr(measurement.func, "__name__", "peer")
+            measured = attempt(f"peer {model} {name} {measurement.args[2:]}", measurement, on_error)
+            if measured is None:
+                continue
+            row = measured | {"model": model, "precision": options.precisions[0]}
             if "useful_flops_per_s" in row:
                 row["mfu_measured_peak"] = row["useful_flops_per_s"] / peak
             on_row(row)

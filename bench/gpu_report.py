@@ -3,13 +3,27 @@ sentence-transformers `encode` rate of the same model, i.e. batch 256), written 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 HEADER = (
     "| part | model | precision | what | tokens/s | vs ST encode 256 | MFU (measured peak) | p50 / p99 ms "
     "| GPU busy | server cores |\n|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def attempt(what: str, measure: Callable[[], T], on_error: Callable[[str, BaseException], None]) -> T | None:
+    """`measure()`; or, where it raises, None once `on_error` has the failure. On a scarce GPU call one measurement
+    that fails (a precision whose graphs do not capture, a server that does not start) costs that row, not the
+    rows after it."""
+    try:
+        return measure()
+    except Exception as exc:  # any failure is reported in place of its row, and the run goes on
+        on_error(what, exc)
+        return None
 
 
 def _num(value: float | None, fmt: str = "{:,.0f}") -> str:
@@ -32,9 +46,10 @@ def table(result: dict[str, Any]) -> str:
     """The markdown table of one results.json."""
     peers = result.get("peers", [])
     baseline = {p["model"]: p["tokens_per_s"] for p in peers if p["peer"].endswith("batch 256")}
+    peak = result.get("measured_peak_flops")
     lines = [
-        f"{result['device']}, torch {result['torch']}: measured matmul peak "
-        f"{result['measured_peak_flops'] / 1e12:.1f} TFLOP/s",
+        f"{result['device']}, torch {result['torch']}: measured matmul peak {_num(peak and peak / 1e12, '{:.1f}')} "
+        "TFLOP/s",
         "",
         HEADER,
     ]
@@ -63,6 +78,10 @@ def table(result: dict[str, Any]) -> str:
         lines.append(_row("peer", r, r["peer"], baseline))
     if first:
         lines += ["", f"First pass over unseen compositions: {first['first_over_steady']:.0%} of the steady rate."]
+    errors = result.get("errors", [])
+    if errors:
+        lines += ["", f"**{len(errors)} measurement(s) failed** (tracebacks in the run's output):"]
+        lines += [f"- {e['what']}: {e['error']}" for e in errors]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ nvidia-smi during the window, and the server's CPU cores (its process tree's CPU
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import corpus
+from bench.gpu_report import attempt
 from bench.procs import ServerProcess, free_port
 from bench.systems import ROOT, _health_check
 from model_server.loadgen.stats import percentile
@@ -174,21 +176,35 @@ def _run(server: ServerProcess, port: int, scenario: Scenario, options: GpuBench
 
 
 def serve_bench(
-    dirs: dict[str, Path], options: GpuBenchOptions, out: Path, on_row: Callable[[dict[str, Any]], None]
+    dirs: dict[str, Path],
+    options: GpuBenchOptions,
+    out: Path,
+    on_row: Callable[[dict[str, Any]], None],
+    on_error: Callable[[str, BaseException], None],
 ) -> None:
     """Every scenario, one server per model (first precision), started and stopped here; then the first model's
     1-8-text c=64 and 64-text loads again on a server with the other number of batches in flight (the
-    pipelining A/B: bench.gpu.other_inflight). Each row goes to `on_row` as it is measured."""
+    pipelining A/B: bench.gpu.other_inflight). Each row goes to `on_row` as it is measured; a server that does
+    not start, or a scenario that fails, to `on_error`, and the next one runs."""
     from bench.gpu import other_inflight
 
     plan = scenarios(options.models, options.clients)
-    for model in dict.fromkeys(s.model for s in plan):
-        _serve(dirs[model], model, [s for s in plan if s.model == model], options, out, None, on_row)
+    servers: list[tuple[str, list[Scenario], int | None]] = [
+        (model, [s for s in plan if s.model == model], None) for model in dict.fromkeys(s.model for s in plan)
+    ]
     cuda_engine = options.engine == "cuda" or (options.engine == "auto" and options.device == "cuda")
     if cuda_engine:  # the only engine with batches in flight together
         first = plan[0].model
         again = [s for s in plan if s.model == first and s.concurrency != 256]
-        _serve(dirs[first], first, again, options, out, other_inflight(options.device), on_row)
+        servers.append((first, again, other_inflight(options.device)))
+    for model, scenarios_of_server, inflight in servers:
+        attempt(
+            f"serve {model} (inflight {inflight or 'default'})",
+            functools.partial(
+                _serve, dirs[model], model, scenarios_of_server, options, out, inflight, on_row, on_error
+            ),
+            on_error,
+        )
 
 
 def _serve(
@@ -199,11 +215,13 @@ def _serve(
     out: Path,
     inflight: int | None,
     on_row: Callable[[dict[str, Any]], None],
+    on_error: Callable[[str, BaseException], None],
 ) -> None:
     port = free_port()
     argv = [sys.executable, "-m", "bertmesh_cli", "serve", "--model", str(model_dir), "--port", str(port)]
     argv += ["--device", options.device, "--precision", options.precisions[0], "--cache-entries", "0"]
-    argv += ["--metrics-port", "0", "--drain-delay-seconds", "0", "--log-level", "WARNING"]
+    # No HTTP front (--http-port 0): this measures gRPC, and a fixed port would clash with anything on 8080.
+    argv += ["--metrics-port", "0", "--http-port", "0", "--drain-delay-seconds", "0", "--log-level", "WARNING"]
     argv += ["--engine", options.engine]
     name = f"bertmesh-{model}"
     if inflight is not None:
@@ -214,6 +232,10 @@ def _serve(
     try:
         server.wait_ready(_health_check(port), timeout=600)
         for scenario in plan:
-            on_row(_run(server, port, scenario, options) | extra)
+            row = attempt(
+                f"serve {model} {scenario.name}", functools.partial(_run, server, port, scenario, options), on_error
+            )
+            if row is not None:
+                on_row(row | extra)
     finally:
         server.stop()
