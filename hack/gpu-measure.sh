@@ -4,7 +4,7 @@
 #
 #   hack/gpu-measure.sh prepare           here, once (the venv built): the Python 3.12 wheels the GPU machine
 #                                         lacks into .whl/, the bundled MiniLM's tokenizer/config files into
-#                                         .gpu-files/minilm/ (both git-ignored; ~9 MB of the 64 MiB that travel)
+#                                         .gpu-files/minilm/ (both git-ignored; ~17 MB of the 64 MiB that travel)
 #   hack/gpu-measure.sh run [ARGS]        on the GPU machine; ARGS go to `python -m bench gpu`
 #   hack/gpu-measure.sh dry-run           here: the `run` steps on CPU with a tiny model, through the table
 #   hack/gpu-measure.sh emulate           here, after prepare: the dry run and the CPU engine tests inside a copy
