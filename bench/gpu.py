@@ -42,9 +42,9 @@ from bench.gpu_models import make_checkpoint, measured_peak
 from bench.gpu_report import attempt, write_report
 from bench.systems import ROOT
 
-# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, FLOP/s, by device-name substring.
-# Data-sheet dense bf16 peaks by what torch.cuda.get_device_name() contains, for a side column only (MFU is
-# against the matmul peak measured in the same run). An H100 SXM names itself "NVIDIA H100 80GB HBM3"; an H100
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, FLOP/s, by what
+# torch.cuda.get_device_name() contains, for a side column only (MFU is against the matmul peak measured in the
+# same run). An H100 SXM names itself "NVIDIA H100 80GB HBM3"; an H100
 # not matched here (NVL) gets no nominal peak rather than another variant's.
 NOMINAL_BF16_PEAK = {
     "H200": 989.4e12,
@@ -245,10 +245,10 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
 
     def failed(what: str, exc: BaseException) -> None:
         traceback.print_exception(exc)
-        error = " / ".join(line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip())
-        result.setdefault("errors", []).append({"what": what, "error": error[:600]})
+        error = " / ".join(line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip())[:600]
+        result.setdefault("errors", []).append({"what": what, "error": error})
         _save(result, out)
-        print(f"bench gpu: FAILED {what}: {type(exc).__name__}: {exc}", flush=True)
+        print(f"bench gpu: FAILED {what}: {error}", flush=True)
 
     def add(part: str, row: dict[str, Any]) -> None:
         result.setdefault(part, []).append(row)
@@ -286,8 +286,10 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
                 row["mfu_measured_peak"] = row["useful_flops_per_s"] / peak
                 row["mfu_nominal_peak"] = row["useful_flops_per_s"] / nominal if nominal else None
                 add("rows", row)
-                if n == 0 and row["engine"] == "cuda":  # the pipelining A/B: the other number of batches in flight
-                    runs.insert(1, (model, precision, engine | {"inflight_batches": other_inflight(device)}))
+                # The pipelining A/B, next to the first cuda row measured (the first may have failed): the same
+                # model and precision with the other number of batches in flight.
+                if row["engine"] == "cuda" and not any("inflight_batches" in e for _, _, e in runs):
+                    runs.insert(n + 1, (model, precision, engine | {"inflight_batches": other_inflight(device)}))
         first = options.models[0]
         if "first-pass" in options.parts:
             found = attempt(

@@ -112,11 +112,15 @@ def peers(
     """Every peer on every model, at the first precision; each row handed to `on_row` as it is measured, each
     failure to `on_error`."""
     for model, path in dirs.items():
-        measurements = [functools.partial(sentence_transformers_rate, path, options, size) for size in ENCODE_BATCHES]
-        measurements.append(functools.partial(padded_transformers_rate, path, shapes[model], options))
-        for measurement in measurements:
-            name = getattr(measurement.func, "__name__", "peer")
-            measured = attempt(f"peer {model} {name} {measurement.args[2:]}", measurement, on_error)
+        measurements = [
+            (f"sentence-transformers batch {size}", functools.partial(sentence_transformers_rate, path, options, size))
+            for size in ENCODE_BATCHES
+        ]
+        measurements.append(
+            ("transformers padded", functools.partial(padded_transformers_rate, path, shapes[model], options))
+        )
+        for what, measurement in measurements:
+            measured = attempt(f"peer {model} {what}", measurement, on_error)
             if measured is None:
                 continue
             row = measured | {"model": model, "precision": options.precisions[0]}

@@ -78,23 +78,24 @@ def test_smoke_run_on_cpu_reports_throughput_and_utilisation(tmp_path: Path) -> 
 
 def test_a_failing_measurement_costs_its_row_not_the_run(tmp_path: Path) -> None:
     # bf16 needs CUDA: on CPU its in-process engine and its server fail for real, as a precision or a server could
-    # on the GPU machine; the fp32 row after them is still measured, and the failures are reported, not lost.
+    # on the GPU machine; the fp32 row after them is still measured, with the pipelining A/B next to it (the first
+    # cuda row measured), and the failures are reported, not lost.
     argv = ["--device", "cpu", "--tiny", "--precisions", "bf16,fp32", "--seconds", "0.3", "--serve-seconds", "1"]
-    done = _bench(*argv, "--parts", "engine,serve", "--out", str(tmp_path))
+    done = _bench(*argv, "--engine", "cuda", "--parts", "engine,serve", "--out", str(tmp_path))
     assert done.returncode == 1, done.stderr[-3000:]
     result = json.loads((tmp_path / "results.json").read_text())
-    assert [row["precision"] for row in result["rows"]] == ["fp32"] and row_count(result, "serve") == 0
+    assert [(r["precision"], r["inflight_batches"]) for r in result["rows"]] == [("fp32", 1), ("fp32", 2)]
+    assert "serve" not in result
     errors = result["errors"]
-    assert [e["what"] for e in errors] == ["engine tiny bf16 {'kind': 'auto'}", "serve tiny (inflight default)"]
+    assert [e["what"] for e in errors] == [
+        "engine tiny bf16 {'kind': 'cuda'}",
+        "serve tiny (inflight default)",
+        "serve tiny (inflight 2)",
+    ]
     assert all("--precision bf16 needs a CUDA device" in e["error"] for e in errors)
     summary = (tmp_path / "summary.md").read_text()
-    assert "| engine | tiny | fp32 |" in summary and "**2 measurement(s) failed**" in summary
+    assert "| engine | tiny | fp32 |" in summary and "**3 measurement(s) failed**" in summary
     assert "ConfigError" in done.stderr  # the traceback, for whoever reads the run's output
-
-
-def row_count(result: dict[str, Any], part: str) -> int:
-    """How many rows a part of results.json holds."""
-    return len(result.get(part, []))
 
 
 @pytest.mark.slow
