@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from bench.gpu import compositions, nominal_peak, options_from
 from bench.gpu_models import make_checkpoint
@@ -143,11 +144,7 @@ def _script(*argv: str) -> list[str]:
     return done.stdout.split()
 
 
-def _name(requirement: str) -> str:
-    return re.sub(r"[-_.]+", "-", re.split(r"[\s\[=<>!~;]", requirement, maxsplit=1)[0]).lower()
-
-
-def _with_dependencies(names: set[str]) -> set[str]:
+def _with_dependencies(names: Iterable[str]) -> set[str]:
     """The distributions and, as installed here, everything they require (markers evaluated, no extras)."""
     seen: set[str] = set()
     todo = list(names)
@@ -163,7 +160,7 @@ def _with_dependencies(names: set[str]) -> set[str]:
         for line in requires:
             requirement = Requirement(line)
             if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(_name(requirement.name))
+                todo.append(canonicalize_name(requirement.name))
     return seen
 
 
@@ -173,7 +170,7 @@ def _owners(files: set[Path]) -> set[str]:
     owner: dict[Path, str] = {}
     sharing: dict[Path, set[str]] = {}
     for distribution in metadata.distributions():
-        name = _name(distribution.metadata["Name"])
+        name = canonicalize_name(distribution.metadata["Name"])
         for file in distribution.files or []:
             path = Path(str(distribution.locate_file(file))).resolve()
             owner[path] = name
@@ -196,8 +193,8 @@ def test_the_wheels_it_brings_cover_what_the_gpu_run_imports_beyond_the_image() 
     # in a scarce device call (the HTTP front's fastapi was: `bertmesh serve` imports it at start).
     pins = _script("pins")
     assert all("==" in pin for pin in pins)  # the lock's versions, not whatever resolves there
-    brought = {_name(pin) for pin in pins}
-    image = _with_dependencies({_name(package) for package in _script("image")})
+    brought = {canonicalize_name(Requirement(pin).name) for pin in pins}
+    image = _with_dependencies({canonicalize_name(Requirement(package).name) for package in _script("image")})
     modules = ["model_server.server", "model_server.http.front", "bertmesh_cli", "bench.gpu", "bench.gpu_serve"]
     modules += ["bench.gpu_peers", "bench.gpu_report", "tests.gpu.test_cuda_engine"]
     code = (
