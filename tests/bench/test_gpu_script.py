@@ -18,6 +18,7 @@ from packaging.utils import canonicalize_name
 
 from bench.gpu import compositions, nominal_peak, options_from
 from bench.gpu_models import make_checkpoint
+from tests.distributions import dependency_closure
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,23 +146,19 @@ def _script(*argv: str) -> list[str]:
 
 
 def _with_dependencies(names: Iterable[str]) -> set[str]:
-    """The distributions and, as installed here, everything they require (markers evaluated, no extras)."""
-    seen: set[str] = set()
-    todo = list(names)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            requires = metadata.requires(name) or []
-        except metadata.PackageNotFoundError:
-            continue
-        for line in requires:
-            requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(canonicalize_name(requirement.name))
-    return seen
+    """The distributions and all they install, as resolved here; one not installed here counts alone (its own
+    requirements are unknown: psutil, in the image, is not in this venv, and it has none)."""
+    named = set(names)
+    installed = {name for name in named if _installed(name)}
+    return named.union(*(dependency_closure(name, set()) for name in installed))
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _owners(files: set[Path]) -> set[str]:

@@ -15,11 +15,11 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bertmesh_operator.render import render
 from bertmesh_operator.render.deployment import SERVER_UID
+from tests.distributions import dependency_closure
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "images"
@@ -142,24 +142,6 @@ def test_operator_image_fits_the_chart() -> None:
     assert entrypoint == ["bertmesh"]  # the chart sets command: [bertmesh] and args: [operator, ...]
     run = " ".join(i.args for i in parse(OPERATOR) if i.keyword == "RUN")
     assert re.findall(r'"\.\[[a-z,]+\]"', run) == ['".[operator]"'], "the operator image installs .[operator] only"
-
-
-def dependency_closure(distribution: str, extras: set[str]) -> set[str]:
-    """The distributions `pip install "<distribution>[extras]"` installs, resolved from installed metadata."""
-    seen: dict[str, set[str]] = {}
-    todo = [(distribution, set(extras))]
-    while todo:
-        name, wanted = todo.pop()
-        key = canonicalize_name(name)
-        if key in seen and wanted <= seen[key]:
-            continue
-        seen[key] = seen.get(key, set()) | wanted
-        for line in metadata.distribution(name).requires or []:
-            req = Requirement(line)
-            environments = [{"extra": extra} for extra in wanted or {""}]
-            if req.marker is None or any(req.marker.evaluate(env) for env in environments):
-                todo.append((req.name, set(req.extras)))
-    return set(seen)
 
 
 def test_operator_extra_pulls_no_torch_or_cuda() -> None:
