@@ -271,17 +271,15 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
                 (m, p, {"kind": options.engine}) for m in options.models for p in options.precisions
             ]
             for n, (model, precision, engine) in enumerate(runs):
-                what = f"engine {model} {precision} {engine}"
-                measured = attempt(
-                    what,
+                row = attempt(
+                    f"engine {model} {precision} {engine}",
                     functools.partial(
                         measure, dirs[model], shapes[model], precision, device, options.seconds, engine=engine
                     ),
                     failed,
                 )
-                if measured is None:
+                if row is None:
                     continue
-                row = measured
                 row["model"] = model
                 row["mfu_measured_peak"] = row["useful_flops_per_s"] / peak
                 row["mfu_nominal_peak"] = row["useful_flops_per_s"] / nominal if nominal else None
