@@ -37,11 +37,11 @@ LACKING=(grpcio grpcio-health-checking grpcio-reflection protobuf uvloop
 # The GPU machine's image as ../shared/GPU.md lists it; `emulate` builds a venv of exactly these.
 IMAGE=(torch==2.11.0 transformers==5.17.0 tokenizers==0.23.2 sentence-transformers==6.0.1 numpy psutil safetensors
     prometheus-client grpcio pytest)
-# Windows sized so everything fits one 10-minute device command with room to spare (about 6 minutes).
+# Windows sized to fit one 10-minute device command: about 7 minutes estimated, not yet timed on a GPU.
 BENCH_DEFAULTS=(--seconds 10 --serve-seconds 10)
 
 usage() {
-    sed -n "2,26p" "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0" >&2  # the comment block at the top, however long
     exit 2
 }
 

@@ -129,6 +129,10 @@ def test_the_measure_script_brings_the_files_the_random_checkpoints_need(tmp_pat
     script = ROOT / "hack" / "gpu-measure.sh"
     usage = subprocess.run([str(script)], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "hack/gpu-measure.sh run" in usage.stderr
+    # the whole comment block, every subcommand in it, and none of the code below it
+    header = script.read_text().split("\nset -euo pipefail")[0].splitlines()[1:]
+    assert usage.stderr.splitlines() == [line.removeprefix("#").removeprefix(" ") for line in header]
+    assert all(f"hack/gpu-measure.sh {command}" in usage.stderr for command in ("prepare", "emulate", "pins"))
     env = {**os.environ, "PY": sys.executable}
     done = subprocess.run([str(script), "files", str(tmp_path / "files")], env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
