@@ -272,7 +272,7 @@ def gpu_bench(options: GpuBenchOptions) -> dict[str, Any]:
             ]
             for n, (model, precision, engine) in enumerate(runs):
                 row = attempt(
-                    f"engine {model} {precision} {engine}",
+                    f"engine {model} {precision} " + " ".join(f"{key}={value}" for key, value in engine.items()),
                     functools.partial(
                         measure, dirs[model], shapes[model], precision, device, options.seconds, engine=engine
                     ),

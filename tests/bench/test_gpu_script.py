@@ -90,7 +90,7 @@ def test_a_failing_measurement_costs_its_row_not_the_run(tmp_path: Path) -> None
     assert "serve" not in result
     errors = result["errors"]
     assert [e["what"] for e in errors] == [
-        "engine tiny bf16 {'kind': 'cuda'}",
+        "engine tiny bf16 kind=cuda",
         "serve tiny (inflight default)",
         "serve tiny (inflight 2)",
     ]
